@@ -1,0 +1,386 @@
+"""Self-supervised denoising objectives, starting with T5 span corruption.
+
+The shape follows the T5 paper (Raffel et al. 2020, sec. 3.1.4 and 3.3): an
+objective is a *noise mask* over the tokens of a text plus two *transforms*,
+one that builds the inputs and one that builds the targets from the tokens and
+the mask. Span corruption is
+
+    mask    = random_spans_noise_mask(...)        (15% noise, mean span 3)
+    inputs  = noise_span_to_unique_sentinel(...)  (each noise span -> <extra_id_i>)
+    targets = nonnoise_span_to_unique_sentinel(...)
+
+so other objectives (prefix LM, BERT-style, deshuffling, i.i.d. noise) are new
+masks or transforms fed to the same `denoise`.
+
+Everything that runs inside tf.data takes a stateless seed (an int tensor of
+shape [2], as `seqio.map_over_dataset(num_seeds=1)` passes it), so a seqio Task
+is reproducible given the seed of `Task.get_dataset` / `seqio.map_seed_manager`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Mapping, Optional
+
+import numpy as np
+import seqio
+import tensorflow as tf
+
+# T5 paper, sec. 3.1.4 ("Unsupervised objective") and the span-length sweep of
+# sec. 3.3.4: corrupt 15% of tokens in spans of mean length 3.
+DEFAULT_NOISE_DENSITY = 0.15
+DEFAULT_MEAN_NOISE_SPAN_LENGTH = 3.0
+# T5 picks one window of at most this many tokens from each document before
+# concatenating, so a single huge document cannot dominate a batch of chunks.
+MAX_DOCUMENT_CHUNK_LENGTH = 65536
+# Documents concatenated at a time before splitting into chunks (T5's value).
+CONCAT_BATCH_SIZE = 128
+
+# A transform maps (tokens, noise_mask, vocabulary, seed) to a new 1-D tokens
+# tensor; `seed` is a [2] stateless seed for transforms that draw (None if unused).
+Transform = Callable[[tf.Tensor, tf.Tensor, seqio.Vocabulary, Optional[tf.Tensor]], tf.Tensor]
+
+
+# ---------------------------------------------------------------------------
+# Lengths.
+# ---------------------------------------------------------------------------
+
+
+def _corrupted_lengths(tokens_length, noise_density, mean_noise_span_length,
+                       extra_tokens_per_span_inputs, extra_tokens_per_span_targets):
+  """(inputs, targets) lengths, EOS included, of a `tokens_length` chunk."""
+  num_noise_tokens = int(round(tokens_length * noise_density))
+  num_nonnoise_tokens = tokens_length - num_noise_tokens
+  num_noise_spans = int(round(num_noise_tokens / mean_noise_span_length))
+  inputs = num_nonnoise_tokens + num_noise_spans * extra_tokens_per_span_inputs + 1
+  targets = num_noise_tokens + num_noise_spans * extra_tokens_per_span_targets + 1
+  return inputs, targets
+
+
+def random_spans_helper(inputs_length, noise_density, mean_noise_span_length,
+                        extra_tokens_per_span_inputs, extra_tokens_per_span_targets):
+  """Raw chunk length that corrupts to exactly `inputs_length` (EOS included).
+
+  Chunks of this many tokens leave no padding in the inputs, which is why T5
+  splits text into 568-token chunks for 512-token inputs (noise 0.15, spans of
+  mean 3, one sentinel per span: 568 -> 483 kept + 28 sentinels + EOS = 512,
+  targets 85 + 28 + EOS = 114). The inputs length grows by at most one per raw
+  token, so the largest length that still fits is found by stepping up.
+
+  Returns:
+    (tokens_length, targets_length), the targets length including EOS. As in
+    T5, when noise_density is 0.5 and targets would come out longer than
+    inputs, one raw token is dropped so targets match the (round) inputs length.
+  """
+  if inputs_length < 2:
+    raise ValueError(f'inputs_length must be >= 2 (room for a token and EOS), got {inputs_length}.')
+  _check_noise(noise_density, mean_noise_span_length)
+  lengths = lambda n: _corrupted_lengths(n, noise_density, mean_noise_span_length,
+                                         extra_tokens_per_span_inputs,
+                                         extra_tokens_per_span_targets)
+  tokens_length = inputs_length - 1
+  while lengths(tokens_length + 1)[0] <= inputs_length:
+    tokens_length += 1
+  corrupted_inputs_length, targets_length = lengths(tokens_length)
+  if noise_density == 0.5 and targets_length > corrupted_inputs_length:
+    tokens_length -= 1
+    targets_length -= 1
+  return tokens_length, targets_length
+
+
+def _check_noise(noise_density, mean_noise_span_length):
+  if not 0.0 <= noise_density < 1.0:
+    raise ValueError(f'noise_density must be in [0, 1), got {noise_density}.')
+  if mean_noise_span_length <= 0:
+    raise ValueError(f'mean_noise_span_length must be > 0, got {mean_noise_span_length}.')
+
+
+# ---------------------------------------------------------------------------
+# Noise masks.
+# ---------------------------------------------------------------------------
+
+
+def _span_counts_np(length, noise_density, mean_noise_span_length):
+  """Step 1 of `random_spans_noise_mask` (float32 arithmetic, as in TF)."""
+  num_noise_tokens = int(np.round(np.float32(length) * np.float32(noise_density)))
+  num_noise_tokens = min(max(num_noise_tokens, 1), length - 1)
+  num_noise_spans = int(np.round(np.float32(num_noise_tokens) / np.float32(mean_noise_span_length)))
+  num_noise_spans = min(max(num_noise_spans, 1), num_noise_tokens, length - num_noise_tokens)
+  return num_noise_tokens, num_noise_spans
+
+
+def _random_segmentation_np(num_items, num_segments, rng):
+  """Step 2 of `random_spans_noise_mask`: [num_segments] lengths of a random composition."""
+  cuts = np.sort(rng.permutation(num_items - 1)[:num_segments - 1]) + 1
+  return np.diff(np.concatenate([[0], cuts, [num_items]]))
+
+
+def random_spans_noise_mask(length, noise_density=DEFAULT_NOISE_DENSITY,
+                            mean_noise_span_length=DEFAULT_MEAN_NOISE_SPAN_LENGTH, seed=0):
+  """T5's span-corruption noise mask in numpy, deterministic by `seed`.
+
+  Defaults are the T5 paper's (Raffel et al. 2020, sec. 3.1.4): 15% of tokens,
+  spans of mean length 3. This and `random_spans_noise_mask_tf` run one
+  algorithm (T5's); they draw different masks for a seed, from one distribution:
+
+  1. The counts depend on the length only, computed in float32 as T5 does:
+       num_noise_tokens = round(length * noise_density), clipped to [1, length-1]
+       num_noise_spans  = round(num_noise_tokens / mean_noise_span_length), >= 1
+     (round half to even). Lengths below 2 count as 2 and the mask is cut
+     back, so a 1-token text is one non-noise token. We also cap the spans at
+     the number of noise and of non-noise tokens; that only changes cases where
+     T5 fails (it cannot make that many non-empty spans).
+  2. The noise tokens are cut into num_noise_spans non-empty spans, and the
+     non-noise tokens into as many, independently: choose num_spans - 1 of the
+     num_items - 1 gaps between items uniformly without replacement and cut
+     there, so every composition into positive parts is equally likely.
+  3. The spans interleave non-noise, noise, non-noise, noise, ...: the mask
+     starts with non-noise and, as T5's does, always ends on a noise span.
+
+  Returns:
+    bool array of shape [length], True where a token is noise.
+  """
+  _check_noise(noise_density, mean_noise_span_length)
+  if noise_density == 0.0 or length == 0:
+    return np.zeros([length], bool)
+  padded_length = max(length, 2)
+  num_noise_tokens, num_noise_spans = _span_counts_np(padded_length, noise_density,
+                                                      mean_noise_span_length)
+  rng = np.random.default_rng(seed)
+  noise_spans = _random_segmentation_np(num_noise_tokens, num_noise_spans, rng)
+  nonnoise_spans = _random_segmentation_np(padded_length - num_noise_tokens, num_noise_spans, rng)
+  span_lengths = np.stack([nonnoise_spans, noise_spans], axis=1).reshape(-1)
+  is_noise = np.tile([False, True], num_noise_spans)
+  return np.repeat(is_noise, span_lengths)[:length]
+
+
+def _as_seed(seed):
+  """A [2] int stateless seed from a tensor or the pair of scalars seqio zips in."""
+  seed = tf.convert_to_tensor(seed)
+  return seed if seed.dtype in (tf.int32, tf.int64) else tf.cast(seed, tf.int64)
+
+
+def _random_segmentation_tf(num_items, num_segments, seed):
+  """Step 2 of `random_spans_noise_mask` in TF: cut at the first gaps of a random permutation."""
+  gaps = tf.argsort(tf.random.stateless_uniform([num_items - 1], seed=seed))
+  cuts = tf.sort(gaps[:num_segments - 1]) + 1
+  bounds = tf.concat([[0], cuts, [num_items]], axis=0)
+  return bounds[1:] - bounds[:-1]
+
+
+def random_spans_noise_mask_tf(length, noise_density=DEFAULT_NOISE_DENSITY,
+                               mean_noise_span_length=DEFAULT_MEAN_NOISE_SPAN_LENGTH,
+                               seeds=None):
+  """`random_spans_noise_mask` for tf.data: stateless, `length` may be a tensor.
+
+  Same algorithm and distribution as the numpy version (see its docstring).
+
+  Args:
+    length: int32 scalar (python int or tensor), the number of tokens.
+    noise_density: fraction of tokens to corrupt (T5 paper: 0.15).
+    mean_noise_span_length: mean noise span length (T5 paper: 3.0).
+    seeds: int tensor of shape [2], a stateless seed; it is split into one
+      seed for the noise spans and one for the non-noise spans.
+
+  Returns:
+    bool tensor of shape [length].
+  """
+  _check_noise(noise_density, mean_noise_span_length)
+  if seeds is None:
+    raise ValueError('random_spans_noise_mask_tf needs a stateless seed of shape [2].')
+  length = tf.cast(length, tf.int32)
+  if noise_density == 0.0:
+    return tf.zeros([length], tf.bool)
+  padded_length = tf.maximum(length, 2)
+  num_noise_tokens = tf.cast(tf.round(tf.cast(padded_length, tf.float32) * noise_density), tf.int32)
+  num_noise_tokens = tf.clip_by_value(num_noise_tokens, 1, padded_length - 1)
+  num_nonnoise_tokens = padded_length - num_noise_tokens
+  num_noise_spans = tf.cast(
+      tf.round(tf.cast(num_noise_tokens, tf.float32) / mean_noise_span_length), tf.int32)
+  num_noise_spans = tf.minimum(tf.maximum(num_noise_spans, 1),
+                               tf.minimum(num_noise_tokens, num_nonnoise_tokens))
+  noise_seed, nonnoise_seed = tf.unstack(tf.random.experimental.stateless_split(_as_seed(seeds), 2))
+  noise_spans = _random_segmentation_tf(num_noise_tokens, num_noise_spans, noise_seed)
+  nonnoise_spans = _random_segmentation_tf(num_nonnoise_tokens, num_noise_spans, nonnoise_seed)
+  span_lengths = tf.reshape(tf.stack([nonnoise_spans, noise_spans], axis=1), [-1])
+  is_noise = tf.tile([False, True], [num_noise_spans])
+  return tf.repeat(is_noise, span_lengths)[:length]
+
+
+# ---------------------------------------------------------------------------
+# Transforms (tokens, noise_mask, vocabulary, seed) -> tokens.
+# ---------------------------------------------------------------------------
+
+
+def sentinel_id(vocabulary: seqio.Vocabulary) -> int:
+  """The first sentinel, `<extra_id_0>`: the last id of the vocabulary.
+
+  seqio places a SentencePieceVocabulary's extra ids at the top, counting
+  down, so sentinel i is vocab_size - 1 - i.
+  """
+  return vocabulary.vocab_size - 1
+
+
+def noise_span_to_unique_sentinel(tokens, noise_mask, vocabulary, seed=None):
+  """Replace the i-th run of noise tokens by the single sentinel <extra_id_i>.
+
+  Sentinels count down from `sentinel_id(vocabulary)`, in order of the runs,
+  so the dropped spans line up with the markers of the other side.
+  """
+  del seed
+  prev_is_noise = tf.pad(noise_mask[:-1], [[1, 0]])
+  first_of_span = tf.logical_and(noise_mask, tf.logical_not(prev_is_noise))
+  rest_of_span = tf.logical_and(noise_mask, prev_is_noise)
+  span_index = tf.cumsum(tf.cast(first_of_span, tokens.dtype)) - 1
+  sentinels = tf.cast(sentinel_id(vocabulary), tokens.dtype) - span_index
+  tokens = tf.where(first_of_span, sentinels, tokens)
+  return tf.boolean_mask(tokens, tf.logical_not(rest_of_span))
+
+
+def nonnoise_span_to_unique_sentinel(tokens, noise_mask, vocabulary, seed=None):
+  """Targets of span corruption: each non-noise run becomes <extra_id_i>.
+
+  The mask starts with non-noise, so the targets read <extra_id_0> span_0
+  <extra_id_1> span_1 ... As in T5 no sentinel follows the last span, because
+  random_spans_noise_mask always ends on a noise span.
+  """
+  return noise_span_to_unique_sentinel(tokens, tf.logical_not(noise_mask), vocabulary, seed)
+
+
+def drop_noise_tokens(tokens, noise_mask, vocabulary, seed=None):
+  """Keep only the non-noise tokens (no sentinel)."""
+  del vocabulary, seed
+  return tf.boolean_mask(tokens, tf.logical_not(noise_mask))
+
+
+def drop_nonnoise_tokens(tokens, noise_mask, vocabulary, seed=None):
+  """Keep only the noise tokens (no sentinel)."""
+  del vocabulary, seed
+  return tf.boolean_mask(tokens, noise_mask)
+
+
+# ---------------------------------------------------------------------------
+# seqio preprocessors.
+# ---------------------------------------------------------------------------
+
+
+def select_random_chunk(dataset, max_length=MAX_DOCUMENT_CHUNK_LENGTH, feature_key='targets'):
+  """Keep one random aligned window of at most `max_length` tokens per document.
+
+  Empty documents are dropped. Only `feature_key` is kept.
+  """
+  @seqio.map_over_dataset(num_seeds=1)
+  def chunk(features, seed):
+    tokens = features[feature_key]
+    n = tf.shape(tokens)[0]
+    num_windows = (n + max_length - 1) // max_length
+    start = max_length * tf.random.stateless_uniform([], seed=_as_seed(seed), maxval=num_windows,
+                                                     dtype=tf.int32)
+    return {feature_key: tokens[start:tf.minimum(start + max_length, n)]}
+
+  return chunk(dataset.filter(lambda x: tf.size(x[feature_key]) > 0))
+
+
+def reduce_concat_tokens(dataset, feature_key='targets', batch_size=CONCAT_BATCH_SIZE):
+  """Concatenate each run of `batch_size` documents into one token stream."""
+  dataset = dataset.map(lambda x: {feature_key: x[feature_key]},
+                        num_parallel_calls=tf.data.AUTOTUNE)
+  return dataset.ragged_batch(batch_size).map(
+      lambda x: {feature_key: x[feature_key].flat_values}, num_parallel_calls=tf.data.AUTOTUNE)
+
+
+def split_tokens(dataset, max_tokens_per_segment, feature_key='targets'):
+  """Cut each example into consecutive segments of `max_tokens_per_segment`.
+
+  Only the last segment of an example may be shorter; empty examples vanish.
+  """
+  def segments(features):
+    tokens = features[feature_key]
+    starts = tf.data.Dataset.range(0, tf.size(tokens, out_type=tf.int64), max_tokens_per_segment)
+    return starts.map(lambda start: {feature_key: tokens[start:start + max_tokens_per_segment]})
+
+  return dataset.flat_map(segments)
+
+
+def denoise(dataset: tf.data.Dataset, output_features: Mapping[str, seqio.Feature],
+            noise_density: float, noise_mask_fn: Callable[..., tf.Tensor], inputs_fn: Transform,
+            targets_fn: Optional[Transform] = None,
+            input_feature_key: str = 'inputs') -> tf.data.Dataset:
+  """Build inputs/targets from the 'targets' tokens with a mask and transforms.
+
+  Args:
+    dataset: examples with a 1-D int 'targets' feature (the clean text).
+    output_features: seqio features; the 'targets' vocabulary sets the sentinels.
+    noise_density: passed to `noise_mask_fn(length, noise_density, seeds=...)`.
+    noise_mask_fn: e.g. `random_spans_noise_mask_tf` (with its span length bound).
+    inputs_fn, targets_fn: transforms; targets are the clean tokens if None.
+    input_feature_key: name of the corrupted feature.
+  """
+  vocabulary = output_features['targets'].vocabulary
+  if (input_feature_key in output_features
+      and output_features[input_feature_key].vocabulary != vocabulary):
+    raise ValueError(f'denoise builds {input_feature_key!r} from the targets tokens, so both '
+                     'output features must share one vocabulary.')
+
+  @seqio.map_over_dataset(num_seeds=1)
+  def corrupt(features, seed):
+    mask_seed, inputs_seed, targets_seed = tf.unstack(
+        tf.random.experimental.stateless_split(_as_seed(seed), 3))
+    tokens = features['targets']
+    noise_mask = noise_mask_fn(tf.size(tokens), noise_density, seeds=mask_seed)
+    inputs = inputs_fn(tokens, noise_mask, vocabulary, inputs_seed)
+    targets = targets_fn(tokens, noise_mask, vocabulary, targets_seed) if targets_fn else tokens
+    return {input_feature_key: inputs, 'targets': targets}
+
+  return corrupt(dataset)
+
+
+def span_corruption(dataset: tf.data.Dataset, sequence_length: Mapping[str, int],
+                    output_features: Mapping[str, seqio.Feature],
+                    mean_noise_span_length: float = DEFAULT_MEAN_NOISE_SPAN_LENGTH,
+                    noise_density: float = DEFAULT_NOISE_DENSITY,
+                    input_feature_key: str = 'inputs',
+                    merge_examples_to_reduce_padding: bool = True,
+                    reserved_for_packing: Optional[int] = None) -> tf.data.Dataset:
+  """T5's pretraining objective (Raffel et al. 2020, sec. 3.1.4), a seqio preprocessor.
+
+  Takes tokenized text in 'targets' and, as T5 does: picks one window of up to
+  65536 tokens per document, concatenates documents (if
+  `merge_examples_to_reduce_padding`), splits the stream into chunks of the
+  length `random_spans_helper` gives for `sequence_length[input_feature_key]`,
+  masks 15% of each chunk in spans of mean 3 and writes
+
+    inputs  = the chunk with each noise span replaced by <extra_id_i>
+    targets = <extra_id_0> span_0 <extra_id_1> span_1 ...
+
+  EOS is not added here; put `seqio.preprocessors.append_eos_after_trim` after
+  this in the Task. Full chunks then give inputs of exactly
+  `sequence_length[input_feature_key]` (512 -> 568 raw tokens) and targets of
+  the helper's targets length (114).
+
+  Args:
+    reserved_for_packing: tokens of the inputs length to leave free, so that
+      several examples can later be packed into one sequence.
+  """
+  inputs_length = sequence_length[input_feature_key]
+  if reserved_for_packing:
+    inputs_length -= reserved_for_packing
+  tokens_length, targets_length = random_spans_helper(
+      inputs_length, noise_density, mean_noise_span_length,
+      extra_tokens_per_span_inputs=1, extra_tokens_per_span_targets=1)
+  if sequence_length['targets'] < targets_length:
+    raise ValueError(
+        f"span corruption of {tokens_length}-token chunks makes targets of {targets_length} "
+        f"tokens but sequence_length['targets'] is {sequence_length['targets']}; "
+        f'set it to at least {targets_length}.')
+
+  dataset = select_random_chunk(dataset, feature_key='targets')
+  if merge_examples_to_reduce_padding:
+    dataset = reduce_concat_tokens(dataset, feature_key='targets')
+  dataset = split_tokens(dataset, tokens_length, feature_key='targets')
+  noise_mask_fn = functools.partial(random_spans_noise_mask_tf,
+                                    mean_noise_span_length=mean_noise_span_length)
+  return denoise(dataset, output_features, noise_density, noise_mask_fn,
+                 inputs_fn=noise_span_to_unique_sentinel,
+                 targets_fn=nonnoise_span_to_unique_sentinel,
+                 input_feature_key=input_feature_key)

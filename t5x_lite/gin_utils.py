@@ -1,0 +1,96 @@
+"""Command-line gin: `--gin_file=F` (repeatable) and `--gin.NAME=VALUE` overrides, as in T5X."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import gin
+
+import t5x_lite
+
+REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(t5x_lite.__file__))), 'gin')
+
+
+class UsageError(ValueError):
+  """Bad command-line input: reported as one line naming the cause and the fix."""
+
+
+def split_flags(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
+  """(gin files, gin bindings, remaining args) from argv."""
+  files, bindings, rest = [], [], []
+  it = iter(argv)
+  for arg in it:
+    if arg.startswith('--gin_file'):
+      value = arg.split('=', 1)[1] if '=' in arg else next(it, None)
+      if not value:
+        raise UsageError('--gin_file needs a value, e.g. --gin_file=gin/runs/pretrain_tiny.gin')
+      files.append(value)
+    elif arg.startswith('--gin.'):
+      if '=' not in arg:
+        raise UsageError(f'{arg}: gin overrides take the form --gin.NAME=VALUE')
+      name, value = arg[len('--gin.'):].split('=', 1)
+      bindings.append(_binding(name, value))
+    else:
+      rest.append(arg)
+  return files, bindings, rest
+
+
+def _binding(name: str, value: str) -> str:
+  """`NAME = VALUE`; a bare word that is not a gin literal (a path, say) is quoted for the user."""
+  try:
+    gin.config_parser.ConfigParser(f'{name} = {value}', gin.config.ParserDelegate(skip_unknown=True)
+                                   ).parse_statement()
+    return f'{name} = {value}'
+  except (SyntaxError, ValueError):
+    return f'{name} = {value!r}'
+
+
+def resolve_gin_file(path: str) -> str:
+  """A gin file as given, or relative to the repo's gin/ directory."""
+  for candidate in (path, os.path.join(REPO_GIN_DIR, path),
+                    os.path.join(REPO_GIN_DIR, path.removeprefix('gin/'))):
+    if os.path.isfile(candidate):
+      return candidate
+  raise UsageError(f'gin file not found: {path} (looked in the current directory and in '
+                   f'{REPO_GIN_DIR}); check the --gin_file path.')
+
+
+def parse(files: list[str], bindings: list[str]) -> None:
+  """Parses files then overrides; unknown names and syntax errors become UsageErrors."""
+  if not files:
+    raise UsageError('no --gin_file given; e.g. --gin_file=gin/runs/pretrain_tiny.gin')
+  gin.add_config_file_search_path(REPO_GIN_DIR)
+  resolved = [resolve_gin_file(f) for f in files]
+  try:
+    gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=False)
+  except (ValueError, SyntaxError, KeyError, ImportError) as e:
+    raise UsageError(f'gin: {str(e).splitlines()[0]} — check the gin files and --gin.* overrides '
+                     '(names are configurable.parameter or MACRO).') from e
+
+
+def query_macro(name: str):
+  """The evaluated value of gin macro `name` (configurable references are called)."""
+  try:
+    value = gin.query_parameter(f'{name}/macro.value')
+  except ValueError as e:
+    raise UsageError(f'gin macro {name} is not set; bind it in a gin file or with --gin.{name}=...') from e
+  if isinstance(value, gin.config.ConfigurableReference):
+    return value.scoped_configurable_fn() if not value.evaluate else value.scoped_configurable_fn()()
+  return value
+
+
+def run_main(fn, argv: list[str] | None = None) -> int:
+  """Runs `fn(rest_args)` after gin parsing; UsageErrors print one line and exit 2."""
+  argv = sys.argv[1:] if argv is None else argv
+  verbose = '--verbose' in argv
+  argv = [a for a in argv if a != '--verbose']
+  try:
+    files, bindings, rest = split_flags(argv)
+    parse(files, bindings)
+    return fn(rest) or 0
+  except UsageError as e:
+    if verbose:
+      raise
+    print(f'error: {e}', file=sys.stderr)
+    return 2

@@ -1,0 +1,195 @@
+"""Mesh creation and logical→mesh axis rules.
+
+Model code only *names* axes (``('batch', 'length', 'embed')``); a short table of rules, bound in gin,
+decides which mesh axis (if any) each logical axis is split over. Data parallel, FSDP and 2-D
+(data × model) tensor parallelism are different tables, not different model code (T5X's design).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import gin
+import jax
+import numpy as np
+from flax import nnx
+from flax.core import spmd as flax_spmd
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+LogicalRules = Sequence[tuple[str, Any]]
+
+# Parameters carry logical names as metadata and are placed by `jax.jit(out_shardings=...)` from the
+# rule table, so creating one must not need a mesh (flax ≥ 0.12 shards eagerly by default).
+nnx.use_eager_sharding(False)
+
+# Each rule maps a logical axis to a mesh axis (a name, a tuple of names, or None = replicated).
+# When two logical axes of one array map to the same mesh axis, the first wins and the second is
+# replicated (a mesh axis can shard only one dimension of an array).
+DATA_PARALLEL_RULES: LogicalRules = (
+    ('batch', 'data'),
+)
+FSDP_RULES: LogicalRules = (
+    ('batch', 'data'),
+    ('embed', 'data'),
+)
+TWO_D_RULES: LogicalRules = (
+    ('batch', 'data'),
+    ('vocab', 'model'),
+    ('mlp', 'model'),
+    ('heads', 'model'),
+)
+PRESETS = {'data_parallel': DATA_PARALLEL_RULES, 'fsdp': FSDP_RULES, '2d': TWO_D_RULES}
+
+
+@gin.configurable
+def logical_axis_rules(preset: str = '2d', extra_rules: LogicalRules = ()) -> tuple:
+  """The rule table for `preset`, with `extra_rules` taking precedence."""
+  if preset not in PRESETS:
+    raise ValueError(
+        f'Unknown sharding preset {preset!r}; choose one of {sorted(PRESETS)} '
+        '(gin: logical_axis_rules.preset).')
+  return tuple(extra_rules) + tuple(PRESETS[preset])
+
+
+def resolve_mesh_shape(mesh_shape: Mapping[str, int], num_devices: int) -> dict[str, int]:
+  """Fills a single -1 entry with "the rest of the devices" and checks the product."""
+  shape = dict(mesh_shape)
+  unknown = [k for k, v in shape.items() if v == -1]
+  if len(unknown) > 1:
+    raise ValueError(f'MESH_SHAPE {shape} has more than one -1 entry; at most one axis can take '
+                     '"the rest" of the devices.')
+  known = math.prod(v for v in shape.values() if v != -1)
+  if any(v == 0 or v < -1 for v in shape.values()):
+    raise ValueError(f'MESH_SHAPE {shape} has a size that is 0 or below -1; sizes are positive '
+                     'or -1 for "the rest".')
+  if unknown:
+    if num_devices % known:
+      raise ValueError(f'MESH_SHAPE {shape}: {num_devices} devices are not divisible by {known}.')
+    shape[unknown[0]] = num_devices // known
+  if math.prod(shape.values()) != num_devices:
+    raise ValueError(
+        f'MESH_SHAPE {dict(mesh_shape)} needs {math.prod(shape.values())} devices but '
+        f'{num_devices} are available; set --gin.MESH_SHAPE so the sizes multiply to {num_devices} '
+        "(use -1 for one axis to take the rest, e.g. {'data': -1, 'model': 1}).")
+  return shape
+
+
+def create_mesh(mesh_shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+  """A Mesh over `devices` (all by default) with Auto axes (Explicit breaks sharded contractions)."""
+  devices = list(jax.devices() if devices is None else devices)
+  shape = resolve_mesh_shape(mesh_shape, len(devices))
+  device_array = np.asarray(devices).reshape(tuple(shape.values()))
+  return Mesh(device_array, tuple(shape), axis_types=(AxisType.Auto,) * len(shape))
+
+
+def logical_to_mesh_spec(logical_axes: Sequence[str | None] | None,
+                         rules: LogicalRules | None = None,
+                         mesh: Mesh | None = None) -> PartitionSpec:
+  """Maps logical axis names to a PartitionSpec under `rules` (default: the active rules).
+
+  Mesh axes of size 1 or absent from `mesh` are dropped, and a mesh axis is used at most once.
+  """
+  if logical_axes is None:
+    return PartitionSpec()
+  rules = flax_spmd.get_logical_axis_rules() if rules is None else rules
+  table: dict[str, Any] = {}
+  for name, target in rules:
+    table.setdefault(name, target)
+  mesh_sizes = dict(mesh.shape) if mesh is not None else None
+  used: set[str] = set()
+  spec = []
+  for name in logical_axes:
+    target = table.get(name) if name is not None else None
+    axes = (target,) if isinstance(target, str) else tuple(target or ())
+    if mesh_sizes is not None:
+      axes = tuple(a for a in axes if mesh_sizes.get(a, 1) > 1)
+    if not axes or used.intersection(axes):
+      spec.append(None)
+      continue
+    used.update(axes)
+    spec.append(axes[0] if len(axes) == 1 else axes)
+  return PartitionSpec(*spec)
+
+
+def with_logical_constraint(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
+  """Constrains an activation's sharding by logical names; a no-op without a mesh or rules."""
+  mesh = jax.sharding.get_abstract_mesh()
+  rules = flax_spmd.get_logical_axis_rules()
+  if mesh.empty or not rules:
+    return x
+  spec = logical_to_mesh_spec(logical_axes, rules, mesh)
+  return jax.lax.with_sharding_constraint(x, spec)
+
+
+def path_key(path) -> tuple[str, ...]:
+  """A pytree key path as plain strings, comparable across params and optimizer state."""
+  out = []
+  for k in path:
+    if isinstance(k, jax.tree_util.DictKey):
+      out.append(str(k.key))
+    elif isinstance(k, jax.tree_util.GetAttrKey):
+      out.append(k.name)
+    elif isinstance(k, jax.tree_util.SequenceKey):
+      out.append(str(k.idx))
+    else:
+      out.append(str(k))
+  return tuple(out)
+
+
+def param_logical_axes(state: nnx.State) -> dict[tuple[str, ...], tuple | None]:
+  """Each variable's logical axis names (from `nnx.with_partitioning`), keyed by its path."""
+  out = {}
+  for path, var in nnx.to_flat_state(state):
+    meta = var.get_metadata() if isinstance(var, nnx.Variable) else {}
+    names = meta.get('out_sharding') or meta.get('sharding_names')
+    out[tuple(str(p) for p in path)] = tuple(names) if names else None
+  return out
+
+
+def follow_params(param_axes: dict[tuple[str, ...], tuple | None],
+                  param_shapes: dict[tuple[str, ...], tuple[int, ...]]):
+  """Names for optimizer-state leaves, taken from the param each leaf belongs to (longest path
+  suffix match). A leaf shaped like its param takes its names; a factored Adafactor row/column (the
+  param shape less one dimension) takes the names left after dropping that dimension; anything else
+  (counters, placeholders) is replicated."""
+
+  def names_fn(path, leaf):
+    keys = path_key(path)
+    for start in range(len(keys)):
+      suffix = keys[start:]
+      if suffix in param_axes:
+        names, shape = param_axes[suffix], tuple(param_shapes[suffix])
+        break
+    else:
+      return None
+    if names is None:
+      return None
+    if tuple(leaf.shape) == shape:
+      return names
+    if len(leaf.shape) == len(shape) - 1:
+      for drop in range(len(shape) - 1, -1, -1):
+        if shape[:drop] + shape[drop + 1:] == tuple(leaf.shape):
+          return names[:drop] + names[drop + 1:]
+    return None
+
+  return names_fn
+
+
+def shardings_for(abstract_tree: Any, names_fn, mesh: Mesh, rules: LogicalRules) -> Any:
+  """NamedShardings for every leaf of `abstract_tree`; `names_fn(path, leaf)` gives logical names."""
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_tree)
+  return treedef.unflatten([
+      NamedSharding(mesh, logical_to_mesh_spec(names_fn(path, leaf), rules, mesh))
+      for path, leaf in leaves])
+
+
+def shard_shape(shape: Sequence[int], spec: PartitionSpec, mesh_shape: Mapping[str, int]):
+  """The per-device shape of an array of `shape` laid out by `spec` (ceil division)."""
+  out = list(shape)
+  for i, axes in enumerate(tuple(spec) + (None,) * (len(shape) - len(spec))):
+    if axes is None:
+      continue
+    n = math.prod(mesh_shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
+    out[i] = -(-shape[i] // n)
+  return tuple(out)

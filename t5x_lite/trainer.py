@@ -1,0 +1,284 @@
+"""Train state, loss, optimizer, the jitted train step, and per-step metrics.
+
+The train state is a plain dict of arrays — ``{'step', 'params', 'opt_state', 'rng'}`` — so Orbax can
+save and reshard it without knowing about Flax; the model graph (an ``nnx.GraphDef``) stays outside
+the state and is merged with the params inside the step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+import time
+from typing import Any, Callable, Mapping, NamedTuple
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+
+from t5x_lite import partitioning
+
+TrainState = dict  # {'step': int32[], 'params': pytree, 'opt_state': pytree, 'rng': key data}
+
+
+# ----------------------------------------------------------------------------- learning rate, optimizer
+
+
+@gin.configurable
+def learning_rate_schedule(kind: str = 'rsqrt', base_learning_rate: float = 1.0,
+                           warmup_steps: int = 10_000, total_steps: int | None = None,
+                           final_fraction: float = 0.0) -> optax.Schedule:
+  """T5's default is 'rsqrt': base / sqrt(max(step, warmup)), i.e. flat at 0.01 for 10k steps.
+
+  'constant' is base; 'linear_warmup_cosine' (AdamW-style) warms up linearly then decays to
+  final_fraction·base at total_steps.
+  """
+  if kind == 'rsqrt':
+    return lambda step: base_learning_rate / jnp.sqrt(jnp.maximum(step, warmup_steps))
+  if kind == 'constant':
+    return optax.constant_schedule(base_learning_rate)
+  if kind == 'linear_warmup_cosine':
+    if not total_steps:
+      raise ValueError('learning_rate_schedule.total_steps must be set for linear_warmup_cosine '
+                       '(e.g. --gin.learning_rate_schedule.total_steps=%TRAIN_STEPS).')
+    return optax.warmup_cosine_decay_schedule(0.0, base_learning_rate, warmup_steps, total_steps,
+                                              base_learning_rate * final_fraction)
+  raise ValueError(f"Unknown learning_rate_schedule.kind {kind!r}; choose 'rsqrt', 'constant' or "
+                   "'linear_warmup_cosine'.")
+
+
+@gin.configurable
+def make_optimizer(schedule: optax.Schedule, name: str = 'adafactor',
+                   weight_decay: float = 0.0, grad_clip_norm: float | None = None,
+                   adafactor_decay_rate: float = 0.8, adam_b1: float = 0.9, adam_b2: float = 0.95,
+                   ) -> optax.GradientTransformation:
+  """Adafactor as T5/T5X configure it (factored, decay 0.8, update clipping 1.0, parameter-scaled
+  updates), or AdamW. Optional global-norm gradient clipping."""
+  if name == 'adafactor':
+    tx = optax.adafactor(schedule, decay_rate=adafactor_decay_rate, clipping_threshold=1.0,
+                         multiply_by_parameter_scale=True,
+                         weight_decay_rate=weight_decay or None)
+  elif name == 'adamw':
+    tx = optax.adamw(schedule, b1=adam_b1, b2=adam_b2, weight_decay=weight_decay)
+  else:
+    raise ValueError(f"Unknown make_optimizer.name {name!r}; choose 'adafactor' or 'adamw'.")
+  if grad_clip_norm:
+    tx = optax.chain(optax.clip_by_global_norm(grad_clip_norm), tx)
+  return tx
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+@gin.configurable
+def cross_entropy_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array,
+                       z_loss: float = 1e-4, label_smoothing: float = 0.0):
+  """Summed token cross-entropy with T5's z-loss (z_loss·log(Z)², keeps the softmax normaliser
+  near 1) and optional label smoothing. Returns sums; the caller divides by the weight sum."""
+  logits = logits.astype(jnp.float32)
+  vocab = logits.shape[-1]
+  confidence = 1.0 - label_smoothing
+  low = label_smoothing / (vocab - 1) if vocab > 1 else 0.0
+  soft = jax.nn.one_hot(targets, vocab) * (confidence - low) + low
+  log_z = jax.nn.logsumexp(logits, axis=-1)
+  log_probs = logits - log_z[..., None]
+  ce = -jnp.sum(soft * log_probs, axis=-1)
+  if label_smoothing:  # subtract the entropy of the smoothed labels so a perfect model scores 0
+    ce -= -(confidence * math.log(confidence) + (vocab - 1) * low * math.log(low + 1e-20))
+  zl = z_loss * jnp.square(log_z)
+  weights = weights.astype(jnp.float32)
+  correct = (jnp.argmax(logits, -1) == targets).astype(jnp.float32)
+  return {
+      'cross_ent_sum': jnp.sum(ce * weights),
+      'z_loss_sum': jnp.sum(zl * weights),
+      'correct_sum': jnp.sum(correct * weights),
+      'weight_sum': jnp.sum(weights),
+  }
+
+
+# ----------------------------------------------------------------------------- state and step
+
+
+class StateSetup(NamedTuple):
+  graphdef: Any
+  abstract_state: TrainState      # ShapeDtypeStructs carrying the target shardings
+  shardings: TrainState           # NamedShardings, for jit in/out_shardings
+  init: Callable[[], TrainState]  # allocates a fresh state directly in its shards
+
+
+def setup_train_state(model_factory: Callable[[nnx.Rngs], nnx.Module],
+                      tx: optax.GradientTransformation, seed: int, mesh, rules) -> StateSetup:
+  """Derives every array's sharding from the model's logical names and the rule table, then
+  returns an init that builds params and optimizer state in place (no host copy of the weights)."""
+  graphdef, abstract_params, param_axes = abstract_model(model_factory)
+  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  param_shapes = {partitioning.path_key(p): x.shape
+                  for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+  key = jax.random.key_data(jax.random.key(seed))
+  abstract = {
+      'step': jax.ShapeDtypeStruct((), jnp.int32),
+      'params': abstract_params,
+      'opt_state': abstract_opt,
+      'rng': jax.ShapeDtypeStruct(key.shape, key.dtype),
+  }
+  follow = partitioning.follow_params(param_axes, param_shapes)
+  shardings = {
+      'step': partitioning.shardings_for(abstract['step'], lambda *_: None, mesh, rules),
+      'params': partitioning.shardings_for(
+          abstract_params, lambda path, _: param_axes[partitioning.path_key(path)], mesh, rules),
+      'opt_state': partitioning.shardings_for(abstract_opt, follow, mesh, rules),
+      'rng': partitioning.shardings_for(abstract['rng'], lambda *_: None, mesh, rules),
+  }
+
+  def init():
+    model = model_factory(nnx.Rngs(params=seed))
+    params = nnx.state(model).to_pure_dict()
+    return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params),
+            'rng': jax.random.key_data(jax.random.key(seed))}
+
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          abstract, shardings)
+  return StateSetup(graphdef, abstract, shardings, jax.jit(init, out_shardings=shardings))
+
+
+def abstract_model(model_factory: Callable[[nnx.Rngs], nnx.Module]):
+  """(graphdef, abstract params as a pure dict, {path: logical names}) without allocating weights."""
+  model = nnx.eval_shape(lambda: model_factory(nnx.Rngs(params=0)))
+  graphdef, state = nnx.split(model)
+  return graphdef, state.to_pure_dict(), partitioning.param_logical_axes(state)
+
+
+@gin.configurable
+def make_train_step(graphdef, tx: optax.GradientTransformation, num_microbatches: int = 1,
+                    loss_fn: Callable = cross_entropy_loss):
+  """Returns `step(state, batch) -> (state, metrics)`; gradients are accumulated over
+  `num_microbatches` slices of the batch and normalised by the total number of target tokens, so
+  accumulation changes memory, not the result."""
+
+  def summed_loss(params, batch, rng):
+    model = nnx.merge(graphdef, params)
+    logits = model(batch['encoder_input_tokens'], batch['decoder_input_tokens'],
+                   batch.get('encoder_segment_ids'), batch.get('decoder_segment_ids'),
+                   deterministic=False, rngs=nnx.Rngs(dropout=rng))
+    sums = loss_fn(logits, batch['decoder_target_tokens'], batch['decoder_loss_weights'])
+    return sums['cross_ent_sum'] + sums['z_loss_sum'], sums
+
+  grad_fn = jax.grad(summed_loss, has_aux=True)
+
+  def step(state: TrainState, batch: Mapping[str, jax.Array]):
+    rng = jax.random.fold_in(jax.random.wrap_key_data(state['rng']), state['step'])
+    params = state['params']
+    if num_microbatches == 1:
+      grads, sums = grad_fn(params, batch, rng)
+    else:
+      micro = jax.tree.map(
+          lambda x: x.reshape((num_microbatches, x.shape[0] // num_microbatches) + x.shape[1:]),
+          batch)
+
+      def body(carry, i):
+        mb = jax.tree.map(lambda x: x[i], micro)
+        g, s = grad_fn(params, mb, jax.random.fold_in(rng, i))
+        return jax.tree.map(jnp.add, carry, (g, s)), None
+
+      zeros = jax.tree.map(jnp.zeros_like, (params, jax.eval_shape(
+          lambda: grad_fn(params, jax.tree.map(lambda x: x[0], micro), rng)[1])))
+      (grads, sums), _ = jax.lax.scan(body, zeros, jnp.arange(num_microbatches))
+    denom = jnp.maximum(sums['weight_sum'], 1.0)
+    grads = jax.tree.map(lambda g: g / denom, grads)
+    updates, opt_state = tx.update(grads, state['opt_state'], params)
+    new_state = {
+        'step': state['step'] + 1,
+        'params': optax.apply_updates(params, updates),
+        'opt_state': opt_state,
+        'rng': state['rng'],
+    }
+    metrics = {
+        'loss': (sums['cross_ent_sum'] + sums['z_loss_sum']) / denom,
+        'cross_ent_loss': sums['cross_ent_sum'] / denom,
+        'z_loss': sums['z_loss_sum'] / denom,
+        'accuracy': sums['correct_sum'] / denom,
+        'target_tokens': sums['weight_sum'],
+        'grad_norm': optax.global_norm(grads),
+    }
+    return new_state, metrics
+
+  return step
+
+
+# ----------------------------------------------------------------------------- metrics
+
+
+class MetricsWriter:
+  """Writes each logged step to MODEL_DIR/metrics.jsonl and TensorBoard, and prints a progress line
+  (step, loss, tokens/s, MFU, ETA). Only process 0 writes."""
+
+  def __init__(self, model_dir: str, total_steps: int, enabled: bool = True):
+    self.enabled = enabled
+    self.total_steps = total_steps
+    self._jsonl = None
+    self._tb = None
+    if enabled:
+      os.makedirs(model_dir, exist_ok=True)
+      self._jsonl = open(os.path.join(model_dir, 'metrics.jsonl'), 'a')
+      import tensorflow as tf  # seqio already imports TF; its summary writer is the TB writer.
+      self._tb = tf.summary.create_file_writer(os.path.join(model_dir, 'train'))
+
+  def write(self, step: int, metrics: Mapping[str, float], eta_s: float | None = None):
+    if not self.enabled:
+      return
+    record = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
+    import tensorflow as tf
+    with self._tb.as_default(step=int(step)):
+      for k, v in record.items():
+        if k != 'step':
+          tf.summary.scalar(k, v)
+    self._tb.flush()
+    eta = '' if eta_s is None else f' | ETA {format_seconds(eta_s)}'
+    mfu = f" | MFU {metrics['mfu']:.1%}" if 'mfu' in metrics else ''
+    print(f"step {step:>6d}/{self.total_steps} | loss {metrics['loss']:.4f} | "
+          f"acc {metrics['accuracy']:.3f} | lr {metrics['learning_rate']:.2e} | "
+          f"{metrics.get('tokens_per_s', 0.0):,.0f} tokens/s{mfu}{eta}", flush=True)
+
+  def close(self):
+    if self._jsonl:
+      self._jsonl.close()
+    if self._tb:
+      self._tb.close()
+
+
+def format_seconds(s: float) -> str:
+  s = int(round(s))
+  h, rem = divmod(s, 3600)
+  m, sec = divmod(rem, 60)
+  return f'{h}:{m:02d}:{sec:02d}' if h else f'{m}:{sec:02d}'
+
+
+class StepTimer:
+  """Throughput over the steps since the last report, excluding the first (compile) step."""
+
+  def __init__(self):
+    self._t = None
+    self._steps = 0
+
+  def start(self):
+    self._t = time.perf_counter()
+    self._steps = 0
+
+  def tick(self):
+    self._steps += 1
+
+  def rate(self) -> tuple[float, int]:
+    """(seconds per step, steps) since start; restarts the window."""
+    if self._t is None or self._steps == 0:
+      return float('nan'), 0
+    now = time.perf_counter()
+    out = ((now - self._t) / self._steps, self._steps)
+    self._t, self._steps = now, 0
+    return out
