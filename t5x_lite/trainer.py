@@ -19,9 +19,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import tensorboardX
 from flax import nnx
 
 from t5x_lite import partitioning
+from t5x_lite.models import eager_rngs
 
 TrainState = dict  # {'step': int32[], 'params': pytree, 'opt_state': pytree, 'rng': key data}
 
@@ -136,7 +138,7 @@ def setup_train_state(model_factory: Callable[[nnx.Rngs], nnx.Module],
   }
 
   def init():
-    model = model_factory(nnx.Rngs(params=seed))
+    model = model_factory(eager_rngs(seed))
     params = nnx.state(model).to_pure_dict()
     return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params),
             'rng': jax.random.key_data(jax.random.key(seed))}
@@ -147,8 +149,10 @@ def setup_train_state(model_factory: Callable[[nnx.Rngs], nnx.Module],
 
 
 def abstract_model(model_factory: Callable[[nnx.Rngs], nnx.Module]):
-  """(graphdef, abstract params as a pure dict, {path: logical names}) without allocating weights."""
-  model = nnx.eval_shape(lambda: model_factory(nnx.Rngs(params=0)))
+  """(graphdef, abstract params as a pure dict, {path: logical names}) without allocating weights.
+
+  Call it outside `jax.set_mesh`: under a mesh, nnx.eval_shape reads logical names as mesh axes."""
+  model = nnx.eval_shape(lambda: model_factory(eager_rngs(0)))
   graphdef, state = nnx.split(model)
   return graphdef, state.to_pure_dict(), partitioning.param_logical_axes(state)
 
@@ -225,8 +229,7 @@ class MetricsWriter:
     if enabled:
       os.makedirs(model_dir, exist_ok=True)
       self._jsonl = open(os.path.join(model_dir, 'metrics.jsonl'), 'a')
-      import tensorflow as tf  # seqio already imports TF; its summary writer is the TB writer.
-      self._tb = tf.summary.create_file_writer(os.path.join(model_dir, 'train'))
+      self._tb = tensorboardX.SummaryWriter(os.path.join(model_dir, 'train'))
 
   def write(self, step: int, metrics: Mapping[str, float], eta_s: float | None = None):
     if not self.enabled:
@@ -234,11 +237,9 @@ class MetricsWriter:
     record = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
     self._jsonl.write(json.dumps(record) + '\n')
     self._jsonl.flush()
-    import tensorflow as tf
-    with self._tb.as_default(step=int(step)):
-      for k, v in record.items():
-        if k != 'step':
-          tf.summary.scalar(k, v)
+    for k, v in record.items():
+      if k != 'step':
+        self._tb.add_scalar(k, v, int(step))
     self._tb.flush()
     eta = '' if eta_s is None else f' | ETA {format_seconds(eta_s)}'
     mfu = f" | MFU {metrics['mfu']:.1%}" if 'mfu' in metrics else ''

@@ -1,0 +1,96 @@
+"""The hyperparameters of a T5 encoder-decoder, as one frozen, gin-configurable dataclass.
+
+Field names follow T5/T5X (`d_model`, `d_kv`, `d_ff`, `relative_attention_num_buckets`, ...) so the
+published configs read the same here. Defaults are T5.1.1 small (Raffel et al. 2020 with the
+t5.1.1 changes: gated-GELU MLP, untied logits, no dropout in pre-training); the other sizes live in
+gin/models/. The loss (z-loss, label smoothing) is the trainer's business, not the model's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import gin
+import jax.numpy as jnp
+
+# MLP activation names. 'gelu' is the tanh approximation (`gelu_new` in HF), which is what T5.1.1
+# was trained with; 'linear' is the identity branch of a gated MLP.
+ACTIVATIONS = ('relu', 'gelu', 'silu', 'linear')
+DTYPES = ('float32', 'bfloat16', 'float16')
+
+
+@gin.configurable(module='t5x_lite.models')
+@dataclasses.dataclass(frozen=True)
+class T5Config:
+  """Sizes and numerics of a T5 model (T5.1.1 small by default).
+
+  `mlp_activations`: one name gives T5 v1.0's `wo(act(wi(x)))`; several give the gated MLP of
+  T5.1.1, `wo(act_0(wi_0(x)) * act_1(wi_1(x)) * ...)`. `logits_via_embedding`: v1.0 ties the
+  output layer to the token embedding and scales the decoder output by 1/sqrt(d_model).
+  `dtype` is the compute dtype; parameters are stored in `param_dtype`.
+  """
+  vocab_size: int = 32128
+  d_model: int = 512
+  num_heads: int = 6
+  d_kv: int = 64
+  d_ff: int = 1024
+  num_encoder_layers: int = 8
+  num_decoder_layers: int = 8
+  mlp_activations: Sequence[str] = ('gelu', 'linear')
+  dropout_rate: float = 0.0
+  logits_via_embedding: bool = False
+  relative_attention_num_buckets: int = 32
+  relative_attention_max_distance: int = 128
+  layer_norm_epsilon: float = 1e-6
+  dtype: str = 'float32'
+  param_dtype: str = 'float32'
+
+  def __post_init__(self):
+    # gin may hand over a list; a tuple keeps the config hashable (usable as a jit static arg).
+    object.__setattr__(self, 'mlp_activations', tuple(self.mlp_activations))
+    for name in ('vocab_size', 'd_model', 'num_heads', 'd_kv', 'd_ff',
+                 'relative_attention_num_buckets', 'relative_attention_max_distance'):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value <= 0:
+        raise ValueError(f'T5Config.{name} must be a positive int, got {value!r}.')
+    for name in ('num_encoder_layers', 'num_decoder_layers'):
+      value = getattr(self, name)
+      if not isinstance(value, int) or value < 0:
+        raise ValueError(f'T5Config.{name} must be an int >= 0, got {value!r}.')
+    if not self.mlp_activations:
+      raise ValueError('T5Config.mlp_activations is empty; use e.g. (\'relu\',) for T5 v1.0 or '
+                       '(\'gelu\', \'linear\') for T5.1.1.')
+    unknown = [a for a in self.mlp_activations if a not in ACTIVATIONS]
+    if unknown:
+      raise ValueError(f'T5Config.mlp_activations has unknown activation(s) {unknown}; '
+                       f'allowed: {list(ACTIVATIONS)}.')
+    if not 0.0 <= self.dropout_rate < 1.0:
+      raise ValueError(f'T5Config.dropout_rate must be in [0, 1), got {self.dropout_rate!r}.')
+    if self.relative_attention_num_buckets < 4 or self.relative_attention_num_buckets % 2:
+      # Bidirectional bucketing halves the buckets, then half of those are exact offsets.
+      raise ValueError('T5Config.relative_attention_num_buckets must be even and >= 4, '
+                       f'got {self.relative_attention_num_buckets}.')
+    if self.relative_attention_max_distance <= self.relative_attention_num_buckets // 2:
+      raise ValueError(
+          'T5Config.relative_attention_max_distance must exceed relative_attention_num_buckets / 2 '
+          f'(the exact-offset buckets), got {self.relative_attention_max_distance}.')
+    if not self.layer_norm_epsilon > 0:
+      raise ValueError(f'T5Config.layer_norm_epsilon must be > 0, got {self.layer_norm_epsilon}.')
+    for name in ('dtype', 'param_dtype'):
+      if getattr(self, name) not in DTYPES:
+        raise ValueError(f'T5Config.{name} must be one of {list(DTYPES)}, '
+                         f'got {getattr(self, name)!r}.')
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def weight_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.param_dtype)
+
+  @property
+  def inner_dim(self) -> int:
+    """Width of the concatenated attention heads (num_heads * d_kv); need not equal d_model."""
+    return self.num_heads * self.d_kv

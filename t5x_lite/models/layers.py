@@ -1,0 +1,284 @@
+"""Building blocks of T5-style Transformers: norm, embedding, projections, MLP, attention.
+
+Shared by the encoder-decoder in t5.py and the decoder-only / prefix-LM models built from the same
+parts. Conventions, all as in T5X:
+
+* Every parameter names its logical axes (`('embed', 'mlp')`, ...) via `nnx.with_partitioning`;
+  a rule table in t5x_lite/partitioning.py maps them to mesh axes. Parameters are created
+  unsharded (`eager_sharding=False`): the trainer decides the layout, the model only names axes.
+* Parameters are stored in `param_dtype` and cast to the compute `dtype` where they are used;
+  norms and softmax run in float32.
+* No biases anywhere; no 1/sqrt(d_kv) in attention (folded into the query initialiser).
+* Modules hold no RNG state: dropout takes `rngs` at call time (`deterministic=False`).
+
+The numerics (bucketing, masks, attention) are pure functions so they can be tested alone.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from t5x_lite.models.config import T5Config
+from t5x_lite.partitioning import with_logical_constraint
+
+Initializer = Callable[..., jax.Array]
+
+# Large negative logit for masked positions (T5X's choice); finite, so fully masked rows (padding
+# queries) give a uniform softmax instead of NaN.
+MASKED_LOGIT = -1e10
+
+ACTIVATION_FNS: dict[str, Callable[[jax.Array], jax.Array]] = {
+    'relu': jax.nn.relu,
+    'gelu': functools.partial(jax.nn.gelu, approximate=True),  # HF `gelu_new`, as in T5.1.1.
+    'silu': jax.nn.silu,
+    'linear': lambda x: x,
+}
+
+# T5X initialisers. fan_in is computed over the contracted axes of each (possibly 3-D) kernel.
+embedding_init = nnx.initializers.normal(stddev=1.0)
+
+
+def fan_in_init(num_in_axes: int, num_out_axes: int, distribution: str, scale: float = 1.0):
+  """variance_scaling(scale, 'fan_in') where fan_in = product of the first `num_in_axes` dims."""
+  return nnx.initializers.variance_scaling(
+      scale, 'fan_in', distribution,
+      in_axis=tuple(range(num_in_axes)),
+      out_axis=tuple(range(num_in_axes, num_in_axes + num_out_axes)))
+
+
+def make_param(rngs: nnx.Rngs, init: Initializer, shape: Sequence[int],
+               logical_axes: Sequence[str], dtype) -> nnx.Param:
+  """An nnx.Param initialised by `init` and annotated with its logical axis names."""
+  # Draw the key eagerly when `rngs` is concrete. Inside a trace (eval_shape, jitted init) a
+  # staged RNG-counter update makes flax read the tracer's `.sharding`, whose error message walks
+  # the whole trace, so tracing the init would grow quadratically with depth.
+  with jax.ensure_compile_time_eval():
+    key = rngs.params()
+  init = nnx.with_partitioning(init, tuple(logical_axes), eager_sharding=False)
+  return nnx.Param(init(key, tuple(shape), dtype))
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure numerics.
+# ---------------------------------------------------------------------------------------------
+
+def relative_position_bucket(relative_position: jax.Array, *, bidirectional: bool,
+                             num_buckets: int, max_distance: int) -> jax.Array:
+  """T5's bucket index for `relative_position = key_position - query_position`.
+
+  Bidirectional (encoder): half the buckets are for keys after the query, half for keys at or
+  before it. Within a half, the first half of its buckets are exact offsets 0, 1, ...; the rest
+  cover offsets up to `max_distance` with logarithmically growing widths, and every offset beyond
+  `max_distance` shares the last bucket. Unidirectional (decoder): future keys map to bucket 0
+  (they are masked anyway) and all buckets describe the past.
+  """
+  n = -relative_position  # How far the key lies in the past.
+  bucket = jnp.zeros_like(n)
+  if bidirectional:
+    num_buckets //= 2
+    bucket += (n < 0).astype(n.dtype) * num_buckets
+    n = jnp.abs(n)
+  else:
+    n = jnp.maximum(n, 0)
+  max_exact = num_buckets // 2
+  is_small = n < max_exact
+  # T5X adds float32 eps inside the log to guard exact powers against rounding down.
+  log_ratio = jnp.log(n.astype(jnp.float32) / max_exact + np.finfo(np.float32).eps)
+  log_bucket = max_exact + (log_ratio / np.log(max_distance / max_exact)
+                            * (num_buckets - max_exact)).astype(n.dtype)
+  log_bucket = jnp.minimum(log_bucket, num_buckets - 1)
+  return bucket + jnp.where(is_small, n, log_bucket)
+
+
+def attention_mask(query_segment_ids: jax.Array, key_segment_ids: jax.Array, *,
+                   causal: bool = False) -> jax.Array:
+  """Boolean mask [batch, 1, q_len, k_len]: True where a query may attend to a key.
+
+  A query sees keys of its own segment (packing: no attention across examples); segment id 0 is
+  padding and is never seen. `causal` also hides keys after the query (positions are array
+  indices, which within one packed segment orders tokens correctly).
+  """
+  mask = ((query_segment_ids[:, :, None] == key_segment_ids[:, None, :])
+          & (key_segment_ids[:, None, :] > 0))
+  if causal:
+    q_len, k_len = query_segment_ids.shape[1], key_segment_ids.shape[1]
+    mask &= jnp.arange(q_len)[:, None] >= jnp.arange(k_len)[None, :]
+  return mask[:, None, :, :]
+
+
+def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
+                          mask: jax.Array | None = None,
+                          bias: jax.Array | None = None) -> jax.Array:
+  """softmax(q·k + bias, masked) · v, unscaled (T5), softmax in float32.
+
+  query [b, q, h, d], key/value [b, k, h, d], mask bool broadcastable to [b, h, q, k],
+  bias broadcastable to [b, h, q, k]. Returns [b, q, h, d] in the query's dtype.
+  """
+  logits = jnp.einsum('bqhd,bkhd->bhqk', query, key, preferred_element_type=jnp.float32)
+  if bias is not None:
+    logits = logits + bias.astype(jnp.float32)
+  if mask is not None:
+    logits = jnp.where(mask, logits, MASKED_LOGIT)
+  weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
+  return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+
+
+# ---------------------------------------------------------------------------------------------
+# Modules.
+# ---------------------------------------------------------------------------------------------
+
+class RMSNorm(nnx.Module):
+  """T5's layer norm: x / sqrt(mean(x²) + eps) * scale; no mean subtraction, no bias."""
+
+  def __init__(self, features: int, *, epsilon: float = 1e-6, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.scale = make_param(rngs, nnx.initializers.ones, (features,), ('embed',), param_dtype)
+    self.epsilon = epsilon
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array) -> jax.Array:
+    x = x.astype(jnp.float32)
+    y = x * jax.lax.rsqrt(jnp.mean(jnp.square(x), axis=-1, keepdims=True) + self.epsilon)
+    return y.astype(self.dtype) * self.scale[...].astype(self.dtype)
+
+
+class Embed(nnx.Module):
+  """Token embedding [vocab, embed]; `attend` reuses it as a (tied) output layer."""
+
+  def __init__(self, num_embeddings: int, features: int, *, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.embedding = make_param(rngs, embedding_init, (num_embeddings, features),
+                                ('vocab', 'embed'), param_dtype)
+    self.dtype = dtype
+
+  def __call__(self, ids: jax.Array) -> jax.Array:
+    return jnp.take(self.embedding[...], ids, axis=0).astype(self.dtype)
+
+  def attend(self, x: jax.Array) -> jax.Array:
+    """x @ embedding.T, accumulated and returned in float32."""
+    return jnp.einsum('...d,vd->...v', x, self.embedding[...].astype(self.dtype),
+                      preferred_element_type=jnp.float32)
+
+
+class DenseGeneral(nnx.Module):
+  """Bias-free projection contracting the trailing `len(in_features)` axes of the input.
+
+  The kernel is shaped `in_features + out_features` (e.g. [d_model, heads, d_kv] for a query),
+  which keeps heads a named axis for sharding and makes HF conversion a reshape.
+  """
+
+  def __init__(self, in_features: Sequence[int], out_features: Sequence[int],
+               logical_axes: Sequence[str], *, kernel_init: Initializer, dtype=jnp.float32,
+               param_dtype=jnp.float32, rngs: nnx.Rngs):
+    self.kernel = make_param(rngs, kernel_init, tuple(in_features) + tuple(out_features),
+                             logical_axes, param_dtype)
+    self.num_in = len(in_features)
+    self.dtype = dtype
+
+  def __call__(self, x: jax.Array, out_dtype=None) -> jax.Array:
+    n = self.num_in
+    contract = (tuple(range(x.ndim - n, x.ndim)), tuple(range(n)))
+    return jax.lax.dot_general(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
+                               (contract, ((), ())), preferred_element_type=out_dtype)
+
+
+class MLP(nnx.Module):
+  """T5 feed-forward: `wo(act(wi(x)))`, or gated `wo(act_0(wi_0 x) * act_1(wi_1 x))` (T5.1.1).
+
+  Dropout (T5X's placement) is applied to the hidden activations, before `wo`.
+  """
+
+  def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
+    cfg = config
+    self.activations = tuple(cfg.mlp_activations)
+    kernel_init = fan_in_init(1, 1, 'truncated_normal')
+    n = len(self.activations)
+    self.wi_names = ('wi',) if n == 1 else tuple(f'wi_{i}' for i in range(n))
+    for name in self.wi_names:
+      setattr(self, name, DenseGeneral((cfg.d_model,), (cfg.d_ff,), ('embed', 'mlp'),
+                                       kernel_init=kernel_init, dtype=cfg.compute_dtype,
+                                       param_dtype=cfg.weight_dtype, rngs=rngs))
+    self.wo = DenseGeneral((cfg.d_ff,), (cfg.d_model,), ('mlp', 'embed'),
+                           kernel_init=kernel_init, dtype=cfg.compute_dtype,
+                           param_dtype=cfg.weight_dtype, rngs=rngs)
+    self.dropout = nnx.Dropout(cfg.dropout_rate)
+
+  def __call__(self, x: jax.Array, *, deterministic: bool = True,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    hidden = None
+    for name, act in zip(self.wi_names, self.activations):
+      h = ACTIVATION_FNS[act](getattr(self, name)(x))
+      hidden = h if hidden is None else hidden * h
+    hidden = with_logical_constraint(hidden, ('batch', 'length', 'mlp'))
+    hidden = self.dropout(hidden, deterministic=deterministic, rngs=rngs)
+    return self.wo(hidden)
+
+
+class RelativePositionBias(nnx.Module):
+  """T5's learned per-head scalar bias for each relative-position bucket, table [buckets, heads].
+
+  One table per stack, shared by all its layers (T5 v1.0 and v1.1; HF stores it in block 0).
+  Positions are array indices: with packing, the offset between two tokens of the same segment is
+  the same as with their in-segment positions, and cross-segment pairs are masked anyway.
+  """
+
+  def __init__(self, config: T5Config, *, bidirectional: bool, rngs: nnx.Rngs):
+    # T5X's default embed init on a [buckets, heads] table: stddev 1/sqrt(num_heads).
+    init = nnx.initializers.variance_scaling(1.0, 'fan_in', 'normal', in_axis=1, out_axis=0)
+    self.embedding = make_param(rngs, init,
+                                (config.relative_attention_num_buckets, config.num_heads),
+                                ('relpos_buckets', 'heads'), config.weight_dtype)
+    self.bidirectional = bidirectional
+    self.num_buckets = config.relative_attention_num_buckets
+    self.max_distance = config.relative_attention_max_distance
+
+  def __call__(self, query_length: int, key_length: int, query_offset: int = 0) -> jax.Array:
+    """Bias [1, heads, query_length, key_length] in float32; `query_offset` is for decoding."""
+    query_position = jnp.arange(query_length)[:, None] + query_offset
+    key_position = jnp.arange(key_length)[None, :]
+    buckets = relative_position_bucket(key_position - query_position,
+                                       bidirectional=self.bidirectional,
+                                       num_buckets=self.num_buckets,
+                                       max_distance=self.max_distance)
+    bias = jnp.take(self.embedding[...].astype(jnp.float32), buckets, axis=0)  # [q, k, heads]
+    return jnp.transpose(bias, (2, 0, 1))[None]
+
+
+class MultiHeadAttention(nnx.Module):
+  """Multi-head attention with T5's projections `query, key, value, out` (no biases).
+
+  The query kernel is initialised with variance 1/(d_model·d_kv) instead of 1/d_model: that folds
+  the usual 1/sqrt(d_kv) logit scaling into the initialisation (T5/T5X), so the logits are never
+  scaled at run time and pretrained T5 weights work unchanged.
+  """
+
+  def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
+    cfg = config
+    common = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs)
+    heads = (cfg.num_heads, cfg.d_kv)
+    in_axes = ('embed', 'heads', 'kv')
+    self.query = DenseGeneral((cfg.d_model,), heads, in_axes,
+                              kernel_init=fan_in_init(1, 2, 'normal', 1.0 / cfg.d_kv), **common)
+    self.key = DenseGeneral((cfg.d_model,), heads, in_axes,
+                            kernel_init=fan_in_init(1, 2, 'normal'), **common)
+    self.value = DenseGeneral((cfg.d_model,), heads, in_axes,
+                              kernel_init=fan_in_init(1, 2, 'normal'), **common)
+    self.out = DenseGeneral(heads, (cfg.d_model,), ('heads', 'kv', 'embed'),
+                            kernel_init=fan_in_init(2, 1, 'normal'), **common)
+
+  def __call__(self, inputs_q: jax.Array, inputs_kv: jax.Array, mask: jax.Array | None = None,
+               bias: jax.Array | None = None) -> jax.Array:
+    """inputs_q [b, q, d_model], inputs_kv [b, k, d_model] -> [b, q, d_model]."""
+    axes = ('batch', 'length', 'heads', 'kv')
+    query = with_logical_constraint(self.query(inputs_q), axes)
+    key = with_logical_constraint(self.key(inputs_kv), axes)
+    value = with_logical_constraint(self.value(inputs_kv), axes)
+    x = dot_product_attention(query, key, value, mask, bias)
+    x = with_logical_constraint(x, axes)
+    return self.out(x)

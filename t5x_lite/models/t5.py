@@ -1,0 +1,232 @@
+"""The T5 encoder-decoder (Raffel et al. 2020), wired from the blocks in layers.py.
+
+Parameter tree (names follow T5X; an HF converter is a renaming table plus reshapes):
+
+    token_embedder/embedding                              [vocab, d_model]   (shared enc/dec)
+    encoder/relpos_bias/embedding                         [buckets, heads]
+    encoder/layers/{i}/pre_attention_layer_norm/scale
+    encoder/layers/{i}/attention/{query,key,value,out}/kernel
+    encoder/layers/{i}/pre_mlp_layer_norm/scale
+    encoder/layers/{i}/mlp/{wi | wi_0,wi_1}/kernel, mlp/wo/kernel
+    encoder/encoder_norm/scale
+    decoder/relpos_bias/embedding
+    decoder/layers/{i}/pre_self_attention_layer_norm, self_attention,
+                       pre_cross_attention_layer_norm, encoder_decoder_attention,
+                       pre_mlp_layer_norm, mlp
+    decoder/decoder_norm/scale
+    lm_head/kernel                                        [d_model, vocab]   (T5.1.1 only)
+
+Inputs are what seqio's EncDecFeatureConverter produces. With packing, `*_segment_ids` say which
+example each token belongs to (0 = padding) and attention never crosses examples; without, padding
+is `encoder_input_tokens == 0`, and the decoder needs no padding mask because it is causal and
+padding only follows real tokens (its first input token, BOS, is also id 0).
+
+Dropout (T5X's placement): on the embedded inputs, on each sublayer's output before the residual
+add, on the MLP hidden activations, and after each stack's final norm.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from t5x_lite.models.config import T5Config
+from t5x_lite.models.layers import (MLP, DenseGeneral, Embed, MultiHeadAttention,
+                                    RelativePositionBias, RMSNorm, attention_mask, fan_in_init)
+from t5x_lite.partitioning import with_logical_constraint
+
+ACTIVATION_AXES = ('batch', 'length', 'embed')
+
+
+def _norm(cfg: T5Config, rngs: nnx.Rngs) -> RMSNorm:
+  return RMSNorm(cfg.d_model, epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype,
+                 param_dtype=cfg.weight_dtype, rngs=rngs)
+
+
+class EncoderLayer(nnx.Module):
+  """Pre-norm self-attention then MLP, each added back to the residual stream."""
+
+  def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
+    self.pre_attention_layer_norm = _norm(config, rngs)
+    self.attention = MultiHeadAttention(config, rngs=rngs)
+    self.pre_mlp_layer_norm = _norm(config, rngs)
+    self.mlp = MLP(config, rngs=rngs)
+    self.dropout = nnx.Dropout(config.dropout_rate)
+
+  def __call__(self, x, mask, bias, *, deterministic=True, rngs=None):
+    drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)
+    h = self.pre_attention_layer_norm(x)
+    x = x + drop(self.attention(h, h, mask, bias))
+    h = self.pre_mlp_layer_norm(x)
+    x = x + drop(self.mlp(h, deterministic=deterministic, rngs=rngs))
+    return with_logical_constraint(x, ACTIVATION_AXES)
+
+
+class DecoderLayer(nnx.Module):
+  """Causal self-attention, cross-attention to the encoder (unless decoder-only), then MLP."""
+
+  def __init__(self, config: T5Config, *, cross_attention: bool = True, rngs: nnx.Rngs):
+    self.pre_self_attention_layer_norm = _norm(config, rngs)
+    self.self_attention = MultiHeadAttention(config, rngs=rngs)
+    self.cross_attention = cross_attention
+    if cross_attention:
+      self.pre_cross_attention_layer_norm = _norm(config, rngs)
+      self.encoder_decoder_attention = MultiHeadAttention(config, rngs=rngs)
+    self.pre_mlp_layer_norm = _norm(config, rngs)
+    self.mlp = MLP(config, rngs=rngs)
+    self.dropout = nnx.Dropout(config.dropout_rate)
+
+  def __call__(self, x, encoded, self_mask, self_bias, cross_mask, *, deterministic=True,
+               rngs=None):
+    drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)
+    h = self.pre_self_attention_layer_norm(x)
+    x = x + drop(self.self_attention(h, h, self_mask, self_bias))
+    if self.cross_attention:
+      h = self.pre_cross_attention_layer_norm(x)
+      x = x + drop(self.encoder_decoder_attention(h, encoded, cross_mask))
+    h = self.pre_mlp_layer_norm(x)
+    x = x + drop(self.mlp(h, deterministic=deterministic, rngs=rngs))
+    return with_logical_constraint(x, ACTIVATION_AXES)
+
+
+class Encoder(nnx.Module):
+  """Embedded tokens -> encoded sequence: bidirectional layers and a final norm."""
+
+  def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
+    self.relpos_bias = RelativePositionBias(config, bidirectional=True, rngs=rngs)
+    self.layers = nnx.List([EncoderLayer(config, rngs=rngs)
+                            for _ in range(config.num_encoder_layers)])
+    self.encoder_norm = _norm(config, rngs)
+    self.dropout = nnx.Dropout(config.dropout_rate)
+
+  def __call__(self, embedded, segment_ids, *, deterministic=True, rngs=None):
+    """embedded [b, len, d_model], segment_ids [b, len] (0 = padding) -> [b, len, d_model]."""
+    drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)
+    length = embedded.shape[1]
+    mask = attention_mask(segment_ids, segment_ids)
+    bias = self.relpos_bias(length, length)
+    x = with_logical_constraint(drop(embedded), ACTIVATION_AXES)
+    for layer in self.layers:
+      x = layer(x, mask, bias, deterministic=deterministic, rngs=rngs)
+    return drop(self.encoder_norm(x))
+
+
+class Decoder(nnx.Module):
+  """Embedded targets (+ encoder output) -> final hidden states; logits are the caller's."""
+
+  def __init__(self, config: T5Config, *, cross_attention: bool = True, rngs: nnx.Rngs):
+    self.relpos_bias = RelativePositionBias(config, bidirectional=False, rngs=rngs)
+    self.layers = nnx.List([DecoderLayer(config, cross_attention=cross_attention, rngs=rngs)
+                            for _ in range(config.num_decoder_layers)])
+    self.decoder_norm = _norm(config, rngs)
+    self.dropout = nnx.Dropout(config.dropout_rate)
+
+  def __call__(self, embedded, segment_ids, encoded=None, encoder_segment_ids=None, *,
+               deterministic=True, rngs=None):
+    """embedded [b, len, d]; segment_ids [b, len]; encoded [b, enc_len, d] for cross-attention."""
+    drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)
+    length = embedded.shape[1]
+    self_mask = attention_mask(segment_ids, segment_ids, causal=True)
+    self_bias = self.relpos_bias(length, length)
+    cross_mask = (None if encoded is None
+                  else attention_mask(segment_ids, encoder_segment_ids))
+    x = with_logical_constraint(drop(embedded), ACTIVATION_AXES)
+    for layer in self.layers:
+      x = layer(x, encoded, self_mask, self_bias, cross_mask,
+                deterministic=deterministic, rngs=rngs)
+    return drop(self.decoder_norm(x))
+
+
+def _check_segment_ids(encoder_segment_ids, decoder_segment_ids):
+  if (encoder_segment_ids is None) != (decoder_segment_ids is None):
+    raise ValueError('Pass both encoder_segment_ids and decoder_segment_ids (packed data) or '
+                     'neither (unpacked data); got only one.')
+
+
+def encoder_segments(encoder_input_tokens, encoder_segment_ids=None):
+  """Segment ids for the encoder: the packed ids, else 1 for real tokens and 0 for padding."""
+  if encoder_segment_ids is not None:
+    return encoder_segment_ids
+  return (encoder_input_tokens > 0).astype(jnp.int32)
+
+
+def decoder_segments(decoder_input_tokens, decoder_segment_ids=None):
+  """Segment ids for the decoder: the packed ids, else all ones (causality hides the padding)."""
+  if decoder_segment_ids is not None:
+    return decoder_segment_ids
+  return jnp.ones_like(decoder_input_tokens, dtype=jnp.int32)
+
+
+class EncoderDecoder(nnx.Module):
+  """T5: shared token embedding, encoder, decoder and a tied (v1.0) or separate (v1.1) head."""
+
+  def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
+    cfg = config
+    self.config = cfg
+    self.token_embedder = Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype,
+                                param_dtype=cfg.weight_dtype, rngs=rngs)
+    self.encoder = Encoder(cfg, rngs=rngs)
+    self.decoder = Decoder(cfg, cross_attention=True, rngs=rngs)
+    if not cfg.logits_via_embedding:
+      self.lm_head = DenseGeneral((cfg.d_model,), (cfg.vocab_size,), ('embed', 'vocab'),
+                                  kernel_init=fan_in_init(1, 1, 'truncated_normal'),
+                                  dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+                                  rngs=rngs)
+
+  def encode(self, encoder_input_tokens, encoder_segment_ids=None, *, deterministic=True,
+             rngs=None):
+    """int32 tokens [b, enc_len] -> encoded [b, enc_len, d_model] in the compute dtype."""
+    segments = encoder_segments(encoder_input_tokens, encoder_segment_ids)
+    return self.encoder(self.token_embedder(encoder_input_tokens), segments,
+                        deterministic=deterministic, rngs=rngs)
+
+  def decode(self, encoded, encoder_input_tokens, decoder_input_tokens,
+             encoder_segment_ids=None, decoder_segment_ids=None, *, deterministic=True,
+             rngs=None):
+    """Encoder output + shifted targets [b, dec_len] -> float32 logits [b, dec_len, vocab]."""
+    _check_segment_ids(encoder_segment_ids, decoder_segment_ids)
+    x = self.decoder(self.token_embedder(decoder_input_tokens),
+                     decoder_segments(decoder_input_tokens, decoder_segment_ids),
+                     encoded, encoder_segments(encoder_input_tokens, encoder_segment_ids),
+                     deterministic=deterministic, rngs=rngs)
+    return self.logits(x)
+
+  def logits(self, x):
+    """Final decoder states -> float32 logits; the tied head rescales by 1/sqrt(d_model) (T5)."""
+    if self.config.logits_via_embedding:
+      logits = self.token_embedder.attend(x * (self.config.d_model ** -0.5))
+    else:
+      logits = self.lm_head(x, out_dtype=jnp.float32)
+    return with_logical_constraint(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
+
+  def __call__(self, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids=None,
+               decoder_segment_ids=None, *, deterministic=True, rngs=None):
+    """Teacher-forced logits [b, dec_len, vocab] (float32) for a batch of token ids."""
+    _check_segment_ids(encoder_segment_ids, decoder_segment_ids)
+    encoded = self.encode(encoder_input_tokens, encoder_segment_ids,
+                          deterministic=deterministic, rngs=rngs)
+    return self.decode(encoded, encoder_input_tokens, decoder_input_tokens,
+                       encoder_segment_ids, decoder_segment_ids,
+                       deterministic=deterministic, rngs=rngs)
+
+
+def eager_rngs(seed: int) -> nnx.Rngs:
+  """`nnx.Rngs(params=seed)` with concrete keys even when built inside jit or eval_shape.
+
+  Build the model's init Rngs with this inside a jitted/abstract init: keys are then drawn
+  eagerly (see layers.make_param) and tracing the init stays linear in depth.
+  """
+  with jax.ensure_compile_time_eval():
+    return nnx.Rngs(params=seed)
+
+
+def abstract_model(config: T5Config) -> EncoderDecoder:
+  """The model with ShapeDtypeStructs for parameters: shapes and axis names, no memory."""
+  return nnx.eval_shape(lambda: EncoderDecoder(config, rngs=eager_rngs(0)))
+
+
+def count_params(config: T5Config) -> int:
+  """Number of parameters of `EncoderDecoder(config)`, without allocating any."""
+  params = nnx.state(abstract_model(config), nnx.Param)
+  return sum(int(x.size) for x in jax.tree.leaves(params))

@@ -1,0 +1,173 @@
+"""`python -m t5x_lite.train --gin_file=F [--gin_file=G] --gin.NAME=VALUE ...`
+
+Reads gin, builds the mesh and the sharded train state, resumes from the newest checkpoint in
+MODEL_DIR if there is one, trains, checkpoints every CHECKPOINT_PERIOD steps and at the end, and
+decodes a sample from the validation split.
+"""
+
+from __future__ import annotations
+
+if __name__ == '__main__':
+  # Run the importable module rather than this copy under __main__, so gin registers one `train`.
+  import sys
+  from t5x_lite import train as _module
+  sys.exit(_module.main())
+
+import os
+import sys
+import time
+from typing import Mapping, Sequence
+
+import gin
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from t5x_lite import checkpoints, decoding, gin_utils, hardware, partitioning, trainer, vocab
+from t5x_lite.data import pipeline
+from t5x_lite.models import EncoderDecoder, T5Config, flops
+
+
+@gin.configurable
+def train(*,
+          model_config: T5Config = gin.REQUIRED,
+          mixture_or_task_name: str = gin.REQUIRED,
+          task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
+          batch_size: int = gin.REQUIRED,
+          train_steps: int = gin.REQUIRED,
+          model_dir: str = gin.REQUIRED,
+          checkpoint_period: int = 1000,
+          keep_checkpoints: int = 3,
+          mesh_shape: Mapping[str, int] = {'data': -1},  # pylint: disable=dangerous-default-value
+          log_period: int = 10,
+          seed: int = 0,
+          decode_sample: bool = True) -> dict:
+  """Trains `model_config` on `mixture_or_task_name`; returns the last logged metrics."""
+  if train_steps <= 0:
+    raise gin_utils.UsageError(f'TRAIN_STEPS must be positive, got {train_steps}.')
+  if batch_size <= 0:
+    raise gin_utils.UsageError(f'BATCH_SIZE must be positive, got {batch_size}.')
+  is_main = jax.process_index() == 0
+  try:
+    mesh = partitioning.create_mesh(mesh_shape)
+  except ValueError as e:
+    raise gin_utils.UsageError(str(e)) from e
+  rules = partitioning.logical_axis_rules()
+
+  vocabulary = vocab.get_vocabulary()
+  if model_config.vocab_size < vocabulary.vocab_size:
+    raise gin_utils.UsageError(
+        f'the model vocab_size {model_config.vocab_size} is smaller than the vocabulary '
+        f'({vocabulary.vocab_size} ids incl. sentinels); raise VOCAB_SIZE to at least that.')
+  import tasks  # registers tasks with the gin-configured vocabulary
+  tasks.pretraining.register_all(vocabulary)
+
+  tx = trainer.make_optimizer(trainer.learning_rate_schedule())
+  factory = lambda rngs: EncoderDecoder(model_config, rngs=rngs)
+  setup = trainer.setup_train_state(factory, tx, seed, mesh, rules)
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    ckpt = checkpoints.Checkpointer(os.path.join(model_dir, 'checkpoints'), keep=keep_checkpoints)
+    restored = ckpt.restore(setup.abstract_state)
+    if restored is None:
+      state, start_step = setup.init(), 0
+    else:
+      start_step, state, data_state = restored
+      print(f'Resumed from step {start_step} in {ckpt.directory} '
+            f"(data position: batch {data_state.get('batch', start_step)})", flush=True)
+    step_fn = jax.jit(trainer.make_train_step(setup.graphdef, tx),
+                      in_shardings=(setup.shardings, None), out_shardings=(setup.shardings, None),
+                      donate_argnums=(0,))
+    batch_spec = partitioning.logical_to_mesh_spec(('batch', 'length'), rules, mesh)
+    batch_sharding = jax.sharding.NamedSharding(mesh, batch_spec)
+    batches = pipeline.get_dataset(
+        mixture_or_task_name, task_feature_lengths, batch_size, split='train', shuffle=True,
+        seed=seed, shard_index=jax.process_index(), num_shards=jax.process_count(),
+        start_batch=start_step)
+
+    lengths = (task_feature_lengths['inputs'], task_feature_lengths['targets'])
+    flops_per_step = flops.training_flops_per_example(model_config, *lengths) * batch_size
+    tokens_per_step = batch_size * sum(lengths)
+    peak = hardware.peak_flops_per_device() * jax.device_count()
+    schedule = trainer.learning_rate_schedule()
+    writer = trainer.MetricsWriter(model_dir, train_steps, enabled=is_main)
+    timer = trainer.StepTimer()
+    print(f'Training {mixture_or_task_name} for steps {start_step}..{train_steps} on mesh '
+          f'{dict(mesh.shape)} ({jax.device_count()} devices, {jax.process_count()} processes), '
+          f'global batch {batch_size}, lengths {dict(task_feature_lengths)}', flush=True)
+    last = {}
+    step = start_step
+    t_start = time.perf_counter()
+    while step < train_steps:
+      local = next(batches)
+      batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
+               for k, v in local.items()}
+      state, metrics = step_fn(state, batch)
+      step += 1
+      if step == start_step + 1:
+        jax.block_until_ready(metrics)  # the first step includes compilation: time from here
+        timer.start()
+        compile_s = time.perf_counter() - t_start
+        print(f'step {step} (compiled in {compile_s:.1f}s)', flush=True)
+      else:
+        timer.tick()
+      if step % log_period == 0 or step == train_steps:
+        metrics = jax.device_get(metrics)
+        s_per_step, n = timer.rate()
+        last = {k: float(v) for k, v in metrics.items()}
+        last['learning_rate'] = float(schedule(step - 1))
+        if n:
+          last['steps_per_s'] = 1.0 / s_per_step
+          last['tokens_per_s'] = tokens_per_step / s_per_step
+          last['mfu'] = flops_per_step / s_per_step / peak
+        if not np.isfinite(last['loss']):
+          raise FloatingPointError(
+              f'loss is {last["loss"]} at step {step}; the last good checkpoint in '
+              f'{ckpt.directory} is step {ckpt.latest_step()}. Lower the learning rate or check '
+              'the data, then rerun the same command to resume.')
+        eta = (train_steps - step) * s_per_step if n else None
+        writer.write(step, last, eta)
+      if step % checkpoint_period == 0 or step == train_steps:
+        ckpt.save(step, state, {'batch': step, 'seed': seed, 'task': mixture_or_task_name})
+    ckpt.close()
+    writer.close()
+    if is_main:
+      print(f'Saved checkpoint step {step} to {ckpt.directory}', flush=True)
+    if decode_sample:
+      show_sample(setup.graphdef, state['params'], mixture_or_task_name, task_feature_lengths,
+                  vocabulary)
+  return last
+
+
+def show_sample(graphdef, params, task_name, task_feature_lengths, vocabulary, num: int = 1):
+  """Greedy-decodes `num` validation example(s) and prints inputs, target and prediction."""
+  batch = next(pipeline.get_dataset(task_name, task_feature_lengths, num, split='validation',
+                                    shuffle=False, pack=False))
+  predictions = decoding.greedy_decode(
+      nnx.merge(graphdef, params), jnp.asarray(batch['encoder_input_tokens']),
+      max_decode_length=task_feature_lengths['targets'])
+  for i in range(num):
+    if jax.process_index() == 0:
+      print('--- sample (validation) ---')
+      print('inputs:    ', vocabulary.decode(_trim(batch['encoder_input_tokens'][i])))
+      print('targets:   ', vocabulary.decode(_trim(batch['decoder_target_tokens'][i])))
+      print('prediction:', vocabulary.decode(_trim(np.asarray(predictions[i]))))
+
+
+def _trim(ids: np.ndarray) -> list[int]:
+  """Token ids up to (not including) the first EOS or padding."""
+  out = []
+  for t in ids.tolist():
+    if t in (0, 1):
+      break
+    out.append(t)
+  return out
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  def run(rest):
+    if rest:
+      raise gin_utils.UsageError(f'unknown arguments {rest}; use --gin_file=F and --gin.NAME=VALUE')
+    train()
+  return gin_utils.run_main(run, None if argv is None else list(argv))
+
