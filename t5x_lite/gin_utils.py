@@ -76,7 +76,7 @@ def query_macro(name: str):
   except ValueError as e:
     raise UsageError(f'gin macro {name} is not set; bind it in a gin file or with --gin.{name}=...') from e
   if isinstance(value, gin.config.ConfigurableReference):
-    return value.scoped_configurable_fn() if not value.evaluate else value.scoped_configurable_fn()()
+    return value.scoped_configurable_fn()  # `@X()` builds X; `@X` would be the callable itself
   return value
 
 

@@ -177,11 +177,24 @@ def follow_params(param_axes: dict[tuple[str, ...], tuple | None],
 
 
 def shardings_for(abstract_tree: Any, names_fn, mesh: Mesh, rules: LogicalRules) -> Any:
-  """NamedShardings for every leaf of `abstract_tree`; `names_fn(path, leaf)` gives logical names."""
+  """NamedShardings for every leaf of `abstract_tree`; `names_fn(path, leaf)` gives logical names.
+
+  A dimension that its mesh axes do not divide (2 heads over model=4, say) is replicated, with a
+  warning, rather than failing inside jit.
+  """
   leaves, treedef = jax.tree_util.tree_flatten_with_path(abstract_tree)
-  return treedef.unflatten([
-      NamedSharding(mesh, logical_to_mesh_spec(names_fn(path, leaf), rules, mesh))
-      for path, leaf in leaves])
+  out = []
+  for path, leaf in leaves:
+    spec = logical_to_mesh_spec(names_fn(path, leaf), rules, mesh)
+    dims = list(spec) + [None] * (len(leaf.shape) - len(spec))
+    for i, axes in enumerate(dims):
+      size = math.prod(mesh.shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ()))
+      if axes is not None and leaf.shape[i] % size:
+        print(f'WARNING: {"/".join(path_key(path))} dim {i} ({leaf.shape[i]}) is not divisible '
+              f'by mesh axes {axes} ({size}); replicating it.', flush=True)
+        dims[i] = None
+    out.append(NamedSharding(mesh, PartitionSpec(*dims)))
+  return treedef.unflatten(out)
 
 
 def shard_shape(shape: Sequence[int], spec: PartitionSpec, mesh_shape: Mapping[str, int]):

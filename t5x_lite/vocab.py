@@ -1,0 +1,202 @@
+"""SentencePiece vocabularies with T5's conventions; the default one is trained on the bundled corpus.
+
+T5's vocabulary is a unigram SentencePiece model with pad=0, eos=1, unk=2 and no bos, plus 100
+sentinel ids (``<extra_id_0>`` is the last id) added by seqio; 32000 pieces + 100 extras = 32100 ≤
+the model's 32128 embedding rows (Raffel et al. 2020, §2.2, and the T5 checkpoints). We keep those ids
+so that span corruption, the feature converters and decoding never special-case our vocabulary.
+
+The bundled corpus (~2.5 MB of training prose) supports at most ~29k unigram pieces, so the default
+vocabulary has `DEFAULT_VOCAB_SIZE` = 28000 pieces; training it takes a few seconds and happens once
+per machine, on first use, under `paths.vocab_dir()`. Bring your own model with
+``get_vocabulary.spm_path = '/path/to/spm.model'`` in gin.
+
+Command line: ``python -m t5x_lite.vocab --input=a.txt --input=b.txt --model_prefix=out/spm
+--vocab_size=32000`` (also installed as ``t5x-vocab``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import time
+from pathlib import Path
+from typing import Sequence
+
+import gin
+import seqio
+import sentencepiece as spm
+import tensorflow as tf
+from absl import logging
+from sentencepiece import sentencepiece_model_pb2
+
+from t5x_lite import paths
+from t5x_lite.data import corpus
+
+T5_VOCAB_SIZE = 32000       # T5's SentencePiece model (cc_all.32000).
+DEFAULT_VOCAB_SIZE = 28000  # Largest round size the bundled corpus supports (its cap is ~29.1k).
+EXTRA_IDS = 100             # T5's sentinels <extra_id_0> ... <extra_id_99>.
+PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
+
+
+def train_sentencepiece(input_files: Sequence[str | os.PathLike],
+                        model_prefix: str | os.PathLike,
+                        vocab_size: int = T5_VOCAB_SIZE,
+                        *,
+                        character_coverage: float = 0.9999,
+                        num_threads: int = 1,
+                        max_sentence_length: int = 1 << 16) -> str:
+  """Trains a unigram SentencePiece model with T5's special ids; returns ``<model_prefix>.model``.
+
+  One sentence (or paragraph) per input line. Byte fallback spells any character outside the pieces
+  as UTF-8 bytes instead of <unk>; nmt_nfkc is T5's normaliser. Training is deterministic for a
+  given `num_threads` (the EM sums depend on how the work is split), and the written bytes do not
+  depend on file names, so the same text gives the same model on every machine. Also writes
+  ``<model_prefix>.vocab`` (piece <tab> log-probability) for reading.
+  """
+  input_files = [str(f) for f in input_files]
+  missing = [f for f in input_files if not os.path.isfile(f)]  # the trainer reads local files
+  if not input_files or missing:
+    raise FileNotFoundError(
+        f'SentencePiece training input missing: {missing or "no --input given"}.')
+  model = _train_model_proto(
+      input=input_files, vocab_size=vocab_size, model_type='unigram',
+      pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
+      byte_fallback=True, character_coverage=character_coverage,
+      normalization_rule_name='nmt_nfkc', num_threads=num_threads,
+      max_sentence_length=max_sentence_length, minloglevel=1)
+  proto = sentencepiece_model_pb2.ModelProto.FromString(model)
+  # The trainer records its input and output paths; drop them so the bytes depend on content only.
+  proto.trainer_spec.ClearField('input')
+  proto.trainer_spec.ClearField('model_prefix')
+  model = proto.SerializeToString(deterministic=True)
+  prefix = str(model_prefix)
+  tf.io.gfile.makedirs(os.path.dirname(prefix) or '.')
+  _write_atomically(prefix + '.vocab',
+                    ''.join(f'{p.piece}\t{p.score:g}\n' for p in proto.pieces).encode('utf-8'))
+  _write_atomically(prefix + '.model', model)
+  return prefix + '.model'
+
+
+def _train_model_proto(**kwargs) -> bytes:
+  """Runs the trainer in memory, turning its size error into advice."""
+  out = io.BytesIO()
+  try:
+    spm.SentencePieceTrainer.train(model_writer=out, **kwargs)
+  except RuntimeError as e:
+    if 'Vocabulary size too high' in str(e):
+      raise ValueError(f'{e}. The training text is too small for vocab_size='
+                       f'{kwargs["vocab_size"]}: add text or lower vocab_size.') from e
+    raise
+  return out.getvalue()
+
+
+def _write_atomically(path: str, data: bytes) -> None:
+  """Readers never see a half-written model: write a sibling, then rename over."""
+  tmp = f'{path}.tmp{os.getpid()}'
+  with tf.io.gfile.GFile(tmp, 'wb') as f:
+    f.write(data)
+  tf.io.gfile.rename(tmp, path, overwrite=True)
+
+
+# ---------------------------------------------------------------------------- default vocabulary
+
+
+def default_spm_path(vocab_size: int = DEFAULT_VOCAB_SIZE) -> Path:
+  """Where the default model lives once trained (it may not exist yet)."""
+  return paths.vocab_dir() / f'wiki_sample-{corpus.WikiSample.VERSION}_unigram_{vocab_size}.model'
+
+
+def ensure_default_spm(vocab_size: int = DEFAULT_VOCAB_SIZE) -> str:
+  """Trains the default model on the bundled corpus's train split unless it is already cached.
+
+  The text comes straight from the corpus generator (the same text TFDS stores), not from TFDS,
+  because the first use is often inside a tf.data graph being traced, where eager reads fail.
+  Safe under concurrent first use (file lock; the losers wait, then find the model).
+  """
+  path = default_spm_path(vocab_size)
+  if path.is_file():
+    return str(path)
+  with paths.file_lock(path.with_suffix('.lock')):
+    if path.is_file():
+      return str(path)
+    start = time.time()
+    text_path = path.with_suffix(f'.train{os.getpid()}.txt')
+    try:
+      with open(text_path, 'w', encoding='utf-8') as f:
+        for _, text in corpus.iter_split('train'):
+          f.write(text + '\n')
+      train_sentencepiece([text_path], path.with_suffix(''), vocab_size)
+    finally:
+      text_path.unlink(missing_ok=True)
+    logging.info('Trained the default vocabulary %s in %.1f s.', path, time.time() - start)
+  return str(path)
+
+
+class DefaultSentencePieceVocabulary(seqio.SentencePieceVocabulary):
+  """The default vocabulary, trained on first use rather than when a task is registered.
+
+  Registering tasks at import must stay cheap, so the model file is only made when seqio first
+  loads it (all loading goes through `_model_context`).
+  """
+
+  def __init__(self, vocab_size: int = DEFAULT_VOCAB_SIZE, extra_ids: int = EXTRA_IDS):
+    self._default_vocab_size = vocab_size
+    super().__init__(str(default_spm_path(vocab_size)), extra_ids=extra_ids)
+
+  def _model_context(self):
+    if self._model is None:
+      ensure_default_spm(self._default_vocab_size)
+    return super()._model_context()
+
+
+@gin.configurable
+def get_vocabulary(spm_path: str | None = None,
+                   extra_ids: int = EXTRA_IDS) -> seqio.SentencePieceVocabulary:
+  """The vocabulary for tasks and decoding: `spm_path` if given, else the default one.
+
+  gin: ``get_vocabulary.spm_path = '/path/to/spm.model'`` (any SentencePiece model that uses T5's
+  ids: pad 0, eos 1, unk 2).
+  """
+  if spm_path is None:
+    return DefaultSentencePieceVocabulary(extra_ids=extra_ids)
+  if not tf.io.gfile.exists(spm_path):
+    raise FileNotFoundError(
+        f'SentencePiece model {spm_path!r} does not exist (gin: get_vocabulary.spm_path). Train '
+        'one with `python -m t5x_lite.vocab --input=text.txt --model_prefix=out/spm`, or leave '
+        'spm_path unset to use the default vocabulary trained on the bundled corpus.')
+  return seqio.SentencePieceVocabulary(spm_path, extra_ids=extra_ids)
+
+
+def default_vocabulary() -> seqio.SentencePieceVocabulary:
+  """The bundled-corpus vocabulary with T5's 100 sentinels, whatever gin says."""
+  return DefaultSentencePieceVocabulary()
+
+
+# ------------------------------------------------------------------------------------------ CLI
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+  parser = argparse.ArgumentParser(
+      prog='t5x-vocab', description='Train a SentencePiece unigram model with T5 ids '
+      '(pad 0, eos 1, unk 2, no bos, byte fallback). One sentence or paragraph per input line.')
+  parser.add_argument('--input', action='append', required=True,
+                      help='text file; repeat for several')
+  parser.add_argument('--model_prefix', required=True, help='writes PREFIX.model and PREFIX.vocab')
+  parser.add_argument('--vocab_size', type=int, default=T5_VOCAB_SIZE)
+  parser.add_argument('--character_coverage', type=float, default=0.9999)
+  parser.add_argument('--num_threads', type=int, default=1,
+                      help='the result depends on this; keep it fixed to reproduce a model')
+  args = parser.parse_args(argv)
+  start = time.time()
+  try:
+    path = train_sentencepiece(args.input, args.model_prefix, args.vocab_size,
+                               character_coverage=args.character_coverage,
+                               num_threads=args.num_threads)
+  except (ValueError, FileNotFoundError) as e:
+    parser.exit(2, f'{parser.prog}: error: {e}\n')
+  print(f'Wrote {path} ({args.vocab_size} pieces) in {time.time() - start:.1f} s.')
+
+
+if __name__ == '__main__':
+  main()

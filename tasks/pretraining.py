@@ -1,0 +1,129 @@
+"""Span-corruption pretraining tasks: the bundled Wikipedia sample (offline default) and C4.
+
+Both follow T5's ``c4_v220_span_corruption`` recipe (Raffel et al. 2020, §3.1.4; t5.data.tasks):
+rekey text → targets, tokenize, [cache point], span corruption (15% noise, mean span 3), append EOS
+after trimming; inputs are optional features and there are no metrics. They differ only in the TFDS
+dataset they read, so both go through `seqio.TfdsDataSource`.
+
+C4 version: T5 registers ``c4/en:3.0.1``; the TFDS code installed here builds ``c4/en:3.1.0``
+(3.1.0 only changes which duplicate URL is kept and escapes bad-word regexes), so 3.1.0 is the
+default and ``register_all.c4_tfds_name = 'c4/en:3.0.1'`` reads an existing 3.0.1 copy.
+
+`register_all` runs at import with defaults and is gin-configurable; the trainer calls it again
+after parsing gin so the tasks pick up the configured vocabulary and data dirs.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Callable, Optional
+
+import gin
+import seqio
+import tensorflow as tf
+
+from t5x_lite import paths, vocab
+from t5x_lite.data import corpus, objectives
+
+WIKI_TASK = 'wiki_span_corruption'
+C4_TASK = 'c4_v220_span_corruption'
+WIKI_TFDS_NAME = 'wiki_sample:1.0.0'
+C4_TFDS_NAME = 'c4/en:3.1.0'
+SPLITS = ('train', 'validation')
+
+
+class PreparedTfdsDataSource(seqio.TfdsDataSource):
+  """A TfdsDataSource that runs `ensure_data()` before anything reads the dataset.
+
+  `ensure_data` either makes the data (the bundled corpus) or raises an error that says how to get
+  it (C4), instead of the download attempt or stack trace TFDS would give. It runs once per source.
+  """
+
+  def __init__(self, tfds_name: str, tfds_data_dir: str, ensure_data: Callable[[], None]):
+    # read_only: never let TFDS try to download or generate on read; `ensure_data` owns that.
+    super().__init__(tfds_name=tfds_name, tfds_data_dir=tfds_data_dir, splits=SPLITS,
+                     read_only=True)
+    self._ensure_data = ensure_data
+    self._data_ready = False
+
+  def _ensure(self) -> None:
+    if not self._data_ready:
+      self._ensure_data()
+      self._data_ready = True
+
+  def get_dataset(self, split=None, shuffle=True, seed=None, shard_info=None, **kwargs):
+    self._ensure()
+    return super().get_dataset(split, shuffle, seed, shard_info, **kwargs)
+
+  def num_input_examples(self, split: str) -> Optional[int]:
+    self._ensure()
+    return super().num_input_examples(split)
+
+  def list_shards(self, split: str):
+    self._ensure()
+    return super().list_shards(split)
+
+
+def _require_c4(tfds_name: str, data_dir: str) -> None:
+  """Raises a how-to error unless a prepared copy of `tfds_name` is in `data_dir`."""
+  name, _, version = tfds_name.partition(':')
+  info = os.path.join(data_dir, *name.split('/'), version, 'dataset_info.json')
+  if not tf.io.gfile.exists(info):
+    raise FileNotFoundError(
+        f'Task {C4_TASK!r} reads TFDS {tfds_name} from {data_dir}, but it is not prepared there '
+        f'(no {info}). Either prepare it: `tfds build {name} --data_dir={data_dir}` (Apache Beam '
+        'job over Common Crawl, terabytes of downloads; see the TFDS c4 page for the manual '
+        'steps), or point at an existing copy with T5X_LITE_DATA_DIR=<dir containing '
+        'tensorflow_datasets/> or gin `register_all.c4_data_dir`. Offline, use the task '
+        f'{WIKI_TASK!r}.')
+
+
+def _output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
+  # As T5's DEFAULT_OUTPUT_FEATURES: span corruption makes inputs, so they are not required.
+  return {'inputs': seqio.Feature(vocabulary, add_eos=True, required=False),
+          'targets': seqio.Feature(vocabulary, add_eos=True)}
+
+
+def _span_corruption_preprocessors() -> list:
+  return [
+      functools.partial(seqio.preprocessors.rekey, key_map={'inputs': None, 'targets': 'text'}),
+      seqio.preprocessors.tokenize,
+      seqio.CacheDatasetPlaceholder(),
+      objectives.span_corruption,
+      seqio.preprocessors.append_eos_after_trim,
+  ]
+
+
+def _add_task(name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary) -> None:
+  seqio.TaskRegistry.remove(name)
+  seqio.TaskRegistry.add(name, source=source, preprocessors=_span_corruption_preprocessors(),
+                         output_features=_output_features(vocabulary), metric_fns=[])
+
+
+@gin.configurable
+def register_all(vocabulary: seqio.Vocabulary | None = None,
+                 wiki_data_dir: str | None = None,
+                 c4_data_dir: str | None = None,
+                 c4_tfds_name: str = C4_TFDS_NAME) -> None:
+  """(Re)registers the pretraining tasks; cheap and offline (nothing is read until used).
+
+  Args:
+    vocabulary: defaults to the gin-configured `t5x_lite.vocab.get_vocabulary()`.
+    wiki_data_dir, c4_data_dir: TFDS data dirs; default `t5x_lite.paths.tfds_data_dir()`.
+    c4_tfds_name: TFDS name and version of C4 (see the module docstring).
+  """
+  vocabulary = vocab.get_vocabulary() if vocabulary is None else vocabulary
+  wiki_data_dir = str(wiki_data_dir or paths.tfds_data_dir())
+  c4_data_dir = str(c4_data_dir or paths.tfds_data_dir())
+  _add_task(WIKI_TASK,
+            PreparedTfdsDataSource(WIKI_TFDS_NAME, wiki_data_dir,
+                                   functools.partial(corpus.prepare_corpus, wiki_data_dir)),
+            vocabulary)
+  _add_task(C4_TASK,
+            PreparedTfdsDataSource(c4_tfds_name, c4_data_dir,
+                                   functools.partial(_require_c4, c4_tfds_name, c4_data_dir)),
+            vocabulary)
+
+
+register_all()
