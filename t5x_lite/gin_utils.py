@@ -9,7 +9,8 @@ import gin
 
 import t5x_lite
 
-REPO_GIN_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(t5x_lite.__file__))), 'gin')
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(t5x_lite.__file__)))
+REPO_GIN_DIR = os.path.join(REPO_ROOT, 'gin')
 
 
 class UsageError(ValueError):
@@ -60,7 +61,7 @@ def parse(files: list[str], bindings: list[str]) -> None:
   """Parses files then overrides; unknown names and syntax errors become UsageErrors."""
   if not files:
     raise UsageError('no --gin_file given; e.g. --gin_file=gin/runs/pretrain_tiny.gin')
-  gin.add_config_file_search_path(REPO_GIN_DIR)
+  gin.add_config_file_search_path(REPO_ROOT)  # so `include 'gin/...'` works from any directory
   resolved = [resolve_gin_file(f) for f in files]
   try:
     gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=False)

@@ -36,7 +36,7 @@ def plan(model_config: T5Config, mesh_shape: Mapping[str, int], num_devices: int
   tx = trainer.make_optimizer(trainer.learning_rate_schedule())
   _, abstract_params, param_axes = trainer.abstract_model(
       lambda rngs: EncoderDecoder(model_config, rngs=rngs))
-  abstract_opt = jax.eval_shape(tx.init, abstract_params)
+  abstract_opt = jax.eval_shape(trainer.as_matrices(tx, param_axes).init, abstract_params)
   param_shapes = {partitioning.path_key(p): x.shape
                   for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
 

@@ -75,7 +75,7 @@ def train(*,
       start_step, state, data_state = restored
       print(f'Resumed from step {start_step} in {ckpt.directory} '
             f"(data position: batch {data_state.get('batch', start_step)})", flush=True)
-    step_fn = jax.jit(trainer.make_train_step(setup.graphdef, tx),
+    step_fn = jax.jit(trainer.make_train_step(setup.graphdef, setup.tx),
                       in_shardings=(setup.shardings, None), out_shardings=(setup.shardings, None),
                       donate_argnums=(0,))
     batch_spec = partitioning.logical_to_mesh_spec(('batch', 'length'), rules, mesh)

@@ -74,6 +74,37 @@ def make_optimizer(schedule: optax.Schedule, name: str = 'adafactor',
   return tx
 
 
+def as_matrices(tx: optax.GradientTransformation,
+                param_axes: dict[tuple[str, ...], tuple | None]) -> optax.GradientTransformation:
+  """Runs `tx` on each parameter viewed as the 2-D matrix T5X stores: 'embed' dims as rows, the
+  rest merged as columns (attention kernels [embed, heads, kv] become [embed, heads·kv]).
+
+  Adafactor factors a matrix's second moment into row and column statistics; on the 3-D view it
+  would factor the wrong pair (and skip d_kv=64 < 128 entirely), so T5's optimizer needs this view.
+  Elementwise optimizers (AdamW) are unchanged by it.
+  """
+
+  def shape_2d(path, x):
+    names = param_axes.get(partitioning.path_key(path))
+    if not names or x.ndim < 3 or 'embed' not in names:
+      return None
+    i = names.index('embed')
+    return (x.shape[0], -1) if i == 0 else (-1, x.shape[-1]) if i == x.ndim - 1 else None
+
+  def to_2d(tree):
+    return jax.tree_util.tree_map_with_path(
+        lambda p, x: x if (s := shape_2d(p, x)) is None else x.reshape(s), tree)
+
+  def init(params):
+    return tx.init(to_2d(params))
+
+  def update(updates, state, params=None):
+    new, state = tx.update(to_2d(updates), state, None if params is None else to_2d(params))
+    return jax.tree.map(lambda n, u: n.reshape(u.shape), new, updates), state
+
+  return optax.GradientTransformation(init, update)
+
+
 # ----------------------------------------------------------------------------- loss
 
 
@@ -108,6 +139,7 @@ def cross_entropy_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array
 
 class StateSetup(NamedTuple):
   graphdef: Any
+  tx: optax.GradientTransformation  # the optimizer, seeing params as T5X's 2-D matrices
   abstract_state: TrainState      # ShapeDtypeStructs carrying the target shardings
   shardings: TrainState           # NamedShardings, for jit in/out_shardings
   init: Callable[[], TrainState]  # allocates a fresh state directly in its shards
@@ -118,6 +150,7 @@ def setup_train_state(model_factory: Callable[[nnx.Rngs], nnx.Module],
   """Derives every array's sharding from the model's logical names and the rule table, then
   returns an init that builds params and optimizer state in place (no host copy of the weights)."""
   graphdef, abstract_params, param_axes = abstract_model(model_factory)
+  tx = as_matrices(tx, param_axes)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   param_shapes = {partitioning.path_key(p): x.shape
                   for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
@@ -145,7 +178,7 @@ def setup_train_state(model_factory: Callable[[nnx.Rngs], nnx.Module],
 
   abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                           abstract, shardings)
-  return StateSetup(graphdef, abstract, shardings, jax.jit(init, out_shardings=shardings))
+  return StateSetup(graphdef, tx, abstract, shardings, jax.jit(init, out_shardings=shardings))
 
 
 def abstract_model(model_factory: Callable[[nnx.Rngs], nnx.Module]):

@@ -56,7 +56,8 @@ def test_tiny_run_loss_falls_and_logs_every_step(straight_run):
   assert [r['step'] for r in rows] == list(range(1, 11))
   for key in ('loss', 'accuracy', 'learning_rate', 'tokens_per_s', 'mfu', 'z_loss', 'grad_norm'):
     assert all(np.isfinite(r[key]) for r in rows[1:]), key
-  assert rows[-1]['loss'] < rows[0]['loss'] - 1.0, [r['loss'] for r in rows]
+  losses = [r['loss'] for r in rows]
+  assert np.mean(losses[-3:]) < np.mean(losses[:3]) - 0.5, losses
   assert rows[-1]['mfu'] > 0 and rows[-1]['tokens_per_s'] > 0
   # The final step is checkpointed even though it is off-period.
   assert os.listdir(model_dir / 'checkpoints') == ['10']

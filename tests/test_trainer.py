@@ -5,6 +5,7 @@ import math
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from t5x_lite import trainer
@@ -56,3 +57,24 @@ def test_unknown_optimizer_and_schedule_are_clear_errors():
 def test_format_seconds():
   assert trainer.format_seconds(59) == '0:59'
   assert trainer.format_seconds(3725) == '1:02:05'
+
+
+def test_adafactor_factors_attention_kernels_as_t5x_2d_matrices():
+  rng = np.random.default_rng(0)
+  params = {'q': {'kernel': jnp.asarray(rng.normal(size=(256, 4, 64)), jnp.float32)},
+            'o': {'kernel': jnp.asarray(rng.normal(size=(4, 64, 256)), jnp.float32)}}
+  grads = jax.tree.map(lambda x: x * 0.1 + 0.01, params)
+  axes = {('q', 'kernel'): ('embed', 'heads', 'kv'), ('o', 'kernel'): ('heads', 'kv', 'embed')}
+  tx = trainer.as_matrices(optax.adafactor(0.01), axes)
+  state = tx.init(params)
+  updates, _ = tx.update(grads, state, params)
+  # Factored statistics: one row per d_model entry, one column per (head, kv) pair.
+  shapes = sorted({tuple(x.shape) for x in jax.tree.leaves(state)})
+  assert (256,) in shapes and not any(len(s) == 3 for s in shapes)
+  # Reference: plain optax Adafactor on the 2-D matrices T5X would store.
+  flat = {'q': params['q']['kernel'].reshape(256, 256), 'o': params['o']['kernel'].reshape(256, 256)}
+  flat_g = {'q': grads['q']['kernel'].reshape(256, 256), 'o': grads['o']['kernel'].reshape(256, 256)}
+  ref_tx = optax.adafactor(0.01)
+  ref, _ = ref_tx.update(flat_g, ref_tx.init(flat), flat)
+  np.testing.assert_allclose(updates['q']['kernel'], ref['q'].reshape(256, 4, 64), rtol=1e-6)
+  np.testing.assert_allclose(updates['o']['kernel'], ref['o'].reshape(4, 64, 256), rtol=1e-6)

@@ -190,8 +190,8 @@ class WikiSample(tfds.core.GeneratorBasedBuilder):
   # or the split changes, or machines keep using the old text.
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release: gensim 4.4.0 enwiki sample, t5x_lite cleaner.'}
-  # TFDS 4.9.10 finds a builder's code via `importlib_resources`, which it does not install; this
-  # builder downloads nothing, so pointing at this file directly is all it needs.
+  # TFDS looks a builder's code up through `importlib_resources`; this builder downloads nothing,
+  # so pointing at this file directly saves that look-up.
   code_path = epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
