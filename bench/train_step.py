@@ -16,9 +16,7 @@ import statistics
 import sys
 import time
 
-import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 

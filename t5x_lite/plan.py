@@ -21,7 +21,6 @@ from typing import Mapping
 
 import gin
 import jax
-import numpy as np
 from jax.sharding import AbstractMesh, AxisType
 
 from t5x_lite import gin_utils, partitioning, trainer

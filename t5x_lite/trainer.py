@@ -10,14 +10,12 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import time
 from typing import Any, Callable, Mapping, NamedTuple
 
 import gin
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 import tensorboardX
 from flax import nnx

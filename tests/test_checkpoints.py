@@ -1,6 +1,5 @@
 """Orbax checkpoints: round trip, keep-N, restore onto another sharding, fall back past a broken step."""
 
-import os
 import shutil
 
 import jax
