@@ -1,4 +1,9 @@
-"""Span-corruption pretraining tasks: the bundled Wikipedia sample (offline default) and C4.
+"""Pretraining tasks: every T5-study objective on the bundled Wikipedia sample (offline) and C4.
+
+Task names are ``wiki_<objective>`` and ``c4_<objective>`` for the objectives in `OBJECTIVES`
+(Raffel et al. 2020, Table 3; see `t5x_lite.data.objectives`), except span corruption, which keeps
+T5's names ``wiki_span_corruption`` and ``c4_v220_span_corruption``. ``wiki_objectives_mix`` and
+``c4_objectives_mix`` sample the encoder-decoder objectives at `MIX_RATES`.
 
 Both follow T5's ``c4_v220_span_corruption`` recipe (Raffel et al. 2020, §3.1.4; t5.data.tasks):
 rekey text → targets, tokenize, [cache point], span corruption (15% noise, mean span 3), append EOS
@@ -28,6 +33,23 @@ from t5x_lite.data import corpus, objectives
 
 WIKI_TASK = 'wiki_span_corruption'
 C4_TASK = 'c4_v220_span_corruption'
+# Objective name -> seqio preprocessor (tokens in 'targets' -> inputs/targets without EOS).
+OBJECTIVES = {
+    'span_corruption': objectives.span_corruption,
+    'prefix_lm': objectives.prefix_lm,
+    'bert_style': objectives.bert_style,
+    'deshuffling': objectives.deshuffling,
+    'iid_mask': objectives.iid_mask_tokens,
+    'iid_replace_spans': objectives.iid_replace_spans,
+    'iid_drop': objectives.iid_drop_tokens,
+    'full_lm': objectives.full_lm,
+}
+# Mixture rates of the encoder-decoder objectives (full_lm has no inputs, so it is left out):
+# equal, except that T5's chosen objective gets as much as the rest together.
+MIX_RATES = {'span_corruption': 6.0, 'prefix_lm': 1.0, 'bert_style': 1.0, 'deshuffling': 1.0,
+             'iid_mask': 1.0, 'iid_replace_spans': 1.0, 'iid_drop': 1.0}
+WIKI_MIXTURE = 'wiki_objectives_mix'
+C4_MIXTURE = 'c4_objectives_mix'
 WIKI_TFDS_NAME = 'wiki_sample:1.0.0'
 C4_TFDS_NAME = 'c4/en:3.1.0'
 SPLITS = ('train', 'validation')
@@ -85,45 +107,71 @@ def _output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
           'targets': seqio.Feature(vocabulary, add_eos=True)}
 
 
-def _span_corruption_preprocessors() -> list:
+def task_name(corpus_name: str, objective: str) -> str:
+  """``wiki_<objective>`` / ``c4_<objective>``; span corruption keeps T5's names."""
+  if objective not in OBJECTIVES:
+    raise ValueError(f'unknown objective {objective!r}; choose one of {sorted(OBJECTIVES)}.')
+  if objective == 'span_corruption':
+    return {'wiki': WIKI_TASK, 'c4': C4_TASK}[corpus_name]
+  return f'{corpus_name}_{objective}'
+
+
+def preprocessors(objective: str) -> list:
+  """T5's recipe: text -> targets, tokenize, [cache point], objective, append EOS after trim."""
   return [
       functools.partial(seqio.preprocessors.rekey, key_map={'inputs': None, 'targets': 'text'}),
       seqio.preprocessors.tokenize,
       seqio.CacheDatasetPlaceholder(),
-      objectives.span_corruption,
+      OBJECTIVES[objective],
       seqio.preprocessors.append_eos_after_trim,
   ]
 
 
-def _add_task(name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary) -> None:
+def _add_task(name: str, source: seqio.DataSource, vocabulary: seqio.Vocabulary,
+              objective: str = 'span_corruption') -> None:
   seqio.TaskRegistry.remove(name)
-  seqio.TaskRegistry.add(name, source=source, preprocessors=_span_corruption_preprocessors(),
+  seqio.TaskRegistry.add(name, source=source, preprocessors=preprocessors(objective),
                          output_features=_output_features(vocabulary), metric_fns=[])
+
+
+def _add_mixture(name: str, corpus_name: str, rates) -> None:
+  seqio.MixtureRegistry.remove(name)
+  seqio.MixtureRegistry.add(name, [(task_name(corpus_name, objective), rate)
+                                   for objective, rate in rates.items()])
 
 
 @gin.configurable
 def register_all(vocabulary: seqio.Vocabulary | None = None,
                  wiki_data_dir: str | None = None,
                  c4_data_dir: str | None = None,
-                 c4_tfds_name: str = C4_TFDS_NAME) -> None:
+                 c4_tfds_name: str = C4_TFDS_NAME,
+                 mix_rates: Optional[dict] = None) -> None:
   """(Re)registers the pretraining tasks; cheap and offline (nothing is read until used).
 
   Args:
     vocabulary: defaults to the gin-configured `t5x_lite.vocab.get_vocabulary()`.
     wiki_data_dir, c4_data_dir: TFDS data dirs; default `t5x_lite.paths.tfds_data_dir()`.
     c4_tfds_name: TFDS name and version of C4 (see the module docstring).
+    mix_rates: objective -> rate for the ``*_objectives_mix`` mixtures; default `MIX_RATES`.
   """
   vocabulary = vocab.get_vocabulary() if vocabulary is None else vocabulary
   wiki_data_dir = str(wiki_data_dir or paths.tfds_data_dir())
   c4_data_dir = str(c4_data_dir or paths.tfds_data_dir())
-  _add_task(WIKI_TASK,
-            PreparedTfdsDataSource(WIKI_TFDS_NAME, wiki_data_dir,
-                                   functools.partial(corpus.prepare_corpus, wiki_data_dir)),
-            vocabulary)
-  _add_task(C4_TASK,
-            PreparedTfdsDataSource(c4_tfds_name, c4_data_dir,
-                                   functools.partial(_require_c4, c4_tfds_name, c4_data_dir)),
-            vocabulary)
+  wiki_source = PreparedTfdsDataSource(WIKI_TFDS_NAME, wiki_data_dir,
+                                       functools.partial(corpus.prepare_corpus, wiki_data_dir))
+  c4_source = PreparedTfdsDataSource(c4_tfds_name, c4_data_dir,
+                                     functools.partial(_require_c4, c4_tfds_name, c4_data_dir))
+  for objective in OBJECTIVES:
+    # One source object per corpus: its data check then runs once for all objectives.
+    _add_task(task_name('wiki', objective), wiki_source, vocabulary, objective)
+    _add_task(task_name('c4', objective), c4_source, vocabulary, objective)
+  rates = MIX_RATES if mix_rates is None else mix_rates
+  unknown = set(rates) - set(OBJECTIVES)
+  if unknown:
+    raise ValueError(f'mix_rates names unknown objectives {sorted(unknown)}; '
+                     f'choose from {sorted(OBJECTIVES)}.')
+  _add_mixture(WIKI_MIXTURE, 'wiki', rates)
+  _add_mixture(C4_MIXTURE, 'c4', rates)
 
 
 register_all()

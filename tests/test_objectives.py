@@ -347,3 +347,127 @@ def test_too_short_targets_length_is_rejected(sp_vocab):
   ds = tf.data.Dataset.from_tensor_slices({'targets': tf.ragged.constant([[5, 6, 7]])})
   with pytest.raises(ValueError, match='at least 114'):
     objectives.span_corruption(ds, {'inputs': 512, 'targets': 100}, _output_features(sp_vocab))
+
+
+# ---------------------------------------------------------------------------
+# The other T5-study objectives (Raffel et al. 2020, Table 3): masks and transforms
+# ---------------------------------------------------------------------------
+
+
+def _seed(i):
+  return tf.constant([i, 11], tf.int64)
+
+
+def test_iid_mask_realises_the_noise_density():
+  """200 x 1000 Bernoulli(0.15) draws: the mean is 0.15 within 6 standard errors (0.0048)."""
+  masks = np.stack([objectives.iid_noise_mask_tf(1000, 0.15, _seed(i)).numpy()
+                    for i in range(200)])
+  assert abs(masks.mean() - 0.15) < 6 * math.sqrt(0.15 * 0.85 / masks.size)
+  # Independent tokens: per-mask counts spread as a Binomial(1000, 0.15) (sd 11.3), not fixed.
+  assert 8 < masks.sum(axis=1).std() < 15
+  assert objectives.iid_noise_mask_tf(50, 1.0, _seed(0)).numpy().all()
+
+
+def test_iid_mask_is_deterministic_by_seed():
+  a, b, c = (objectives.iid_noise_mask_tf(300, 0.15, _seed(s)).numpy() for s in (3, 3, 4))
+  np.testing.assert_array_equal(a, b)
+  assert (a != c).any()
+
+
+def test_bert_transform_splits_noise_80_10_10(toy_vocab):
+  """All-noise mask over 100k distinct-looking tokens: mask / random / kept within 5 SE."""
+  n = 100_000
+  tokens = tf.constant(np.full(n, 500, np.int32))
+  mask = tf.ones([n], tf.bool)
+  out = objectives.noise_token_to_random_token_or_sentinel(tokens, mask, toy_vocab, _seed(1)).numpy()
+  masked = out == 999
+  kept = out == 500
+  random = ~masked & ~kept
+  for observed, p in ((masked, 0.8), (random, 0.1 * (1 - 1 / 996)), (kept, 0.1 + 0.1 / 996)):
+    assert abs(observed.mean() - p) < 5 * math.sqrt(p * (1 - p) / n)
+  # Random tokens are regular ids: never pad/eos/unk nor the mask id; they cover the range.
+  assert out[random].min() >= 3 and out[random].max() < 999
+  assert out[random].max() > 990 and out[random].min() < 10
+
+
+def test_bert_transform_leaves_clean_tokens_alone(toy_vocab):
+  tokens = tf.range(10, 1010)
+  mask = tf.constant(np.arange(1000) % 2 == 0)
+  out = objectives.noise_token_to_random_token_or_sentinel(tokens, mask, toy_vocab, _seed(2))
+  np.testing.assert_array_equal(out.numpy()[1::2], np.arange(11, 1010, 2))
+
+
+def test_mask_tokens_transform_puts_extra_id_0_on_every_noise_token(toy_vocab):
+  tokens = np.arange(5, 25)
+  mask = np.arange(20) % 3 == 0
+  out = objectives.noise_token_to_sentinel(tf.constant(tokens), tf.constant(mask), toy_vocab)
+  np.testing.assert_array_equal(out.numpy(), np.where(mask, 999, tokens))
+
+
+def test_permute_noise_tokens_is_a_permutation_of_the_noise_only(toy_vocab):
+  rng = np.random.default_rng(0)
+  tokens = rng.permutation(np.arange(100, 400)).astype(np.int32)
+  mask = rng.random(300) < 0.5
+  out = objectives.permute_noise_tokens(tf.constant(tokens), tf.constant(mask), toy_vocab,
+                                        _seed(5)).numpy()
+  np.testing.assert_array_equal(out[~mask], tokens[~mask])
+  assert sorted(out[mask]) == sorted(tokens[mask]) and (out[mask] != tokens[mask]).mean() > 0.9
+
+
+def test_permute_all_tokens_gives_uniform_positions(toy_vocab):
+  """Deshuffling: over 3000 shuffles of 6 tokens each lands in each slot about 1/6 of the time."""
+  shuffle = tf.function(
+      lambda seed: objectives.permute_noise_tokens(tf.range(6), tf.ones([6], tf.bool), toy_vocab,
+                                                   seed),
+      input_signature=[tf.TensorSpec([2], tf.int64)])
+  counts = np.zeros((6, 6))
+  for i in range(3000):
+    out = shuffle(_seed(i)).numpy()
+    counts[out, np.arange(6)] += 1
+  assert np.abs(counts / 3000 - 1 / 6).max() < 5 * math.sqrt((1 / 6) * (5 / 6) / 3000)
+
+
+def test_prefix_mask_splits_once_at_a_uniform_point():
+  length = 11
+  prefix_mask = tf.function(lambda seed: objectives.random_prefix_noise_mask_tf(length, 0.5, seed),
+                            input_signature=[tf.TensorSpec([2], tf.int64)])
+  prefixes = []
+  for i in range(4000):
+    mask = prefix_mask(_seed(i)).numpy()
+    prefix = int((~mask).sum())
+    assert not mask[:prefix].any() and mask[prefix:].all()   # one clean prefix, then noise
+    prefixes.append(prefix)
+  counts = np.bincount(prefixes, minlength=length)
+  assert len(counts) == length and counts[0] == 0             # prefix in 1..length-1
+  freq = counts[1:length] / 4000                               # uniform over 1..10
+  assert np.abs(freq - 0.1).max() < 5 * math.sqrt(0.1 * 0.9 / 4000)
+  # A one-token text stays whole (all prefix).
+  assert not objectives.random_prefix_noise_mask_tf(1, 0.5, _seed(0)).numpy().any()
+
+
+def _reference_replace_spans_targets(tokens, mask, first_sentinel):
+  out, sentinel, prev = [], first_sentinel, False
+  for token, masked in zip(tokens, mask):
+    if masked and not prev:
+      out.append(sentinel)
+      sentinel -= 1
+    if masked:
+      out.append(token)
+    prev = masked
+  return out
+
+
+def test_replace_spans_targets_put_a_sentinel_before_every_noise_run(toy_vocab):
+  rng = np.random.default_rng(3)
+  for trial in range(30):
+    length = int(rng.integers(1, 60))
+    tokens = rng.integers(3, 900, size=length).astype(np.int32)
+    mask = rng.random(length) < 0.3
+    got = objectives.noise_span_to_unique_sentinel_and_span(
+        tf.constant(tokens), tf.constant(mask), toy_vocab).numpy().tolist()
+    assert got == _reference_replace_spans_targets(tokens, mask, 999)
+    if trial % 2 == 0:  # span-corruption masks: same as the T5 targets transform
+      span_mask = objectives.random_spans_noise_mask(length, 0.3, 2.0, seed=trial)
+      args = (tf.constant(tokens), tf.constant(span_mask), toy_vocab)
+      assert (objectives.noise_span_to_unique_sentinel_and_span(*args).numpy().tolist()
+              == objectives.nonnoise_span_to_unique_sentinel(*args).numpy().tolist())

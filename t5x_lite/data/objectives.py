@@ -384,3 +384,211 @@ def span_corruption(dataset: tf.data.Dataset, sequence_length: Mapping[str, int]
                  inputs_fn=noise_span_to_unique_sentinel,
                  targets_fn=nonnoise_span_to_unique_sentinel,
                  input_feature_key=input_feature_key)
+
+
+# ---------------------------------------------------------------------------
+# The other objectives of the T5 study (Raffel et al. 2020, sec. 3.3, Table 3).
+#
+# Each is a noise mask and two transforms for `denoise`, run on chunks of the
+# concatenated token stream as `span_corruption` is. Lengths: chunks are cut so
+# the inputs never need trimming (they are never longer than the chunk); targets
+# that hold only the corrupted part may be trimmed by `append_eos_after_trim`.
+# ---------------------------------------------------------------------------
+
+# T5 draws the prefix LM split point so that on average half the chunk is
+# targets (its `prefix_lm` uses noise_density 0.5).
+PREFIX_LM_NOISE_DENSITY = 0.5
+# BERT (Devlin et al. 2019, sec. 3.1): of the corrupted tokens 80% become the
+# mask token, 10% a random token, 10% stay as they are. (The T5 paper's variant
+# used 90% mask / 10% random; set `unchanged_prob=0` and `mask_prob=0.9` for it.)
+BERT_MASK_PROB = 0.8
+BERT_RANDOM_PROB = 0.1
+# Ids 0..2 are pad, eos and unk (t5x_lite.vocab); random replacement tokens skip them.
+NUM_RESERVED_IDS = 3
+
+
+def iid_noise_mask_tf(length, noise_density=DEFAULT_NOISE_DENSITY, seeds=None):
+  """Each token is noise independently with probability `noise_density` (T5's i.i.d. noise).
+
+  Unlike `random_spans_noise_mask_tf` the count is random, Binomial(length,
+  noise_density); density 1.0 makes every token noise (used for deshuffling).
+  """
+  if not 0.0 <= noise_density <= 1.0:
+    raise ValueError(f'noise_density must be in [0, 1], got {noise_density}.')
+  if seeds is None:
+    raise ValueError('iid_noise_mask_tf needs a stateless seed of shape [2].')
+  return tf.random.stateless_uniform([tf.cast(length, tf.int32)], seed=_as_seed(seeds)) < noise_density
+
+
+def random_prefix_noise_mask_tf(length, noise_density=PREFIX_LM_NOISE_DENSITY, seeds=None):
+  """Noise = every token after a random split point: a prefix-LM mask.
+
+  The prefix keeps between 1 and length-1 tokens, drawn uniformly from
+  [round((1 - 2 * noise_density) * (length - 1)), length - 1] (at least 1), so
+  the expected noise fraction is about `noise_density`; 0.5 (T5's prefix LM)
+  makes the split point uniform. Texts of one token are all prefix.
+  """
+  if not 0.0 < noise_density <= 0.5:
+    raise ValueError(f'prefix LM noise_density must be in (0, 0.5], got {noise_density}.')
+  if seeds is None:
+    raise ValueError('random_prefix_noise_mask_tf needs a stateless seed of shape [2].')
+  length = tf.cast(length, tf.int32)
+  max_prefix = tf.maximum(length - 1, 1)
+  min_prefix = tf.cast(tf.round((1.0 - 2.0 * noise_density) * tf.cast(max_prefix, tf.float32)),
+                       tf.int32)
+  min_prefix = tf.clip_by_value(min_prefix, 1, max_prefix)
+  prefix = tf.random.stateless_uniform([], seed=_as_seed(seeds), minval=min_prefix,
+                                       maxval=max_prefix + 1, dtype=tf.int32)
+  return tf.range(length) >= prefix
+
+
+def noise_token_to_sentinel(tokens, noise_mask, vocabulary, seed=None):
+  """Replace every noise token by the mask token <extra_id_0> (T5's `sentinel_id`)."""
+  del seed
+  return tf.where(noise_mask, tf.cast(sentinel_id(vocabulary), tokens.dtype), tokens)
+
+
+def _random_regular_tokens(shape, vocabulary, seed, dtype):
+  """Uniform ids that are neither pad/eos/unk nor an extra id (sentinel)."""
+  num_extra = max(getattr(vocabulary, 'extra_ids', 0) or 0, 1)
+  maxval = vocabulary.vocab_size - num_extra
+  return tf.cast(tf.random.stateless_uniform(shape, seed=seed, minval=NUM_RESERVED_IDS,
+                                             maxval=maxval, dtype=tf.int32), dtype)
+
+
+def noise_token_to_random_token_or_sentinel(tokens, noise_mask, vocabulary, seed=None,
+                                            mask_prob=BERT_MASK_PROB,
+                                            random_prob=BERT_RANDOM_PROB):
+  """BERT-style corruption of the noise tokens: mask / random token / unchanged.
+
+  Each noise token independently becomes <extra_id_0> with `mask_prob`, a
+  uniform regular token with `random_prob`, and stays itself otherwise.
+  """
+  if seed is None:
+    raise ValueError('noise_token_to_random_token_or_sentinel needs a stateless seed.')
+  if mask_prob < 0 or random_prob < 0 or mask_prob + random_prob > 1:
+    raise ValueError(f'need mask_prob, random_prob >= 0 with sum <= 1, got {mask_prob}, '
+                     f'{random_prob}.')
+  choice_seed, token_seed = tf.unstack(tf.random.experimental.stateless_split(_as_seed(seed), 2))
+  u = tf.random.stateless_uniform(tf.shape(tokens), seed=choice_seed)
+  random_tokens = _random_regular_tokens(tf.shape(tokens), vocabulary, token_seed, tokens.dtype)
+  mask_token = tf.cast(sentinel_id(vocabulary), tokens.dtype)
+  corrupted = tf.where(u < mask_prob, mask_token,
+                       tf.where(u < mask_prob + random_prob, random_tokens, tokens))
+  return tf.where(noise_mask, corrupted, tokens)
+
+
+def permute_noise_tokens(tokens, noise_mask, vocabulary, seed=None):
+  """Shuffle the noise tokens among the noise positions; others stay in place.
+
+  With an all-noise mask this is T5's deshuffling input (a uniform permutation).
+  """
+  del vocabulary
+  if seed is None:
+    raise ValueError('permute_noise_tokens needs a stateless seed.')
+  noise_positions = tf.where(noise_mask)
+  noise_tokens = tf.boolean_mask(tokens, noise_mask)
+  order = tf.argsort(tf.random.stateless_uniform(tf.shape(noise_tokens), seed=_as_seed(seed)))
+  return tf.tensor_scatter_nd_update(tokens, noise_positions, tf.gather(noise_tokens, order))
+
+
+def noise_span_to_unique_sentinel_and_span(tokens, noise_mask, vocabulary, seed=None):
+  """Targets of replace-spans: <extra_id_i> followed by the i-th noise run, for every run.
+
+  The counterpart of `noise_span_to_unique_sentinel` on the inputs side. For span-corruption masks
+  (which start clean and end noisy) it equals `nonnoise_span_to_unique_sentinel`; for i.i.d. masks,
+  which may start with noise or end clean, that one would put a sentinel after a span or one for
+  the trailing clean run, so this keeps "sentinel, then its span" for every mask.
+  """
+  del seed
+  prev_is_noise = tf.pad(noise_mask[:-1], [[1, 0]])
+  first_of_span = tf.logical_and(noise_mask, tf.logical_not(prev_is_noise))
+  span_index = tf.cumsum(tf.cast(first_of_span, tokens.dtype)) - 1
+  sentinels = tf.cast(sentinel_id(vocabulary), tokens.dtype) - span_index
+  # Each position contributes [its sentinel if a run starts there, its token if noise].
+  values = tf.reshape(tf.stack([sentinels, tokens], axis=1), [-1])
+  keep = tf.reshape(tf.stack([first_of_span, noise_mask], axis=1), [-1])
+  return tf.boolean_mask(values, keep)
+
+
+def _chunks(dataset, tokens_length, merge_examples_to_reduce_padding=True):
+  """T5's chunking: one window per document, concatenate, split into `tokens_length` pieces."""
+  if tokens_length < 1:
+    raise ValueError(f'sequence lengths leave chunks of {tokens_length} tokens; make them longer.')
+  dataset = select_random_chunk(dataset, feature_key='targets')
+  if merge_examples_to_reduce_padding:
+    dataset = reduce_concat_tokens(dataset, feature_key='targets')
+  return split_tokens(dataset, tokens_length, feature_key='targets')
+
+
+def _full_text_chunk_length(sequence_length):
+  """Chunk length (EOS excluded) when both inputs and targets are as long as the chunk."""
+  return min(sequence_length['inputs'], sequence_length['targets']) - 1
+
+
+def prefix_lm(dataset, sequence_length, output_features,
+              noise_density=PREFIX_LM_NOISE_DENSITY, merge_examples_to_reduce_padding=True):
+  """Prefix LM (T5 Table 3): inputs = a random prefix of the chunk, targets = the rest.
+
+  Chunks are min(inputs, targets) long, so with EOS neither side is trimmed.
+  """
+  tokens_length = min(sequence_length['inputs'], sequence_length['targets'])
+  dataset = _chunks(dataset, tokens_length, merge_examples_to_reduce_padding)
+  return denoise(dataset, output_features, noise_density, random_prefix_noise_mask_tf,
+                 inputs_fn=drop_noise_tokens, targets_fn=drop_nonnoise_tokens)
+
+
+def bert_style(dataset, sequence_length, output_features, noise_density=DEFAULT_NOISE_DENSITY,
+               mask_prob=BERT_MASK_PROB, random_prob=BERT_RANDOM_PROB,
+               merge_examples_to_reduce_padding=True):
+  """BERT-style (T5 Table 3): i.i.d. 15% noise, 80/10/10 mask/random/kept; targets = the text."""
+  dataset = _chunks(dataset, _full_text_chunk_length(sequence_length),
+                    merge_examples_to_reduce_padding)
+  inputs_fn = functools.partial(noise_token_to_random_token_or_sentinel, mask_prob=mask_prob,
+                                random_prob=random_prob)
+  return denoise(dataset, output_features, noise_density, iid_noise_mask_tf, inputs_fn=inputs_fn)
+
+
+def deshuffling(dataset, sequence_length, output_features, merge_examples_to_reduce_padding=True):
+  """Deshuffling (T5 Table 3): inputs = the chunk's tokens shuffled, targets = the chunk."""
+  dataset = _chunks(dataset, _full_text_chunk_length(sequence_length),
+                    merge_examples_to_reduce_padding)
+  return denoise(dataset, output_features, 1.0, iid_noise_mask_tf,
+                 inputs_fn=permute_noise_tokens)
+
+
+def iid_mask_tokens(dataset, sequence_length, output_features,
+                    noise_density=DEFAULT_NOISE_DENSITY, merge_examples_to_reduce_padding=True):
+  """I.i.d. noise, mask tokens (T5 Table 3 "MASS-style"): each noise token -> <extra_id_0>; targets = the text."""
+  dataset = _chunks(dataset, _full_text_chunk_length(sequence_length),
+                    merge_examples_to_reduce_padding)
+  return denoise(dataset, output_features, noise_density, iid_noise_mask_tf,
+                 inputs_fn=noise_token_to_sentinel)
+
+
+def iid_replace_spans(dataset, sequence_length, output_features,
+                      noise_density=DEFAULT_NOISE_DENSITY, merge_examples_to_reduce_padding=True):
+  """I.i.d. noise, replace spans (T5 Table 3): each run of noise -> one sentinel.
+
+  Targets are the dropped runs, each after its sentinel
+  (`noise_span_to_unique_sentinel_and_span`). Chunks fill the inputs length
+  before corruption, so inputs are never trimmed.
+  """
+  dataset = _chunks(dataset, sequence_length['inputs'] - 1, merge_examples_to_reduce_padding)
+  return denoise(dataset, output_features, noise_density, iid_noise_mask_tf,
+                 inputs_fn=noise_span_to_unique_sentinel,
+                 targets_fn=noise_span_to_unique_sentinel_and_span)
+
+
+def iid_drop_tokens(dataset, sequence_length, output_features,
+                    noise_density=DEFAULT_NOISE_DENSITY, merge_examples_to_reduce_padding=True):
+  """I.i.d. noise, drop tokens (T5 Table 3): noise tokens leave the inputs and form the targets."""
+  dataset = _chunks(dataset, sequence_length['inputs'] - 1, merge_examples_to_reduce_padding)
+  return denoise(dataset, output_features, noise_density, iid_noise_mask_tf,
+                 inputs_fn=drop_noise_tokens, targets_fn=drop_nonnoise_tokens)
+
+
+def full_lm(dataset, sequence_length, output_features, merge_examples_to_reduce_padding=True):
+  """Language modelling for decoder-only models: 'targets' = a chunk of text, no inputs."""
+  del output_features
+  return _chunks(dataset, sequence_length['targets'] - 1, merge_examples_to_reduce_padding)
