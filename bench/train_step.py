@@ -1,4 +1,4 @@
-"""Times the jitted train step on synthetic batches; the last line printed is one JSON object.
+"""Times the jitted train step of an encoder-decoder on synthetic batches; the last line printed is one JSON object.
 
   python bench/train_step.py --gin_file=gin/models/t5_1_1/small.gin --batch_size=8 \
       --inputs_length=512 --targets_length=114 --steps=5 --dtype=float32
@@ -21,7 +21,7 @@ import numpy as np
 from flax import nnx
 
 from t5x_lite import gin_utils, hardware, partitioning, trainer
-from t5x_lite.models import EncoderDecoder, flops
+from t5x_lite import models
 
 
 def synthetic_batch(rng, batch_size, inputs_length, targets_length, vocab_size):
@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     mesh = partitioning.create_mesh({'data': -1})
     rules = partitioning.logical_axis_rules()
     tx = trainer.make_optimizer(trainer.learning_rate_schedule())
-    setup = trainer.setup_train_state(lambda r: EncoderDecoder(config, rngs=r), tx, 0, mesh, rules)
+    setup = trainer.setup_train_state(lambda r: models.build_model(config, r), tx, 0, mesh, rules)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
       state = setup.init()
       step = jax.jit(trainer.make_train_step(setup.graphdef, setup.tx),
@@ -67,8 +67,8 @@ def main(argv=None) -> int:
         jax.block_until_ready(m)
         times.append(time.perf_counter() - t)
     step_s = statistics.median(times)
-    model_flops = flops.training_flops_per_example(
-        config, args.inputs_length, args.targets_length) * args.batch_size
+    model_flops = models.training_flops_per_example(
+        config, {'inputs': args.inputs_length, 'targets': args.targets_length}) * args.batch_size
     peak = hardware.peak_flops_per_device() * jax.device_count()
     result = {
         'step_s': step_s,

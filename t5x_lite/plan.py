@@ -24,7 +24,8 @@ import jax
 from jax.sharding import AbstractMesh, AxisType
 
 from t5x_lite import gin_utils, partitioning, trainer
-from t5x_lite.models import EncoderDecoder, T5Config, flops
+from t5x_lite import models
+from t5x_lite.models import T5Config
 
 
 def plan(model_config: T5Config, mesh_shape: Mapping[str, int], num_devices: int,
@@ -34,7 +35,7 @@ def plan(model_config: T5Config, mesh_shape: Mapping[str, int], num_devices: int
   mesh = AbstractMesh(tuple(shape.values()), tuple(shape), axis_types=(AxisType.Auto,) * len(shape))
   tx = trainer.make_optimizer(trainer.learning_rate_schedule())
   _, abstract_params, param_axes = trainer.abstract_model(
-      lambda rngs: EncoderDecoder(model_config, rngs=rngs))
+      lambda rngs: models.build_model(model_config, rngs))
   abstract_opt = jax.eval_shape(trainer.as_matrices(tx, param_axes).init, abstract_params)
   param_shapes = {partitioning.path_key(p): x.shape
                   for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
@@ -50,14 +51,14 @@ def plan(model_config: T5Config, mesh_shape: Mapping[str, int], num_devices: int
       abstract_params, lambda path, _: param_axes[partitioning.path_key(path)])
   opt_bytes = per_device_bytes(abstract_opt, partitioning.follow_params(param_axes, param_shapes))
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
-  lin, ltgt = task_feature_lengths['inputs'], task_feature_lengths['targets']
-  per_example = flops.training_flops_per_example(model_config, lin, ltgt)
+  per_example = models.training_flops_per_example(model_config, task_feature_lengths)
+  tokens = sum(task_feature_lengths.values())
   return {
       'params': n_params,
       'mesh': shape,
       'training_flops_per_example': per_example,
-      'training_flops_per_token': per_example / (lin + ltgt),
-      'training_flops_per_target_token': per_example / ltgt,
+      'training_flops_per_token': per_example / tokens,
+      'training_flops_per_target_token': per_example / task_feature_lengths['targets'],
       'params_bytes_per_device': params_bytes,
       'optimizer_bytes_per_device': opt_bytes,
   }
@@ -82,7 +83,10 @@ def main(argv=None) -> int:
     args = parser.parse_args(rest)
     config = gin_utils.query_macro('MODEL_CONFIG')
     mesh_shape = _macro_or('MESH_SHAPE', {'data': -1, 'model': 1})
-    lengths = _macro_or('TASK_FEATURE_LENGTHS', {'inputs': 512, 'targets': 114})
+    default_lengths = {'encoder_decoder': {'inputs': 512, 'targets': 114},
+                       'prefix_lm': {'inputs': 1024, 'targets': 1024}}.get(
+                           config.architecture, {'targets': 2048})
+    lengths = _macro_or('TASK_FEATURE_LENGTHS', default_lengths)
     num_devices = args.num_devices or jax.device_count()
     try:
       p = plan(config, mesh_shape, num_devices, lengths, partitioning.logical_axis_rules())

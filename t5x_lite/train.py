@@ -26,7 +26,8 @@ from flax import nnx
 
 from t5x_lite import checkpoints, decoding, gin_utils, hardware, partitioning, trainer, vocab
 from t5x_lite.data import pipeline
-from t5x_lite.models import EncoderDecoder, T5Config, flops
+from t5x_lite import models
+from t5x_lite.models import T5Config
 
 
 @gin.configurable
@@ -64,7 +65,7 @@ def train(*,
   tasks.pretraining.register_all(vocabulary)
 
   tx = trainer.make_optimizer(trainer.learning_rate_schedule())
-  factory = lambda rngs: EncoderDecoder(model_config, rngs=rngs)
+  factory = lambda rngs: models.build_model(model_config, rngs)
   setup = trainer.setup_train_state(factory, tx, seed, mesh, rules)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     ckpt = checkpoints.Checkpointer(os.path.join(model_dir, 'checkpoints'), keep=keep_checkpoints)
@@ -83,11 +84,11 @@ def train(*,
     batches = pipeline.get_dataset(
         mixture_or_task_name, task_feature_lengths, batch_size, split='train', shuffle=True,
         seed=seed, shard_index=jax.process_index(), num_shards=jax.process_count(),
-        start_batch=start_step)
+        start_batch=start_step, feature_converter=models.feature_converter(model_config))
 
-    lengths = (task_feature_lengths['inputs'], task_feature_lengths['targets'])
-    flops_per_step = flops.training_flops_per_example(model_config, *lengths) * batch_size
-    tokens_per_step = batch_size * sum(lengths)
+    flops_per_step = models.training_flops_per_example(
+        model_config, task_feature_lengths) * batch_size
+    tokens_per_step = batch_size * sum(task_feature_lengths.values())
     peak = hardware.peak_flops_per_device() * jax.device_count()
     schedule = trainer.learning_rate_schedule()
     writer = trainer.MetricsWriter(model_dir, train_steps, enabled=is_main)
@@ -133,7 +134,7 @@ def train(*,
     writer.close()
     if is_main:
       print(f'Saved checkpoint step {step} to {ckpt.directory}', flush=True)
-    if decode_sample:
+    if decode_sample and model_config.architecture == 'encoder_decoder':
       show_sample(setup.graphdef, state['params'], mixture_or_task_name, task_feature_lengths,
                   vocabulary)
   return last

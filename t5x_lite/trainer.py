@@ -197,9 +197,7 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, num_microbatches
 
   def summed_loss(params, batch, rng):
     model = nnx.merge(graphdef, params)
-    logits = model(batch['encoder_input_tokens'], batch['decoder_input_tokens'],
-                   batch.get('encoder_segment_ids'), batch.get('decoder_segment_ids'),
-                   deterministic=False, rngs=nnx.Rngs(dropout=rng))
+    logits = model.logits_for_batch(batch, deterministic=False, rngs=nnx.Rngs(dropout=rng))
     sums = loss_fn(logits, batch['decoder_target_tokens'], batch['decoder_loss_weights'])
     return sums['cross_ent_sum'] + sums['z_loss_sum'], sums
 

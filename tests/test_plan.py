@@ -4,7 +4,8 @@ import gin
 import pytest
 
 from t5x_lite import partitioning, plan
-from t5x_lite.models import T5Config, flops
+from t5x_lite import models
+from t5x_lite.models import T5Config
 
 
 def test_plan_cli_prints_the_published_count(capsys):
@@ -28,7 +29,7 @@ def test_fsdp_over_8_devices_divides_param_bytes_by_8():
   relpos_bytes = 2 * 32 * 6 * 4
   assert eight['params_bytes_per_device'] == (one['params_bytes_per_device'] - relpos_bytes) / 8 + relpos_bytes
   assert eight['optimizer_bytes_per_device'] < one['optimizer_bytes_per_device']
-  assert one['training_flops_per_example'] == flops.training_flops_per_example(cfg, 512, 114)
+  assert one['training_flops_per_example'] == models.training_flops_per_example(cfg, lengths)
 
 
 def test_mesh_that_does_not_fit_is_an_error():

@@ -30,7 +30,8 @@ def get_dataset(mixture_or_task_name: str,
                 num_shards: int = 1,
                 pack: bool = True,
                 start_batch: int = 0,
-                num_epochs: int | None = None) -> Iterator[Batch]:
+                num_epochs: int | None = None,
+                feature_converter: seqio.FeatureConverter | None = None) -> Iterator[Batch]:
   """Iterates over this host's share of each global batch, as numpy arrays.
 
   Args:
@@ -42,6 +43,8 @@ def get_dataset(mixture_or_task_name: str,
     pack: pack several examples into one sequence (``*_segment_ids``/``*_positions`` features).
     start_batch: batches to skip, to resume a run at that step.
     num_epochs: None repeats forever (training); 1 for one pass (evaluation).
+    feature_converter: the model's converter (`t5x_lite.models.feature_converter`); by default the
+      encoder-decoder one with `pack`.
 
   Returns:
     An iterator of dicts with ``encoder_input_tokens``, ``decoder_target_tokens``,
@@ -49,8 +52,9 @@ def get_dataset(mixture_or_task_name: str,
     each of shape [batch_size // num_shards, length].
   """
   task = _get_task(mixture_or_task_name)
+  converter = feature_converter or seqio.EncDecFeatureConverter(pack=pack)
   per_host_batch_size = _check_sharding(batch_size, shard_index, num_shards)
-  _check_lengths(mixture_or_task_name, task, task_feature_lengths)
+  _check_lengths(mixture_or_task_name, task, task_feature_lengths, converter)
   if split not in task.splits:
     raise ValueError(
         f'{mixture_or_task_name!r} has no split {split!r}; it has {list(task.splits)}.')
@@ -59,7 +63,7 @@ def get_dataset(mixture_or_task_name: str,
   try:
     ds = seqio.get_dataset(
         task, dict(task_feature_lengths),
-        feature_converter=seqio.EncDecFeatureConverter(pack=pack),
+        feature_converter=converter,
         dataset_split=split, shuffle=shuffle, num_epochs=num_epochs,
         shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
         seed=seed, batch_size=per_host_batch_size, use_cached=False, verbose=False)
@@ -93,17 +97,20 @@ def _check_sharding(batch_size: int, shard_index: int, num_shards: int) -> int:
   return batch_size // num_shards
 
 
-def _check_lengths(name: str, task, lengths: Mapping[str, int]) -> None:
-  """Every length is a positive int for a feature the task has; the converter's two are present."""
+def _check_lengths(name: str, task, lengths: Mapping[str, int],
+                   converter: seqio.FeatureConverter) -> None:
+  """Every length is a positive int for a feature the task has; the converter's features are set."""
   features = task.output_features
   unknown = set(lengths) - set(features)
   if unknown:
     raise ValueError(f'task_feature_lengths has {sorted(unknown)}, which {name!r} does not '
                      f'output; its features are {sorted(features)}.')
-  missing = {'inputs', 'targets'} - set(lengths)
+  needed = set(converter.TASK_FEATURES)
+  missing = needed - set(lengths)
   if missing:
-    raise ValueError(f'task_feature_lengths needs {sorted(missing)} for the encoder-decoder '
-                     f"feature converter, e.g. {{'inputs': 512, 'targets': 114}}.")
+    raise ValueError(f'task_feature_lengths needs {sorted(missing)} for '
+                     f'{type(converter).__name__} (the model\'s feature converter), e.g. '
+                     f"{ {k: 512 for k in sorted(needed)} }.")
   bad = {k: v for k, v in lengths.items() if not isinstance(v, (int, np.integer)) or v < 1}
   if bad:
     raise ValueError(f'task_feature_lengths must be positive ints; got {bad}.')

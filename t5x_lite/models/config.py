@@ -18,6 +18,8 @@ import jax.numpy as jnp
 # was trained with; 'linear' is the identity branch of a gated MLP.
 ACTIVATIONS = ('relu', 'gelu', 'silu', 'linear')
 DTYPES = ('float32', 'bfloat16', 'float16')
+# Model families (T5 paper Sec. 3.2.1 / Table 2; T5X's EncoderDecoderModel / DecoderOnlyModel).
+ARCHITECTURES = ('encoder_decoder', 'decoder_only', 'prefix_lm')
 
 
 @gin.configurable(module='t5x_lite.models')
@@ -29,6 +31,13 @@ class T5Config:
   T5.1.1, `wo(act_0(wi_0(x)) * act_1(wi_1(x)) * ...)`. `logits_via_embedding`: v1.0 ties the
   output layer to the token embedding and scales the decoder output by 1/sqrt(d_model).
   `dtype` is the compute dtype; parameters are stored in `param_dtype`.
+
+  `architecture`: 'encoder_decoder' (T5), 'decoder_only' (a causal LM built from the decoder
+  stack without cross-attention, GPT-style) or 'prefix_lm' (the same decoder-only stack attending
+  bidirectionally over the inputs prefix). Decoder-only families use `num_decoder_layers` only.
+  `shared_encoder_decoder`: T5 Table 2 "Enc-dec, shared": encoder and decoder layer i share their
+  self-attention, MLP and norms, and the stacks share the relative-position table and final norm;
+  the decoder's cross-attention (and its norm) has no encoder counterpart and stays its own.
   """
   vocab_size: int = 32128
   d_model: int = 512
@@ -45,6 +54,8 @@ class T5Config:
   layer_norm_epsilon: float = 1e-6
   dtype: str = 'float32'
   param_dtype: str = 'float32'
+  architecture: str = 'encoder_decoder'
+  shared_encoder_decoder: bool = False
 
   def __post_init__(self):
     # gin may hand over a list; a tuple keeps the config hashable (usable as a jit static arg).
@@ -81,6 +92,21 @@ class T5Config:
       if getattr(self, name) not in DTYPES:
         raise ValueError(f'T5Config.{name} must be one of {list(DTYPES)}, '
                          f'got {getattr(self, name)!r}.')
+
+    if self.architecture not in ARCHITECTURES:
+      raise ValueError(f'T5Config.architecture must be one of {list(ARCHITECTURES)}, '
+                       f'got {self.architecture!r}.')
+    if self.architecture != 'encoder_decoder' and self.num_decoder_layers < 1:
+      raise ValueError(f'T5Config.architecture={self.architecture!r} needs num_decoder_layers '
+                       f'>= 1, got {self.num_decoder_layers}.')
+    if self.shared_encoder_decoder:
+      if self.architecture != 'encoder_decoder':
+        raise ValueError('T5Config.shared_encoder_decoder needs architecture=\'encoder_decoder\', '
+                         f'got {self.architecture!r}.')
+      if self.num_encoder_layers != self.num_decoder_layers:
+        raise ValueError('T5Config.shared_encoder_decoder shares layer i of both stacks, so '
+                         'num_encoder_layers must equal num_decoder_layers; got '
+                         f'{self.num_encoder_layers} and {self.num_decoder_layers}.')
 
   @property
   def compute_dtype(self) -> jnp.dtype:

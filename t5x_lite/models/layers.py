@@ -97,18 +97,27 @@ def relative_position_bucket(relative_position: jax.Array, *, bidirectional: boo
 
 
 def attention_mask(query_segment_ids: jax.Array, key_segment_ids: jax.Array, *,
-                   causal: bool = False) -> jax.Array:
+                   causal: bool = False,
+                   bidirectional_prefix: jax.Array | None = None) -> jax.Array:
   """Boolean mask [batch, 1, q_len, k_len]: True where a query may attend to a key.
 
   A query sees keys of its own segment (packing: no attention across examples); segment id 0 is
   padding and is never seen. `causal` also hides keys after the query (positions are array
-  indices, which within one packed segment orders tokens correctly).
+  indices, which within one packed segment orders tokens correctly). `bidirectional_prefix`
+  [batch, len] (self-attention only; seqio's `decoder_causal_attention`) lifts causality between
+  two positions that are both marked 1: the prefix-LM inputs see each other in full (T5X's
+  `inputs_bidirectional_attention`), while the segment test still separates packed examples.
   """
-  mask = ((query_segment_ids[:, :, None] == key_segment_ids[:, None, :])
-          & (key_segment_ids[:, None, :] > 0))
+  same_segment = ((query_segment_ids[:, :, None] == key_segment_ids[:, None, :])
+                  & (key_segment_ids[:, None, :] > 0))
+  mask = same_segment
   if causal:
     q_len, k_len = query_segment_ids.shape[1], key_segment_ids.shape[1]
-    mask &= jnp.arange(q_len)[:, None] >= jnp.arange(k_len)[None, :]
+    visible = jnp.arange(q_len)[:, None] >= jnp.arange(k_len)[None, :]
+    if bidirectional_prefix is not None:
+      prefix = bidirectional_prefix > 0
+      visible = visible | (prefix[:, :, None] & prefix[:, None, :])
+    mask = mask & visible
   return mask[:, None, :, :]
 
 

@@ -21,6 +21,10 @@ example each token belongs to (0 = padding) and attention never crosses examples
 is `encoder_input_tokens == 0`, and the decoder needs no padding mask because it is causal and
 padding only follows real tokens (its first input token, BOS, is also id 0).
 
+With `shared_encoder_decoder` (T5 Table 2, "Enc-dec, shared") the decoder reuses the encoder's
+layer weights (see `share_encoder_with_decoder`); each shared weight is stored once, under the
+decoder's name, because NNX flattens a shared object at its first path in attribute order.
+
 Dropout (T5X's placement): on the embedded inputs, on each sublayer's output before the residual
 add, on the MLP hidden activations, and after each stack's final norm.
 """
@@ -123,11 +127,17 @@ class Decoder(nnx.Module):
     self.dropout = nnx.Dropout(config.dropout_rate)
 
   def __call__(self, embedded, segment_ids, encoded=None, encoder_segment_ids=None, *,
-               deterministic=True, rngs=None):
-    """embedded [b, len, d]; segment_ids [b, len]; encoded [b, enc_len, d] for cross-attention."""
+               decoder_causal_attention=None, deterministic=True, rngs=None):
+    """embedded [b, len, d]; segment_ids [b, len]; encoded [b, enc_len, d] for cross-attention.
+
+    `decoder_causal_attention` [b, len] (prefix LM): positions marked 1 attend to each other
+    bidirectionally; the relative-position table stays the causal one (future keys share bucket
+    0), as in T5X.
+    """
     drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)
     length = embedded.shape[1]
-    self_mask = attention_mask(segment_ids, segment_ids, causal=True)
+    self_mask = attention_mask(segment_ids, segment_ids, causal=True,
+                               bidirectional_prefix=decoder_causal_attention)
     self_bias = self.relpos_bias(length, length)
     cross_mask = (None if encoded is None
                   else attention_mask(segment_ids, encoder_segment_ids))
@@ -158,21 +168,64 @@ def decoder_segments(decoder_input_tokens, decoder_segment_ids=None):
   return jnp.ones_like(decoder_input_tokens, dtype=jnp.int32)
 
 
+def token_embedder(cfg: T5Config, rngs: nnx.Rngs) -> Embed:
+  return Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype,
+               param_dtype=cfg.weight_dtype, rngs=rngs)
+
+
+def lm_head(cfg: T5Config, rngs: nnx.Rngs) -> DenseGeneral | None:
+  """The separate output layer (T5.1.1), or None when logits reuse the embedding (T5 v1.0)."""
+  if cfg.logits_via_embedding:
+    return None
+  return DenseGeneral((cfg.d_model,), (cfg.vocab_size,), ('embed', 'vocab'),
+                      kernel_init=fan_in_init(1, 1, 'truncated_normal'),
+                      dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs)
+
+
+def output_logits(cfg: T5Config, embedder: Embed, head: DenseGeneral | None, x: jax.Array):
+  """Final decoder states -> float32 logits; the tied head rescales by 1/sqrt(d_model) (T5)."""
+  if head is None:
+    logits = embedder.attend(x * (cfg.d_model ** -0.5))
+  else:
+    logits = head(x, out_dtype=jnp.float32)
+  return with_logical_constraint(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
+
+
+def share_encoder_with_decoder(encoder: Encoder, decoder: Decoder) -> None:
+  """Make `decoder` reuse `encoder`'s parameters wherever the two have a counterpart.
+
+  T5 Table 2 "Enc-dec, shared". Shared: the relative-position table, the final norm, and per
+  layer the self-attention, the MLP and their pre-norms. Not shared: cross-attention and its
+  norm, which the encoder lacks (T5 counts the shared model as P params, ignoring them too).
+  NNX keeps the objects shared through split/merge, so each shared parameter is one leaf of the
+  state and its gradient sums both uses.
+  """
+  # Only the table: the module also holds the bucketing direction, which stays causal.
+  decoder.relpos_bias.embedding = encoder.relpos_bias.embedding
+  decoder.decoder_norm = encoder.encoder_norm
+  for enc, dec in zip(encoder.layers, decoder.layers, strict=True):
+    dec.pre_self_attention_layer_norm = enc.pre_attention_layer_norm
+    dec.self_attention = enc.attention
+    dec.pre_mlp_layer_norm = enc.pre_mlp_layer_norm
+    dec.mlp = enc.mlp
+
+
 class EncoderDecoder(nnx.Module):
   """T5: shared token embedding, encoder, decoder and a tied (v1.0) or separate (v1.1) head."""
 
   def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
     cfg = config
+    if cfg.architecture != 'encoder_decoder':
+      raise ValueError(f'EncoderDecoder needs architecture=\'encoder_decoder\', got '
+                       f'{cfg.architecture!r}; use t5x_lite.models.build_model(config, rngs).')
     self.config = cfg
-    self.token_embedder = Embed(cfg.vocab_size, cfg.d_model, dtype=cfg.compute_dtype,
-                                param_dtype=cfg.weight_dtype, rngs=rngs)
+    self.token_embedder = token_embedder(cfg, rngs)
     self.encoder = Encoder(cfg, rngs=rngs)
     self.decoder = Decoder(cfg, cross_attention=True, rngs=rngs)
+    if cfg.shared_encoder_decoder:
+      share_encoder_with_decoder(self.encoder, self.decoder)
     if not cfg.logits_via_embedding:
-      self.lm_head = DenseGeneral((cfg.d_model,), (cfg.vocab_size,), ('embed', 'vocab'),
-                                  kernel_init=fan_in_init(1, 1, 'truncated_normal'),
-                                  dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
-                                  rngs=rngs)
+      self.lm_head = lm_head(cfg, rngs)
 
   def encode(self, encoder_input_tokens, encoder_segment_ids=None, *, deterministic=True,
              rngs=None):
@@ -193,12 +246,8 @@ class EncoderDecoder(nnx.Module):
     return self.logits(x)
 
   def logits(self, x):
-    """Final decoder states -> float32 logits; the tied head rescales by 1/sqrt(d_model) (T5)."""
-    if self.config.logits_via_embedding:
-      logits = self.token_embedder.attend(x * (self.config.d_model ** -0.5))
-    else:
-      logits = self.lm_head(x, out_dtype=jnp.float32)
-    return with_logical_constraint(logits.astype(jnp.float32), ('batch', 'length', 'vocab'))
+    """Final decoder states -> float32 logits [b, len, vocab]."""
+    return output_logits(self.config, self.token_embedder, getattr(self, 'lm_head', None), x)
 
   def __call__(self, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids=None,
                decoder_segment_ids=None, *, deterministic=True, rngs=None):
@@ -210,6 +259,12 @@ class EncoderDecoder(nnx.Module):
                        encoder_segment_ids, decoder_segment_ids,
                        deterministic=deterministic, rngs=rngs)
 
+  def logits_for_batch(self, batch, *, deterministic=True, rngs=None):
+    """Logits for a batch as seqio's EncDecFeatureConverter emits it; other keys are ignored."""
+    return self(batch['encoder_input_tokens'], batch['decoder_input_tokens'],
+                batch.get('encoder_segment_ids'), batch.get('decoder_segment_ids'),
+                deterministic=deterministic, rngs=rngs)
+
 
 def eager_rngs(seed: int) -> nnx.Rngs:
   """`nnx.Rngs(params=seed)` with concrete keys even when built inside jit or eval_shape.
@@ -220,13 +275,3 @@ def eager_rngs(seed: int) -> nnx.Rngs:
   with jax.ensure_compile_time_eval():
     return nnx.Rngs(params=seed)
 
-
-def abstract_model(config: T5Config) -> EncoderDecoder:
-  """The model with ShapeDtypeStructs for parameters: shapes and axis names, no memory."""
-  return nnx.eval_shape(lambda: EncoderDecoder(config, rngs=eager_rngs(0)))
-
-
-def count_params(config: T5Config) -> int:
-  """Number of parameters of `EncoderDecoder(config)`, without allocating any."""
-  params = nnx.state(abstract_model(config), nnx.Param)
-  return sum(int(x.size) for x in jax.tree.leaves(params))
