@@ -23,6 +23,7 @@ from t5x_lite.models import (DecoderOnly, EncoderDecoder, T5Config, build_model,
                              eager_rngs, feature_converter, forward_flops_per_example,
                              training_flops_per_example)
 from t5x_lite.models import layers
+from references import jaxpr_matmul_flops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -309,20 +310,6 @@ def test_gpt3_param_counts_are_within_3_percent_of_the_paper(name):
 # ---------------------------------------------------------------------------------------------
 # FLOPs.
 # ---------------------------------------------------------------------------------------------
-
-def jaxpr_matmul_flops(jaxpr) -> int:
-  """2·(batch)·(contracted)·(lhs free)·(rhs free) summed over every dot_general, recursively."""
-  total = 0
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == 'dot_general':
-      (lc, rc), (lb, rb) = eqn.params['dimension_numbers']
-      lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
-      total += 2 * (math.prod(lhs[i] for i in lb) * math.prod(lhs[i] for i in lc)
-                    * math.prod(d for i, d in enumerate(lhs) if i not in (*lc, *lb))
-                    * math.prod(d for i, d in enumerate(rhs) if i not in (*rc, *rb)))
-    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-      total += jaxpr_matmul_flops(sub)
-  return total
 
 
 @pytest.mark.parametrize('config', [CAUSAL_LM, PREFIX_LM,

@@ -19,6 +19,7 @@ from t5x_lite import partitioning
 from t5x_lite.models import (EncoderDecoder, T5Config, count_params, eager_rngs, flops,
                              forward_flops_per_example, training_flops_per_example)
 from t5x_lite.models import layers
+from references import jaxpr_matmul_flops
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -396,23 +397,6 @@ def test_config_rejects_bad_values_with_a_clear_message(field, value, needle):
 # ---------------------------------------------------------------------------------------------
 # FLOPs.
 # ---------------------------------------------------------------------------------------------
-
-def jaxpr_matmul_flops(jaxpr) -> int:
-  """2·(batch)·(contracted)·(lhs free)·(rhs free) summed over every dot_general, recursively."""
-  total = 0
-  for eqn in jaxpr.eqns:
-    if eqn.primitive.name == 'dot_general':
-      (lc, rc), (lb, _) = eqn.params['dimension_numbers']
-      lhs, rhs = eqn.invars[0].aval.shape, eqn.invars[1].aval.shape
-      batch = math.prod(lhs[i] for i in lb)
-      contract = math.prod(lhs[i] for i in lc)
-      lfree = math.prod(d for i, d in enumerate(lhs) if i not in (*lc, *lb))
-      rfree = math.prod(d for i, d in enumerate(rhs)
-                        if i not in (*rc, *eqn.params['dimension_numbers'][1][1]))
-      total += 2 * batch * contract * lfree * rfree
-    for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-      total += jaxpr_matmul_flops(sub)
-  return total
 
 
 @pytest.mark.parametrize('tied', [False, True])
