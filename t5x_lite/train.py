@@ -132,8 +132,11 @@ def train(*,
         ckpt.save(step, state, {'batch': step, 'seed': seed, 'task': mixture_or_task_name})
     ckpt.close()
     writer.close()
-    if is_main:
+    if is_main and step > start_step:
       print(f'Saved checkpoint step {step} to {ckpt.directory}', flush=True)
+    elif is_main:
+      print(f'{ckpt.directory} is already at step {step} = TRAIN_STEPS; nothing to train '
+            '(raise --gin.TRAIN_STEPS to continue).', flush=True)
     if decode_sample and model_config.architecture == 'encoder_decoder':
       show_sample(setup.graphdef, state['params'], mixture_or_task_name, task_feature_lengths,
                   vocabulary)
