@@ -95,7 +95,8 @@ def test_missing_gin_file_is_a_one_line_error(capsys):
 
 
 def test_eight_simulated_devices_train_like_one(tmp_path, straight_run):
-  """2×4 (data × model) mesh, 2-D rules, in a fresh process (device count is fixed at start)."""
+  """2×4 (data × model) mesh, 2-D rules, in a fresh process (device count is fixed at start);
+  its checkpoint then resumes on one device."""
   env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8')
   out = subprocess.run(
       [sys.executable, '-m', 't5x_lite.train', *MICRO, '--gin.TRAIN_STEPS=4',
@@ -106,6 +107,11 @@ def test_eight_simulated_devices_train_like_one(tmp_path, straight_run):
   assert "mesh {'data': 2, 'model': 4} (8 devices" in out.stdout
   eight, one = _metrics(tmp_path), straight_run[1][:4]
   np.testing.assert_allclose([r['loss'] for r in eight], [r['loss'] for r in one], rtol=2e-3)
+  # The 2×4-sharded checkpoint restores onto this process's single device and training goes on.
+  resumed = _train(tmp_path, '--gin.TRAIN_STEPS=6', '--gin.CHECKPOINT_PERIOD=100',
+                   "--gin.MESH_SHAPE={'data': 1, 'model': 1}")
+  np.testing.assert_allclose([r['loss'] for r in resumed[4:]],
+                             [r['loss'] for r in straight_run[1][4:6]], rtol=2e-3)
 
 
 @pytest.mark.parametrize('family', [
