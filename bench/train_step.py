@@ -47,7 +47,7 @@ def main(argv=None) -> int:
     mesh = partitioning.create_mesh({'data': -1})
     rules = partitioning.logical_axis_rules()
     tx = trainer.make_optimizer(trainer.learning_rate_schedule())
-    setup = trainer.setup_train_state(lambda r: models.build_model(config, r), tx, 0, mesh, rules)
+    setup = trainer.setup_train_state(config, tx, 0, mesh, rules)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
       state = setup.init()
       step = jax.jit(trainer.make_train_step(setup.graphdef, setup.tx),

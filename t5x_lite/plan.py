@@ -34,8 +34,7 @@ def plan(model_config: T5Config, mesh_shape: Mapping[str, int], num_devices: int
   shape = partitioning.resolve_mesh_shape(mesh_shape, num_devices)
   mesh = AbstractMesh(tuple(shape.values()), tuple(shape), axis_types=(AxisType.Auto,) * len(shape))
   tx = trainer.make_optimizer(trainer.learning_rate_schedule())
-  _, abstract_params, param_axes = trainer.abstract_model(
-      lambda rngs: models.build_model(model_config, rngs))
+  _, abstract_params, param_axes = trainer.abstract_params_and_axes(model_config)
   abstract_opt = jax.eval_shape(trainer.as_matrices(tx, param_axes).init, abstract_params)
   param_shapes = {partitioning.path_key(p): x.shape
                   for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}

@@ -65,8 +65,7 @@ def train(*,
   tasks.pretraining.register_all(vocabulary)
 
   tx = trainer.make_optimizer(trainer.learning_rate_schedule())
-  factory = lambda rngs: models.build_model(model_config, rngs)
-  setup = trainer.setup_train_state(factory, tx, seed, mesh, rules)
+  setup = trainer.setup_train_state(model_config, tx, seed, mesh, rules)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     ckpt = checkpoints.Checkpointer(os.path.join(model_dir, 'checkpoints'), keep=keep_checkpoints)
     restored = ckpt.restore(setup.abstract_state)

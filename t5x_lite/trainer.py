@@ -20,8 +20,7 @@ import optax
 import tensorboardX
 from flax import nnx
 
-from t5x_lite import partitioning
-from t5x_lite.models import eager_rngs
+from t5x_lite import checkpoints, models, partitioning
 
 TrainState = dict  # {'step': int32[], 'params': pytree, 'opt_state': pytree, 'rng': key data}
 
@@ -143,11 +142,11 @@ class StateSetup(NamedTuple):
   init: Callable[[], TrainState]  # allocates a fresh state directly in its shards
 
 
-def setup_train_state(model_factory: Callable[[nnx.Rngs], nnx.Module],
-                      tx: optax.GradientTransformation, seed: int, mesh, rules) -> StateSetup:
+def setup_train_state(config: models.T5Config, tx: optax.GradientTransformation, seed: int,
+                      mesh, rules) -> StateSetup:
   """Derives every array's sharding from the model's logical names and the rule table, then
   returns an init that builds params and optimizer state in place (no host copy of the weights)."""
-  graphdef, abstract_params, param_axes = abstract_model(model_factory)
+  graphdef, abstract_params, param_axes = abstract_params_and_axes(config)
   tx = as_matrices(tx, param_axes)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   param_shapes = {partitioning.path_key(p): x.shape
@@ -169,22 +168,20 @@ def setup_train_state(model_factory: Callable[[nnx.Rngs], nnx.Module],
   }
 
   def init():
-    model = model_factory(eager_rngs(seed))
+    model = models.build_model(config, models.eager_rngs(seed))
     params = nnx.state(model).to_pure_dict()
     return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params),
             'rng': jax.random.key_data(jax.random.key(seed))}
 
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          abstract, shardings)
+  abstract = checkpoints.abstract_with_shardings(abstract, shardings)
   return StateSetup(graphdef, tx, abstract, shardings, jax.jit(init, out_shardings=shardings))
 
 
-def abstract_model(model_factory: Callable[[nnx.Rngs], nnx.Module]):
+def abstract_params_and_axes(config: models.T5Config):
   """(graphdef, abstract params as a pure dict, {path: logical names}) without allocating weights.
 
   Call it outside `jax.set_mesh`: under a mesh, nnx.eval_shape reads logical names as mesh axes."""
-  model = nnx.eval_shape(lambda: model_factory(eager_rngs(0)))
-  graphdef, state = nnx.split(model)
+  graphdef, state = nnx.split(models.abstract_model(config))
   return graphdef, state.to_pure_dict(), partitioning.param_logical_axes(state)
 
 

@@ -83,13 +83,13 @@ def test_adafactor_factors_attention_kernels_as_t5x_2d_matrices():
 def test_gradient_accumulation_matches_one_big_batch():
   """Two microbatches give the same update and metrics as the whole batch at once."""
   from t5x_lite import partitioning
-  from t5x_lite.models import EncoderDecoder, T5Config
+  from t5x_lite.models import T5Config
   cfg = T5Config(vocab_size=64, d_model=16, num_heads=2, d_kv=8, d_ff=32, num_encoder_layers=1,
                  num_decoder_layers=1)
   mesh = partitioning.create_mesh({'data': -1})
   tx = trainer.make_optimizer(trainer.learning_rate_schedule(kind='constant', base_learning_rate=0.1),
                               name='adamw')
-  setup = trainer.setup_train_state(lambda r: EncoderDecoder(cfg, rngs=r), tx, 0, mesh, ())
+  setup = trainer.setup_train_state(cfg, tx, 0, mesh, ())
   rng = np.random.default_rng(0)
   tgt = rng.integers(2, 64, (4, 6)).astype(np.int32)
   weights = np.ones((4, 6), np.float32)
