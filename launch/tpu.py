@@ -6,8 +6,9 @@
 
 Four steps, in order: create the slice, install the repo on every host (git clone of --repo_url,
 or scp of the local checkout without --repo_url, then `make install`), run the trainer on every
-host, delete the slice. On a TPU VM, JAX finds its peers from the TPU metadata, so no
-T5X_LITE_* variables are exported here (those are the SLURM contract, see launch/slurm.py).
+host, delete the slice. On a multi-host slice the trainer gets `--distributed=auto`: JAX finds its
+peers from the TPU VM metadata, so no T5X_LITE_* variables are exported here (those are the
+launcher contract of launch/local.py and launch/slurm.py; see t5x_lite/distributed.py).
 
 Accelerator types, as gcloud names them (the suffix means different things per generation):
   generation  name         suffix counts   per chip    chips/host  default --runtime_version
@@ -105,8 +106,9 @@ def tpu_commands(*, tpu_name: str, accelerator_type: str, zone: str, project: st
                     '--worker=all')
     install = f'cd {q(repo_dir)} && make install'
   commands.append(ssh + q(install))
+  multihost = ['--distributed=auto'] if slice_.hosts > 1 else []
   run = ' '.join([f'cd {q(repo_dir)} &&', '.venv/bin/python -m t5x_lite.train',
-                  *(q(f) for f in train_flags)])
+                  *multihost, *(q(f) for f in train_flags)])
   commands.append(ssh + q(run))
   commands.append(f'{base} delete {q(tpu_name)} {where} --quiet')
   return commands

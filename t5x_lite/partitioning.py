@@ -206,3 +206,21 @@ def shard_shape(shape: Sequence[int], spec: PartitionSpec, mesh_shape: Mapping[s
     n = math.prod(mesh_shape[a] for a in ((axes,) if isinstance(axes, str) else axes))
     out[i] = -(-shape[i] // n)
   return tuple(out)
+
+
+def process_batch_rows(sharding: NamedSharding, global_batch_size: int) -> tuple[int, int]:
+  """The rows [start, stop) of a global batch laid out by `sharding` that this process's devices
+  hold: what this host must load. Rows replicated across processes are loaded by each of them."""
+  starts, stops = [], []
+  for index in sharding.addressable_devices_indices_map((global_batch_size,)).values():
+    rows = index[0]
+    starts.append(rows.start or 0)
+    stops.append(global_batch_size if rows.stop is None else rows.stop)
+  start, stop = min(starts), max(stops)
+  held = set()
+  for a, b in zip(starts, stops):
+    held.update(range(a, b))
+  if len(held) != stop - start:
+    raise ValueError(f'this process holds non-contiguous batch rows {sorted(held)}; order the '
+                     'mesh so that each process owns a contiguous block of the data axis.')
+  return start, stop

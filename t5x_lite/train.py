@@ -1,6 +1,7 @@
-"""`python -m t5x_lite.train --gin_file=F [--gin_file=G] --gin.NAME=VALUE ...`
+"""`python -m t5x_lite.train --gin_file=F [--gin_file=G] --gin.NAME=VALUE ... [distributed flags]`
 
-Reads gin, builds the mesh and the sharded train state, resumes from the newest checkpoint in
+Joins the multi-process job if there is one (t5x_lite.distributed: flags, launcher environment or
+cluster detection), reads gin, builds the mesh and the sharded train state, resumes from the newest checkpoint in
 MODEL_DIR if there is one, trains, checkpoints every CHECKPOINT_PERIOD steps and at the end, and
 decodes a sample from the validation split.
 """
@@ -24,7 +25,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from t5x_lite import checkpoints, decoding, gin_utils, hardware, partitioning, trainer, vocab
+from t5x_lite import (checkpoints, decoding, distributed, gin_utils, hardware, partitioning,
+                      trainer, vocab)
 from t5x_lite.data import pipeline
 from t5x_lite import models
 from t5x_lite.models import T5Config
@@ -43,8 +45,16 @@ def train(*,
           mesh_shape: Mapping[str, int] = {'data': -1},  # pylint: disable=dangerous-default-value
           log_period: int = 10,
           seed: int = 0,
+          num_data_shards: int | None = None,
           decode_sample: bool = True) -> dict:
-  """Trains `model_config` on `mixture_or_task_name`; returns the last logged metrics."""
+  """Trains `model_config` on `mixture_or_task_name`; returns the last logged metrics.
+
+  `num_data_shards`: the data is read as this many seqio shards (see data/pipeline.py); the
+  global batches depend on it, not on the process count. By default it is the process count of
+  the job's first start (T5X's one shard per host), recorded in the checkpoint so that a resume on
+  another process count reads the same examples; set it to a multiple of every process count you
+  may run with to compare runs across process counts.
+  """
   if train_steps <= 0:
     raise gin_utils.UsageError(f'TRAIN_STEPS must be positive, got {train_steps}.')
   if batch_size <= 0:
@@ -73,17 +83,23 @@ def train(*,
       state, start_step = setup.init(), 0
     else:
       start_step, state, data_state = restored
-      print(f'Resumed from step {start_step} in {ckpt.directory} '
-            f"(data position: batch {data_state.get('batch', start_step)})", flush=True)
+      log(f'Resumed from step {start_step} in {ckpt.directory} '
+          f"(data position: batch {data_state.get('batch', start_step)})")
+      num_data_shards = _resumed_data_shards(num_data_shards, data_state)
+    num_data_shards = num_data_shards or jax.process_count()
     step_fn = jax.jit(trainer.make_train_step(setup.graphdef, setup.tx),
                       in_shardings=(setup.shardings, None), out_shardings=(setup.shardings, None),
                       donate_argnums=(0,))
     batch_spec = partitioning.logical_to_mesh_spec(('batch', 'length'), rules, mesh)
     batch_sharding = jax.sharding.NamedSharding(mesh, batch_spec)
-    batches = pipeline.get_dataset(
-        mixture_or_task_name, task_feature_lengths, batch_size, split='train', shuffle=True,
-        seed=seed, shard_index=jax.process_index(), num_shards=jax.process_count(),
-        start_batch=start_step, feature_converter=models.feature_converter(model_config))
+    try:
+      batches = pipeline.get_dataset(
+          mixture_or_task_name, task_feature_lengths, batch_size, split='train', shuffle=True,
+          seed=seed, num_data_shards=num_data_shards,
+          data_shards=_host_data_shards(batch_sharding, batch_size, num_data_shards),
+          start_batch=start_step, feature_converter=models.feature_converter(model_config))
+    except ValueError as e:
+      raise gin_utils.UsageError(str(e)) from e
 
     flops_per_step = models.training_flops_per_example(
         model_config, task_feature_lengths) * batch_size
@@ -92,15 +108,17 @@ def train(*,
     schedule = trainer.learning_rate_schedule()
     writer = trainer.MetricsWriter(model_dir, train_steps, enabled=is_main)
     timer = trainer.StepTimer()
-    print(f'Training {mixture_or_task_name} for steps {start_step}..{train_steps} on mesh '
-          f'{dict(mesh.shape)} ({jax.device_count()} devices, {jax.process_count()} processes), '
-          f'global batch {batch_size}, lengths {dict(task_feature_lengths)}', flush=True)
+    log(f'Training {mixture_or_task_name} for steps {start_step}..{train_steps} on mesh '
+        f'{dict(mesh.shape)} ({jax.device_count()} devices, {jax.process_count()} processes), '
+        f'global batch {batch_size} from {num_data_shards} data shard(s), '
+        f'lengths {dict(task_feature_lengths)}')
     last = {}
     step = start_step
     t_start = time.perf_counter()
     while step < train_steps:
       local = next(batches)
-      batch = {k: jax.make_array_from_process_local_data(batch_sharding, v)
+      batch = {k: jax.make_array_from_process_local_data(batch_sharding, v,
+                                                         (batch_size, *v.shape[1:]))
                for k, v in local.items()}
       state, metrics = step_fn(state, batch)
       step += 1
@@ -108,7 +126,7 @@ def train(*,
         jax.block_until_ready(metrics)  # the first step includes compilation: time from here
         timer.start()
         compile_s = time.perf_counter() - t_start
-        print(f'step {step} (compiled in {compile_s:.1f}s)', flush=True)
+        log(f'step {step} (compiled in {compile_s:.1f}s)')
       else:
         timer.tick()
       if step % log_period == 0 or step == train_steps:
@@ -128,18 +146,53 @@ def train(*,
         eta = (train_steps - step) * s_per_step if n else None
         writer.write(step, last, eta)
       if step % checkpoint_period == 0 or step == train_steps:
-        ckpt.save(step, state, {'batch': step, 'seed': seed, 'task': mixture_or_task_name})
+        ckpt.save(step, state, {'batch': step, 'seed': seed, 'task': mixture_or_task_name,
+                                'num_data_shards': num_data_shards})
     ckpt.close()
     writer.close()
-    if is_main and step > start_step:
-      print(f'Saved checkpoint step {step} to {ckpt.directory}', flush=True)
-    elif is_main:
-      print(f'{ckpt.directory} is already at step {step} = TRAIN_STEPS; nothing to train '
-            '(raise --gin.TRAIN_STEPS to continue).', flush=True)
-    if decode_sample and model_config.architecture == 'encoder_decoder':
+    if step > start_step:
+      log(f'Saved checkpoint step {step} to {ckpt.directory}')
+    else:
+      log(f'{ckpt.directory} is already at step {step} = TRAIN_STEPS; nothing to train '
+          '(raise --gin.TRAIN_STEPS to continue).')
+    if decode_sample and jax.process_count() > 1:
+      log('(no decoded sample: sample decoding runs in single-process jobs)')
+    elif decode_sample and model_config.architecture == 'encoder_decoder':
       show_sample(setup.graphdef, state['params'], mixture_or_task_name, task_feature_lengths,
                   vocabulary)
   return last
+
+
+def log(message: str) -> None:
+  """Progress for people: printed once per job (by process 0), flushed at once."""
+  if jax.process_index() == 0:
+    print(message, flush=True)
+
+
+def _resumed_data_shards(configured: int | None, data_state: Mapping) -> int | None:
+  """The checkpoint's shard count wins over the default: changing it would change the data."""
+  stored = data_state.get('num_data_shards')
+  if configured is not None and stored is not None and configured != stored:
+    raise gin_utils.UsageError(
+        f'train.num_data_shards={configured}, but the checkpoint was written reading '
+        f'{stored} data shards; resuming with another count would change which examples come '
+        f'next. Drop the binding or set --gin.train.num_data_shards={stored}.')
+  return configured or stored
+
+
+def _host_data_shards(batch_sharding, batch_size: int, num_data_shards: int) -> range:
+  """The data shards whose rows of each global batch live on this process's devices."""
+  start, stop = partitioning.process_batch_rows(batch_sharding, batch_size)
+  if batch_size % num_data_shards:
+    raise gin_utils.UsageError(f'BATCH_SIZE {batch_size} must be a multiple of '
+                               f'train.num_data_shards ({num_data_shards}).')
+  block = batch_size // num_data_shards
+  if start % block or stop % block:
+    raise gin_utils.UsageError(
+        f'process {jax.process_index()} holds rows [{start}, {stop}) of each global batch, which '
+        f'are not whole blocks of {block} rows ({num_data_shards} data shards); set '
+        f'--gin.train.num_data_shards to a multiple of {jax.process_count()} (the process count).')
+  return range(start // block, stop // block)
 
 
 def show_sample(graphdef, params, task_name, task_feature_lengths, vocabulary, num: int = 1):
@@ -169,8 +222,10 @@ def _trim(ids: np.ndarray) -> list[int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
   def run(rest):
+    dist_args, rest = distributed.parse(rest)
     if rest:
       raise gin_utils.UsageError(f'unknown arguments {rest}; use --gin_file=F and --gin.NAME=VALUE')
+    distributed.initialize(dist_args)
     train()
   return gin_utils.run_main(run, None if argv is None else list(argv))
 

@@ -142,7 +142,13 @@ def test_v5p_64_commands_in_order():
   assert 'git clone https://example.com/t5x_lite.git t5x_lite' in inner
   assert inner.endswith('cd t5x_lite && make install')
   remote = shlex.split(shlex.split(run)[-1][len('--command='):])
-  assert remote == ['cd', 't5x_lite', '&&', '.venv/bin/python', '-m', 't5x_lite.train'] + FLAGS
+  assert remote == ['cd', 't5x_lite', '&&', '.venv/bin/python', '-m', 't5x_lite.train',
+                    '--distributed=auto'] + FLAGS
+
+
+def test_single_host_slice_runs_without_distributed_start():
+  run = _tpu(accelerator_type='v5p-8')[2]
+  assert '--distributed' not in run
 
 
 def test_without_repo_url_the_local_repo_is_copied():

@@ -70,19 +70,25 @@ def test_unpacked_batches_have_no_segment_ids(unshuffled):
   assert unshuffled['encoder_input_tokens'].shape == (4, 512)
 
 
-def test_hosts_get_different_shares_of_the_global_batch():
-  kwargs = dict(batch_size=8, num_shards=2, shuffle=False, pack=False)
-  host0 = take(1, shard_index=0, **kwargs)[0]
-  host1 = take(1, shard_index=1, **kwargs)[0]
-  assert host0['encoder_input_tokens'].shape == host1['encoder_input_tokens'].shape == (4, 512)
-  assert not np.array_equal(host0['encoder_input_tokens'], host1['encoder_input_tokens'])
+def test_hosts_read_their_own_shards_and_together_make_the_one_host_batch():
+  kwargs = dict(batch_size=8, num_data_shards=4, pack=False)
+  whole = take(2, **kwargs)
+  host0 = take(2, data_shards=[0, 1], **kwargs)
+  host1 = take(2, data_shards=[2, 3], **kwargs)
+  assert host0[0]['encoder_input_tokens'].shape == (4, 512)
+  assert not np.array_equal(host0[0]['encoder_input_tokens'], host1[0]['encoder_input_tokens'])
+  for w, h0, h1 in zip(whole, host0, host1):
+    for k in w:
+      np.testing.assert_array_equal(w[k], np.concatenate([h0[k], h1[k]]))
+  # Resuming on another host count reads the same examples from the same position.
+  assert_same(take(1, data_shards=[2, 3], start_batch=1, **kwargs), host1[1:])
 
 
 @pytest.mark.parametrize('kwargs, message', [
     (dict(mixture_or_task_name='wiki_span_corruptoin'),
      r"Did you mean \['wiki_span_corruption'.*import tasks"),
-    (dict(batch_size=6, num_shards=4), 'multiple of the number of data shards'),
-    (dict(shard_index=2, num_shards=2), 'shard_index must be in'),
+    (dict(batch_size=6, num_data_shards=4), 'multiple of the number of data shards'),
+    (dict(data_shards=[2], num_data_shards=2), r'data_shards must be .* in \[0, 2\)'),
     (dict(task_feature_lengths={'inputs': 1, 'targets': 114}), 'inputs_length must be >= 2'),
     (dict(task_feature_lengths={'inputs': 512, 'targets': 64}), 'at least 114'),
     (dict(task_feature_lengths={'inputs': 512}), r"needs \['targets'\]"),

@@ -1,8 +1,14 @@
 """The training input pipeline: a seqio task or mixture → this host's numpy batches.
 
 One call makes the whole chain that T5X builds in `utils.get_dataset`: the task's preprocessors,
-the encoder-decoder feature converter (packing by default), this host's shard, batching and
-prefetch. Everything random is seeded, so two calls with the same arguments give the same batches,
+the encoder-decoder feature converter (packing by default), this host's data shards, batching and
+prefetch.
+
+The data is split into `num_data_shards` disjoint seqio shards (`ShardInfo`), and each global batch
+is made of one equal block of rows from every shard, in shard order. A host reads only the shards
+whose blocks land on its devices, so the global batches depend on the seed and `num_data_shards`
+alone, not on how many hosts read them: 1 process and 4 processes train on the same examples, and a
+checkpoint can resume on another process count without skipping or repeating data. Everything random is seeded, so two calls with the same arguments give the same batches,
 and ``start_batch=k`` gives exactly the batches an uninterrupted run would see from step k on
 (by replaying and dropping the first k, which costs the input time of k steps but needs no state).
 """
@@ -10,7 +16,7 @@ and ``start_batch=k`` gives exactly the batches an uninterrupted run would see f
 from __future__ import annotations
 
 import difflib
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import numpy as np
 import seqio
@@ -26,8 +32,8 @@ def get_dataset(mixture_or_task_name: str,
                 split: str = 'train',
                 shuffle: bool = True,
                 seed: int = 0,
-                shard_index: int = 0,
-                num_shards: int = 1,
+                num_data_shards: int = 1,
+                data_shards: Sequence[int] | None = None,
                 pack: bool = True,
                 start_batch: int = 0,
                 num_epochs: int | None = None,
@@ -37,9 +43,11 @@ def get_dataset(mixture_or_task_name: str,
   Args:
     mixture_or_task_name: a registered seqio task or mixture (``import tasks`` registers ours).
     task_feature_lengths: e.g. ``{'inputs': 512, 'targets': 114}`` (T5's span corruption).
-    batch_size: the GLOBAL batch size; each of the `num_shards` hosts gets batch_size/num_shards.
+    batch_size: the GLOBAL batch size: `num_data_shards` blocks of batch_size/num_data_shards rows.
     split, shuffle, seed: which data and in which (seeded) order; all hosts pass the same seed.
-    shard_index, num_shards: this host's slice of the data (``jax.process_index/count()``).
+    num_data_shards: how many disjoint shards the data is split into.
+    data_shards: the shards this host reads (default: all); it gets their blocks concatenated in
+      the order given, i.e. its contiguous rows of each global batch.
     pack: pack several examples into one sequence (``*_segment_ids``/``*_positions`` features).
     start_batch: batches to skip, to resume a run at that step.
     num_epochs: None repeats forever (training); 1 for one pass (evaluation).
@@ -49,27 +57,35 @@ def get_dataset(mixture_or_task_name: str,
   Returns:
     An iterator of dicts with ``encoder_input_tokens``, ``decoder_target_tokens``,
     ``decoder_input_tokens``, ``decoder_loss_weights`` (+ segment ids and positions if packed),
-    each of shape [batch_size // num_shards, length].
+    each of shape [len(data_shards) * batch_size // num_data_shards, length].
   """
   task = _get_task(mixture_or_task_name)
   converter = feature_converter or seqio.EncDecFeatureConverter(pack=pack)
-  per_host_batch_size = _check_sharding(batch_size, shard_index, num_shards)
+  data_shards = range(num_data_shards) if data_shards is None else list(data_shards)
+  block = _check_sharding(batch_size, num_data_shards, data_shards)
   _check_lengths(mixture_or_task_name, task, task_feature_lengths, converter)
   if split not in task.splits:
     raise ValueError(
         f'{mixture_or_task_name!r} has no split {split!r}; it has {list(task.splits)}.')
   if start_batch < 0:
     raise ValueError(f'start_batch must be >= 0, got {start_batch}.')
-  try:
-    ds = seqio.get_dataset(
-        task, dict(task_feature_lengths),
-        feature_converter=converter,
-        dataset_split=split, shuffle=shuffle, num_epochs=num_epochs,
-        shard_info=seqio.ShardInfo(index=shard_index, num_shards=num_shards),
-        seed=seed, batch_size=per_host_batch_size, use_cached=False, verbose=False)
-  except ValueError as e:
-    raise ValueError(f'{mixture_or_task_name!r} with task_feature_lengths '
-                     f'{dict(task_feature_lengths)}: {e}') from e
+  shards = []
+  for index in data_shards:
+    try:
+      shards.append(seqio.get_dataset(
+          task, dict(task_feature_lengths),
+          feature_converter=converter,
+          dataset_split=split, shuffle=shuffle, num_epochs=num_epochs,
+          shard_info=seqio.ShardInfo(index=index, num_shards=num_data_shards),
+          seed=seed, batch_size=block, use_cached=False, verbose=False))
+    except ValueError as e:
+      raise ValueError(f'{mixture_or_task_name!r} with task_feature_lengths '
+                       f'{dict(task_feature_lengths)}: {e}') from e
+  if len(shards) == 1:
+    ds = shards[0]
+  else:
+    ds = tf.data.Dataset.zip(tuple(shards)).map(
+        lambda *blocks: {k: tf.concat([b[k] for b in blocks], axis=0) for k in blocks[0]})
   ds = ds.skip(start_batch).prefetch(tf.data.AUTOTUNE)
   return ds.as_numpy_iterator()
 
@@ -86,15 +102,21 @@ def _get_task(name: str) -> seqio.Task | seqio.Mixture:
   return seqio.get_mixture_or_task(name)
 
 
-def _check_sharding(batch_size: int, shard_index: int, num_shards: int) -> int:
-  if num_shards < 1 or not 0 <= shard_index < num_shards:
-    raise ValueError(f'shard_index must be in [0, num_shards); got {shard_index} of {num_shards}.')
-  if batch_size < 1 or batch_size % num_shards:
+def _check_sharding(batch_size: int, num_data_shards: int, data_shards: Sequence[int]) -> int:
+  """The rows per shard block, after checking the shard arguments."""
+  if num_data_shards < 1:
+    raise ValueError(f'num_data_shards must be >= 1, got {num_data_shards}.')
+  bad = [i for i in data_shards if not 0 <= i < num_data_shards]
+  if bad or not data_shards:
+    raise ValueError(f'data_shards must be a non-empty list of indices in [0, {num_data_shards}); '
+                     f'got {list(data_shards)}.')
+  if batch_size < 1 or batch_size % num_data_shards:
     raise ValueError(
         f'The global batch_size {batch_size} must be a positive multiple of the number of data '
-        f'shards (hosts) {num_shards}: each host loads batch_size / num_shards examples. Use e.g. '
-        f'batch_size={max(num_shards, batch_size - batch_size % num_shards)}.')
-  return batch_size // num_shards
+        f'shards {num_data_shards}: each global batch takes batch_size / num_data_shards rows from '
+        f'every shard. Use e.g. batch_size='
+        f'{max(num_data_shards, batch_size - batch_size % num_data_shards)}.')
+  return batch_size // num_data_shards
 
 
 def _check_lengths(name: str, task, lengths: Mapping[str, int],
