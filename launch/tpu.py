@@ -5,7 +5,7 @@
         -- --gin_file=gin/runs/pretrain_base.gin
 
 Four steps, in order: create the slice, install the repo on every host (git clone of --repo_url,
-or scp of the local checkout without --repo_url, then `make install`), run the trainer on every
+or scp of the local checkout without --repo_url, then `make install EXTRAS=tpu`), run the trainer on every
 host, delete the slice. On a multi-host slice the trainer gets `--distributed=auto`: JAX finds its
 peers from the TPU VM metadata, so no T5X_LITE_* variables are exported here (those are the
 launcher contract of launch/local.py and launch/slurm.py; see t5x_lite/distributed.py).
@@ -100,11 +100,11 @@ def tpu_commands(*, tpu_name: str, accelerator_type: str, zone: str, project: st
               f'--accelerator-type={q(accelerator_type)} --version={q(version)}']
   if repo_url:
     install = (f'([ -d {q(repo_dir)} ] || git clone {q(repo_url)} {q(repo_dir)}) '
-               f'&& cd {q(repo_dir)} && make install')
+               f'&& cd {q(repo_dir)} && make install EXTRAS=tpu')
   else:
     commands.append(f'{base} scp --recurse {q(local_repo)} {q(tpu_name)}:{q(repo_dir)} {where} '
                     '--worker=all')
-    install = f'cd {q(repo_dir)} && make install'
+    install = f'cd {q(repo_dir)} && make install EXTRAS=tpu'
   commands.append(ssh + q(install))
   multihost = ['--distributed=auto'] if slice_.hosts > 1 else []
   run = ' '.join([f'cd {q(repo_dir)} &&', '.venv/bin/python -m t5x_lite.train',

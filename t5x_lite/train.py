@@ -59,6 +59,10 @@ def train(*,
     raise gin_utils.UsageError(f'TRAIN_STEPS must be positive, got {train_steps}.')
   if batch_size <= 0:
     raise gin_utils.UsageError(f'BATCH_SIZE must be positive, got {batch_size}.')
+  if '://' in str(model_dir):
+    raise gin_utils.UsageError(
+        f'MODEL_DIR {model_dir!r} is a URL; metrics and TensorBoard files are written with local '
+        'file APIs. Mount the bucket (e.g. gcsfuse) or use a shared filesystem path.')
   is_main = jax.process_index() == 0
   try:
     mesh = partitioning.create_mesh(mesh_shape)

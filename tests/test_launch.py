@@ -42,6 +42,10 @@ def test_sbatch_header_for_4_nodes_of_8_gpus():
   assert 'scontrol show hostnames' in text and 'head -n1' in text
 
 
+def test_tasks_run_the_repo_venv_by_default():
+  assert "exec .venv/bin/python -m t5x_lite.train" in _script()
+
+
 def test_process_per_node_runs_one_task_that_sees_all_gpus():
   text = _script(process_per='node')
   assert '#SBATCH --ntasks-per-node=1' in text.splitlines()
@@ -68,7 +72,7 @@ def test_script_exports_the_contract_and_passes_flags_verbatim(tmp_path):
              'echo "ID=$T5X_LITE_PROCESS_ID"; echo "CVD=$CUDA_VISIBLE_DEVICES"\n'
              'printf "ARG=%s\\n" "$@"\n')
   path = tmp_path / 'job.sbatch'
-  path.write_text(_script(coordinator_port=1234))
+  path.write_text(_script(coordinator_port=1234, python='python'))
   env = dict(os.environ, PATH=f'{bin_dir}:{os.environ["PATH"]}',
              SLURM_JOB_NODELIST='gpu-node-[07-08]')
   env.pop('XLA_FLAGS', None)
@@ -140,7 +144,7 @@ def test_v5p_64_commands_in_order():
   inner = shlex.split(install)[-1]
   assert inner.startswith('--command=')
   assert 'git clone https://example.com/t5x_lite.git t5x_lite' in inner
-  assert inner.endswith('cd t5x_lite && make install')
+  assert inner.endswith('cd t5x_lite && make install EXTRAS=tpu')  # jax with libtpu
   remote = shlex.split(shlex.split(run)[-1][len('--command='):])
   assert remote == ['cd', 't5x_lite', '&&', '.venv/bin/python', '-m', 't5x_lite.train',
                     '--distributed=auto'] + FLAGS
