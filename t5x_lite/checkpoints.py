@@ -11,6 +11,7 @@ import logging
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
@@ -84,3 +85,58 @@ class Checkpointer:
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
   """ShapeDtypeStructs carrying target shardings: what Orbax restores onto."""
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
+
+
+def find_step_dir(path: str) -> epath.Path:
+  """The step directory `path` names: a step dir itself (holding `state/`), or the newest step of a
+  checkpoints dir or of a MODEL_DIR (its `checkpoints/`)."""
+  p = epath.Path(path)
+  if (p / 'state').is_dir():
+    return p
+  for root in (p / 'checkpoints', p):
+    steps = sorted((int(d.name) for d in root.iterdir()
+                    if d.name.isdigit() and (d / 'state').is_dir()),
+                   reverse=True) if root.is_dir() else []
+    if steps:
+      return root / str(steps[0])
+  raise FileNotFoundError(
+      f'no checkpoint at {path}: expected a step directory (with state/), a checkpoints/ '
+      'directory of steps, or a MODEL_DIR holding one.')
+
+
+def load_params(path: str, abstract_params: Any) -> Any:
+  """Only the `params` of the train state checkpointed at `path` (see `find_step_dir`): what
+  fine-tuning and conversion start from. Leaves of `abstract_params` with a sharding come back as
+  arrays placed on it, others as numpy. The checkpoint's names and shapes must match exactly (Orbax's
+  partial restore would silently leave a missing param as a placeholder): ValueError otherwise.
+  """
+  step_dir = find_step_dir(path)
+  state_dir = (step_dir / 'state').absolute()
+  want = {_key(p): tuple(x.shape)
+          for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+  with ocp.PyTreeCheckpointer() as ckptr:
+    saved_tree = ckptr.metadata(state_dir).item_metadata.tree
+    if 'params' not in saved_tree:
+      raise ValueError(f'{state_dir} holds no params (keys: {sorted(saved_tree)}).')
+    saved = {_key(p): tuple(x.shape)
+             for p, x in jax.tree_util.tree_flatten_with_path(saved_tree['params'])[0]}
+    for problem, names in (('lacks', sorted(set(want) - set(saved))),
+                           ('has extra', sorted(set(saved) - set(want)))):
+      if names:
+        raise ValueError(f'{step_dir} {problem} params for this model config, e.g. {names[:3]}; '
+                         'check that the model gin file describes the model that wrote it.')
+    for name, shape in want.items():
+      if saved[name] != shape:
+        raise ValueError(f'{step_dir}: params/{name} has shape {saved[name]}, the model config '
+                         f'implies {shape}; check the model gin file.')
+    target = {'params': abstract_params}
+    restore_args = jax.tree.map(
+        lambda x: (ocp.ArrayRestoreArgs(sharding=x.sharding) if getattr(x, 'sharding', None)
+                   else ocp.RestoreArgs(restore_type=np.ndarray)), target)
+    restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
+        item=target, restore_args=restore_args, partial_restore=True))
+  return restored['params']
+
+
+def _key(path) -> str:
+  return '/'.join(str(getattr(k, 'key', getattr(k, 'name', getattr(k, 'idx', k)))) for k in path)

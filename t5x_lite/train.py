@@ -46,6 +46,7 @@ def train(*,
           log_period: int = 10,
           seed: int = 0,
           num_data_shards: int | None = None,
+          initial_checkpoint_path: str | None = None,
           decode_sample: bool = True) -> dict:
   """Trains `model_config` on `mixture_or_task_name`; returns the last logged metrics.
 
@@ -54,6 +55,11 @@ def train(*,
   the job's first start (T5X's one shard per host), recorded in the checkpoint so that a resume on
   another process count reads the same examples; set it to a multiple of every process count you
   may run with to compare runs across process counts.
+
+  `initial_checkpoint_path` (fine-tuning): when MODEL_DIR has no checkpoint yet, the params come
+  from this checkpoint (a MODEL_DIR, its checkpoints/ or one step directory; ours or converted from
+  HF by t5x_lite.convert); the optimizer state, step and data position start fresh, so TRAIN_STEPS
+  counts fine-tuning steps. Once MODEL_DIR has a checkpoint, the run resumes from that instead.
   """
   if train_steps <= 0:
     raise gin_utils.UsageError(f'TRAIN_STEPS must be positive, got {train_steps}.')
@@ -76,7 +82,7 @@ def train(*,
         f'the model vocab_size {model_config.vocab_size} is smaller than the vocabulary '
         f'({vocabulary.vocab_size} ids incl. sentinels); raise VOCAB_SIZE to at least that.')
   import tasks  # registers tasks with the gin-configured vocabulary
-  tasks.pretraining.register_all(vocabulary)
+  tasks.register_all(vocabulary)
 
   tx = trainer.make_optimizer(trainer.learning_rate_schedule())
   setup = trainer.setup_train_state(model_config, tx, seed, mesh, rules)
@@ -85,6 +91,13 @@ def train(*,
     restored = ckpt.restore(setup.abstract_state)
     if restored is None:
       state, start_step = setup.init(), 0
+      if initial_checkpoint_path:
+        try:
+          state['params'] = checkpoints.load_params(initial_checkpoint_path,
+                                                    setup.abstract_state['params'])
+        except (FileNotFoundError, ValueError) as e:
+          raise gin_utils.UsageError(f'INITIAL_CHECKPOINT_PATH: {e}') from e
+        log(f'Initialized params from {checkpoints.find_step_dir(initial_checkpoint_path)}')
     else:
       start_step, state, data_state = restored
       log(f'Resumed from step {start_step} in {ckpt.directory} '

@@ -17,7 +17,6 @@ import gin
 import jax
 import jax.numpy as jnp
 import optax
-import tensorboardX
 from flax import nnx
 
 from t5x_lite import checkpoints, models, partitioning
@@ -255,6 +254,7 @@ class MetricsWriter:
     if enabled:
       os.makedirs(model_dir, exist_ok=True)
       self._jsonl = open(os.path.join(model_dir, 'metrics.jsonl'), 'a')
+      import tensorboardX  # pylint: disable=import-outside-toplevel  (it imports torch if present)
       self._tb = tensorboardX.SummaryWriter(os.path.join(model_dir, 'train'))
 
   def write(self, step: int, metrics: Mapping[str, float], eta_s: float | None = None):
