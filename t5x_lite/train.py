@@ -27,6 +27,7 @@ from flax import nnx
 
 from t5x_lite import (checkpoints, decoding, distributed, gin_utils, hardware, partitioning,
                       trainer, vocab)
+from t5x_lite import eval as eval_lib
 from t5x_lite.data import pipeline
 from t5x_lite import models
 from t5x_lite.models import T5Config
@@ -47,6 +48,7 @@ def train(*,
           seed: int = 0,
           num_data_shards: int | None = None,
           initial_checkpoint_path: str | None = None,
+          eval_period: int = 0,
           decode_sample: bool = True) -> dict:
   """Trains `model_config` on `mixture_or_task_name`; returns the last logged metrics.
 
@@ -60,6 +62,9 @@ def train(*,
   from this checkpoint (a MODEL_DIR, its checkpoints/ or one step directory; ours or converted from
   HF by t5x_lite.convert); the optimizer state, step and data position start fresh, so TRAIN_STEPS
   counts fine-tuning steps. Once MODEL_DIR has a checkpoint, the run resumes from that instead.
+
+  `eval_period`: every that many steps (and at the end), decode the task's validation split and run
+  its metric functions (t5x_lite.eval.Evaluator); 0 turns it off.
   """
   if train_steps <= 0:
     raise gin_utils.UsageError(f'TRAIN_STEPS must be positive, got {train_steps}.')
@@ -130,6 +135,7 @@ def train(*,
         f'global batch {batch_size} from {num_data_shards} data shard(s), '
         f'lengths {dict(task_feature_lengths)}')
     last = {}
+    evaluator = None
     step = start_step
     t_start = time.perf_counter()
     while step < train_steps:
@@ -162,6 +168,11 @@ def train(*,
               'the data, then rerun the same command to resume.')
         eta = (train_steps - step) * s_per_step if n else None
         writer.write(step, last, eta)
+      if eval_period and (step % eval_period == 0 or step == train_steps):
+        if evaluator is None:
+          evaluator = _make_evaluator(mixture_or_task_name, task_feature_lengths, model_config)
+        if evaluator:
+          writer.write(step, evaluator.evaluate(nnx.merge(setup.graphdef, state['params'])))
       if step % checkpoint_period == 0 or step == train_steps:
         ckpt.save(step, state, {'batch': step, 'seed': seed, 'task': mixture_or_task_name,
                                 'num_data_shards': num_data_shards})
@@ -184,6 +195,17 @@ def log(message: str) -> None:
   """Progress for people: printed once per job (by process 0), flushed at once."""
   if jax.process_index() == 0:
     print(message, flush=True)
+
+
+def _make_evaluator(task_name, task_feature_lengths, config):
+  """An Evaluator, or False (said once) when the task has no metrics or the job is multi-process."""
+  if jax.process_count() > 1:
+    log('(EVAL_PERIOD: in-training evaluation runs in single-process jobs; use t5x_lite.eval)')
+    return False
+  if not eval_lib.has_metrics(task_name):
+    log(f'(EVAL_PERIOD: {task_name} has no metric functions; nothing to evaluate)')
+    return False
+  return eval_lib.Evaluator(task_name, task_feature_lengths, config)
 
 
 def _resumed_data_shards(configured: int | None, data_state: Mapping) -> int | None:

@@ -258,6 +258,7 @@ class MetricsWriter:
       self._tb = tensorboardX.SummaryWriter(os.path.join(model_dir, 'train'))
 
   def write(self, step: int, metrics: Mapping[str, float], eta_s: float | None = None):
+    """One row; training rows (with 'loss') also print the progress line."""
     if not self.enabled:
       return
     record = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
@@ -267,6 +268,10 @@ class MetricsWriter:
       if k != 'step':
         self._tb.add_scalar(k, v, int(step))
     self._tb.flush()
+    if 'loss' not in metrics:
+      print(f'step {step:>6d}/{self.total_steps} | '
+            + ' | '.join(f'{k} {v:.4g}' for k, v in metrics.items()), flush=True)
+      return
     eta = '' if eta_s is None else f' | ETA {format_seconds(eta_s)}'
     mfu = f" | MFU {metrics['mfu']:.1%}" if 'mfu' in metrics else ''
     print(f"step {step:>6d}/{self.total_steps} | loss {metrics['loss']:.4f} | "
