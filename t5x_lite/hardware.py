@@ -1,30 +1,65 @@
-"""Peak FLOP/s and memory of the chips we run on, for MFU and for the planner.
+"""Peak FLOP/s, memory and interconnect of the chips we run on, for MFU and for the planner.
 
-Accelerator figures are the vendors' published dense bf16 peaks; a CPU has no published figure that
-means anything for XLA, so its peak is measured once with a large jitted matmul.
+Accelerator figures are the vendors' published numbers; a CPU has no published figure that means
+anything for XLA, so its peak is measured once with a large jitted matmul.
 """
 
 from __future__ import annotations
 
 import functools
 import time
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-# name: (peak dense bf16 FLOP/s per chip, HBM bytes per chip)
-CHIPS = {
-    'tpu_v4': (275e12, 32 * 2**30),
-    'tpu_v5e': (197e12, 16 * 2**30),
-    'tpu_v5p': (459e12, 95 * 2**30),
-    'h100': (989e12, 80 * 2**30),
-    'a100': (312e12, 80 * 2**30),
+
+class Chip(NamedTuple):
+  """One accelerator. Bandwidths are bytes/s per chip in one direction.
+
+  `ici_bandwidth` joins the chips of one slice (TPU ICI) or node (GPU NVLink);
+  `dcn_bandwidth` joins slices or nodes (TPU data-centre network, a GPU's own InfiniBand NIC);
+  `devices_per_node` is the most chips one ICI/NVLink domain holds. Index 0 is the peak and
+  index 1 the HBM size, as in the (peak, hbm) pairs this table used to hold.
+  """
+  peak_flops: float            # dense bf16 FLOP/s (no structured sparsity)
+  hbm_bytes: float
+  hbm_bandwidth: float
+  ici_bandwidth: float
+  dcn_bandwidth: float | None  # None: not published
+  devices_per_node: int
+
+
+GiB = 2**30
+
+# Sources. TPUs: Cloud TPU system-architecture pages (cloud.google.com/tpu/docs/v4, /v5e, /v5p):
+# v4 275 TFLOP/s, 32 GiB at 1200 GB/s; v5e 197 TFLOP/s, 16 GiB at 819 GB/s, ICI 400 GB/s
+# bidirectional per chip, 2 x 100 Gb/s NICs per 8-chip host; v5p 459 TFLOP/s, 95 GiB at
+# 2765 GB/s, ICI 1200 GB/s bidirectional per chip, DCN 50 Gb/s per chip. v4 ICI: six links of
+# 50 GB/s per direction (Jouppi et al., "TPU v4", ISCA 2023); Google publishes no per-chip DCN
+# figure for v4. The largest single slice: 4096 (v4), 256 (v5e), 6144 (v5p) chips.
+# GPUs: NVIDIA H100 SXM5 and A100 SXM4 80GB datasheets: 989 / 312 TFLOP/s dense bf16,
+# 3.35 / 2.04 TB/s HBM, NVLink 900 / 600 GB/s bidirectional per GPU; DGX/HGX nodes of 8 GPUs with
+# one ConnectX-7 400 Gb/s (H100) or HDR 200 Gb/s (A100) InfiniBand NIC per GPU.
+CHIPS: dict[str, Chip] = {
+    'tpu_v4': Chip(275e12, 32 * GiB, 1200e9, 6 * 50e9, None, 4096),
+    'tpu_v5e': Chip(197e12, 16 * GiB, 819e9, 400e9 / 2, 2 * 100e9 / 8 / 8, 256),
+    'tpu_v5p': Chip(459e12, 95 * GiB, 2765e9, 1200e9 / 2, 50e9 / 8, 6144),
+    'h100': Chip(989e12, 80 * GiB, 3.35e12, 900e9 / 2, 400e9 / 8, 8),
+    'a100': Chip(312e12, 80 * GiB, 2.039e12, 600e9 / 2, 200e9 / 8, 8),
 }
 
 _DEVICE_KIND_TO_CHIP = (
     ('v5p', 'tpu_v5p'), ('v5 lite', 'tpu_v5e'), ('v5e', 'tpu_v5e'), ('v4', 'tpu_v4'),
     ('h100', 'h100'), ('h200', 'h100'), ('a100', 'a100'),
 )
+
+
+def get_chip(name: str) -> Chip:
+  """The table entry for `name`, or a ValueError that lists the known chips."""
+  if name not in CHIPS:
+    raise ValueError(f'unknown chip {name!r}; choose one of {", ".join(sorted(CHIPS))}.')
+  return CHIPS[name]
 
 
 def chip_for_device(device: jax.Device) -> str | None:
@@ -54,5 +89,5 @@ def peak_flops_per_device(device: jax.Device | None = None) -> float:
   device = device or jax.devices()[0]
   chip = chip_for_device(device)
   if chip is not None:
-    return CHIPS[chip][0]
+    return CHIPS[chip].peak_flops
   return measured_matmul_flops() / max(1, jax.local_device_count())

@@ -1,9 +1,17 @@
-"""`python -m t5x_lite.plan --gin_file=MODEL.gin [--gin_file=RUN.gin] [--num_devices=N]`
+"""`python -m t5x_lite.plan --gin_file=MODEL.gin [--gin_file=RUN.gin] --chip=tpu_v5p --num_devices=64`
 
-Says what a configuration costs before a job is launched: exact parameter count (from
-`nnx.eval_shape`, so an 11B model is planned without allocating it), training FLOPs per token, and
-bytes per device of params + optimizer state under the configured mesh and sharding rules. Devices
-need not exist: the mesh is abstract.
+Says what a configuration costs before a job is launched, without allocating anything:
+
+* the exact parameter count (from `nnx.eval_shape`) and training FLOPs per step;
+* bytes per device of params, gradients and optimizer state under the mesh and the sharding rules;
+* activation bytes per device for each remat policy ('none', 'minimal', 'full'), estimated from
+  the residuals each layer keeps for the backward pass (see `activation_bytes`), and whether the
+  total fits the chip's HBM with 10% headroom (XLA workspace, fragmentation, runtime);
+* a roofline step time and MFU (see `roofline`);
+* with `--aot`, XLA's own figures: the real train step lowered and compiled for the devices JAX
+  sees, with `memory_analysis()` and `cost_analysis()` printed next to the estimates.
+
+Devices need not exist except for `--aot`: the mesh is abstract. Chip figures live in hardware.py.
 """
 
 from __future__ import annotations
@@ -15,52 +23,462 @@ if __name__ == '__main__':
   sys.exit(_module.main())
 
 import argparse
+import ast
+import functools
 import math
-import sys
-from typing import Mapping
+from typing import Mapping, Sequence
 
 import gin
 import jax
-from jax.sharding import AbstractMesh, AxisType
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import AbstractMesh, AxisType, NamedSharding
 
-from t5x_lite import gin_utils, partitioning, trainer
+from t5x_lite import gin_utils, hardware, partitioning, trainer
 from t5x_lite import models
 from t5x_lite.models import T5Config
+from t5x_lite.models.config import REMAT_POLICIES
+
+HBM_HEADROOM = 0.10  # fraction of HBM left for XLA's workspace, fragmentation and the runtime
+
+# XLA:CPU expands the optimization barriers that jax.checkpoint places around recomputation and
+# then CSE merges the recomputed forward pass back into the original, so remat saves nothing on
+# CPU. Keeping the barriers makes the CPU's memory figures behave like TPU/GPU ones.
+CPU_COMPILER_OPTIONS = {'xla_disable_hlo_passes': 'cse_barrier_expander'}
+
+
+# ----------------------------------------------------------------------------- sharding helpers
+
+
+class _Layout:
+  """Per-device sizes of logically named arrays under a rule table and a mesh shape."""
+
+  def __init__(self, rules, mesh_shape: Mapping[str, int]):
+    self.rules, self.shape = rules, dict(mesh_shape)
+    self.mesh = AbstractMesh(tuple(self.shape.values()), tuple(self.shape),
+                             axis_types=(AxisType.Auto,) * len(self.shape))
+
+  def axes(self, names) -> tuple[str, ...]:
+    """Mesh axes that shard an array with these logical names, over all of its dimensions."""
+    out = []
+    for a in partitioning.logical_to_mesh_spec(names, self.rules, self.mesh):
+      out += [a] if isinstance(a, str) else list(a or ())
+    return tuple(out)
+
+  def size(self, axes: Sequence[str]) -> int:
+    return math.prod(self.shape[a] for a in axes)
+
+  def per_device(self, names, shape, itemsize: float, drop: Sequence[str] = ()) -> float:
+    """Bytes per device; a dimension its mesh axes do not divide is replicated (as
+    partitioning.shardings_for does). Axes in `drop` are treated as gathered."""
+    spec = partitioning.logical_to_mesh_spec(names, self.rules, self.mesh)
+    n = 1
+    for dim, axes in zip(shape, tuple(spec) + (None,) * (len(shape) - len(spec))):
+      axes = tuple(a for a in ((axes,) if isinstance(axes, str) else axes or ()) if a not in drop)
+      if axes and dim % self.size(axes) == 0:
+        n *= dim // self.size(axes)
+      else:
+        n *= dim
+    return n * itemsize
+
+
+def _batch_axes(layout: _Layout) -> tuple[str, ...]:
+  return layout.axes(('batch',))
+
+
+# ----------------------------------------------------------------------------- activations
+
+
+ACT = ('batch', 'length', 'embed')
+HEADS = ('batch', 'length', 'heads', 'kv')
+SCORES = ('batch', 'heads', 'length', None)
+HIDDEN = ('batch', 'length', 'mlp')
+
+
+# [batch, length, d_ff] residuals per MLP branch, as jax.ad_checkpoint.print_saved_residuals
+# lists them: the wi projection's output plus what its activation's autodiff keeps (tanh-GELU
+# four intermediates and its output, SiLU the sigmoid and output, ReLU its output).
+_ACTIVATION_RESIDUALS = {'gelu': 6, 'silu': 3, 'relu': 2, 'linear': 1}
+
+
+def _norm_residuals(cfg: T5Config, b: int, length: int) -> list:
+  """A pre-norm's input, x² and x·rsqrt (float32) and its output (compute dtype)."""
+  c = cfg.compute_dtype.itemsize
+  return [(ACT, (b, length, cfg.d_model), i) for i in (c, 4, 4, c)]
+
+
+def _attention_residuals(cfg: T5Config, b: int, lq: int, lk: int, policy: str) -> list:
+  """(logical names, shape, bytes per element) that one attention sublayer keeps."""
+  c = cfg.compute_dtype.itemsize
+  x, q = (ACT, (b, lq, cfg.d_model), c), (HEADS, (b, lq, cfg.num_heads, cfg.d_kv), c)
+  kv = (HEADS, (b, lk, cfg.num_heads, cfg.d_kv), c)
+  scores = lambda itemsize: (SCORES, (b, cfg.num_heads, lq, lk), itemsize)
+  if policy == 'minimal':  # outputs of the weight matmuls: q, k, v and the output projection
+    return [q, kv, kv, x]
+  # the norm; q, k, v; the mask, masked logits, exp and softmax weights; weights·v
+  out = _norm_residuals(cfg, b, lq) + [q, kv, kv, scores(1), scores(4), scores(4), scores(4), q]
+  if c != 4:
+    out.append(scores(c))  # the weights cast for the value matmul
+  if cfg.dropout_rate:
+    out.append((ACT, (b, lq, cfg.d_model), 1))  # dropout mask
+  return out
+
+
+def _mlp_residuals(cfg: T5Config, b: int, length: int, policy: str) -> list:
+  c = cfg.compute_dtype.itemsize
+  x, hidden = (ACT, (b, length, cfg.d_model), c), (HIDDEN, (b, length, cfg.d_ff), c)
+  n_in = len(cfg.mlp_activations)
+  if policy == 'minimal':  # the wi outputs and the wo output
+    return [hidden] * n_in + [x]
+  # the norm; each wi output and its activation's intermediates; the gated product (wo's input)
+  n_hidden = sum(_ACTIVATION_RESIDUALS[a] for a in cfg.mlp_activations) + (n_in > 1)
+  out = _norm_residuals(cfg, b, length) + [hidden] * n_hidden
+  if cfg.dropout_rate:
+    out += [(HIDDEN, (b, length, cfg.d_ff), 1), (ACT, (b, length, cfg.d_model), 1)]
+  return out
+
+
+def _layer_residuals(cfg, b, length, cross_length, policy) -> list:
+  """What one encoder (cross_length None) or decoder layer keeps for its backward pass."""
+  if policy == 'full':
+    return [(ACT, (b, length, cfg.d_model), cfg.compute_dtype.itemsize)]  # the layer input
+  out = _attention_residuals(cfg, b, length, length, policy)
+  if cross_length:
+    out += _attention_residuals(cfg, b, length, cross_length, policy)
+  out += _mlp_residuals(cfg, b, length, policy)
+  if policy == 'minimal':
+    out.append((ACT, (b, length, cfg.d_model), cfg.compute_dtype.itemsize))  # the layer input
+  return out
+
+
+def _stacks(cfg: T5Config, lengths: Mapping[str, int]) -> list[tuple[int, int, int | None]]:
+  """(num_layers, length, cross-attention length or None) per stack."""
+  if cfg.architecture == 'encoder_decoder':
+    return [(cfg.num_encoder_layers, lengths['inputs'], None),
+            (cfg.num_decoder_layers, lengths['targets'], lengths['inputs'])]
+  length = lengths['targets'] + (lengths['inputs'] if cfg.architecture == 'prefix_lm' else 0)
+  return [(cfg.num_decoder_layers, length, None)]
+
+
+def activation_bytes(cfg: T5Config, lengths: Mapping[str, int], batch: int, rules,
+                     mesh_shape: Mapping[str, int], policy: str) -> float:
+  """Bytes per device live at the peak of the backward pass under `policy` (an estimate).
+
+  Per layer, the residuals its backward pass reads. 'none': what JAX's autodiff saves (each
+  pre-norm's input, x², x·rsqrt and output; q, k, v; the attention mask, masked logits, exp and
+  float32 softmax weights; weights·v; each MLP projection's output with its activation's
+  intermediates and the gated product). 'minimal': the outputs of the weight matmuls plus the
+  layer input. 'full': the layer input. With remat, the layer being recomputed holds its 'none'
+  set once more. Once per stack: the final norm, the attention mask and relative-position bias.
+  Once per model: four float32 [batch, length, vocab] arrays (the logits, their log-softmax, the
+  loss's one-hot targets and the logits' gradient). Each array is divided by the mesh axes its
+  logical names map to (batch over data; heads, mlp, vocab over model under 2-D rules).
+  `batch` is the (micro)batch that one forward pass sees.
+
+  Against XLA's compiled temp bytes (CPU, remat barriers kept; tests/test_plan.py) this is
+  within 0.55-1.3x for small models; XLA's fusion can only shrink the 'none' set.
+  """
+  layout = _Layout(rules, mesh_shape)
+  bytes_of = lambda items: sum(layout.per_device(n, s, i) for n, s, i in items)
+  total, recomputed = 0.0, 0.0
+  stacks = _stacks(cfg, lengths)
+  for num_layers, length, cross in stacks:
+    if not num_layers:
+      continue
+    total += num_layers * bytes_of(_layer_residuals(cfg, batch, length, cross, policy))
+    if policy != 'none':
+      recomputed = max(recomputed, bytes_of(_layer_residuals(cfg, batch, length, cross, 'none')))
+    total += bytes_of(_norm_residuals(cfg, batch, length)
+                      + [(('batch', None, None, None), (batch, 1, length, cross or length), 1),
+                         ((None, 'heads', None, None), (1, cfg.num_heads, length, length), 4)])
+  logits = layout.per_device(('batch', 'length', 'vocab'),
+                             (batch, stacks[-1][1], cfg.vocab_size), 4)
+  return total + recomputed + 4 * logits
+
+
+# ----------------------------------------------------------------------------- roofline
+
+
+def _attention_einsum_flops(cfg: T5Config, lengths: Mapping[str, int]) -> float:
+  """Forward FLOPs per example of the batched score and value einsums (what 'minimal' redoes)."""
+  i = cfg.num_heads * cfg.d_kv
+  flops = 0.0
+  for num_layers, length, cross in _stacks(cfg, lengths):
+    per_layer = 2 * length * length * i * 2 + (2 * length * cross * i * 2 if cross else 0)
+    flops += num_layers * per_layer
+  return flops
+
+
+def _axis_bandwidths(mesh_shape: Mapping[str, int], chip: hardware.Chip, nodes: int,
+                     chip_name: str) -> dict[str, float]:
+  """Bytes/s per device for a collective over each mesh axis.
+
+  Devices fill the mesh in order with the last axis fastest (partitioning.create_mesh) and a
+  node's devices are consecutive, so an axis whose span (its size × the sizes after it) exceeds
+  one node's devices crosses nodes and runs at the inter-node (DCN / NIC) bandwidth.
+  """
+  num_devices = math.prod(mesh_shape.values())
+  per_node = num_devices // nodes
+  out, stride = {}, 1
+  for axis in reversed(list(mesh_shape)):
+    span = stride * mesh_shape[axis]
+    stride = span
+    if span <= per_node or mesh_shape[axis] == 1:
+      out[axis] = chip.ici_bandwidth
+    elif chip.dcn_bandwidth is None:
+      raise ValueError(f'mesh axis {axis!r} spans {nodes} nodes but {chip_name} has no published '
+                       'inter-node bandwidth in hardware.CHIPS; plan for one slice (--nodes=1).')
+    else:
+      out[axis] = chip.dcn_bandwidth
+  return out
+
+
+def _collective_s(kind: str, nbytes: float, axes: Sequence[str], mesh_shape, bandwidth) -> float:
+  """Ring time of one collective over `axes`; `nbytes` is the unsharded buffer per device."""
+  n = math.prod(mesh_shape[a] for a in axes)
+  if n <= 1:
+    return 0.0
+  hops = (n - 1) / n * (2 if kind == 'all_reduce' else 1)
+  return hops * nbytes / min(bandwidth[a] for a in axes)
+
+
+def roofline(cfg: T5Config, lengths: Mapping[str, int], batch: int, rules,
+             mesh_shape: Mapping[str, int], abstract_params, param_axes, opt_bytes: float,
+             chip: hardware.Chip, chip_name: str, nodes: int, policy: str,
+             num_microbatches: int = 1) -> dict:
+  """Step time from compute, HBM and communication, each at the chip's peak.
+
+  * compute: model FLOPs plus recomputation ('full' redoes the forward pass, 4/3 of the work;
+    'minimal' redoes the attention score and value einsums) over the devices that split the
+    work (mesh axes that shard batch, heads or mlp; an unused axis replicates the work).
+  * HBM: weight and optimizer traffic (params read in the forward, backward and recompute
+    passes, gradients written, optimizer reads and writes); activation traffic is taken to
+    hide behind the matmuls.
+  * overlapped communication: FSDP all-gathers of params sharded over a batch axis (forward,
+    backward, and again for 'full' recompute), their gradients' reduce-scatter, and the all-reduce
+    of gradients over batch axes that do not shard them (data parallel).
+  * exposed communication: 2-D tensor-parallel all-reduces of activations [batch, length,
+    d_model] over the axes that shard heads/mlp/vocab (one per sublayer forward and backward,
+    another for cross-attention keys/values in the backward, the embedding lookups and logits).
+
+  Overlap assumption: compute, HBM traffic and the FSDP/data-parallel collectives overlap
+  perfectly (XLA's async collectives, latency-hiding scheduler), while tensor-parallel
+  all-reduces sit between dependent matmuls and add to the step:
+  step = max(compute, HBM, overlapped comm) + exposed comm. Latencies are ignored, so small
+  messages are optimistic. MFU = model FLOPs / (step × devices × peak).
+  """
+  layout = _Layout(rules, mesh_shape)
+  bandwidth = _axis_bandwidths(mesh_shape, chip, nodes, chip_name)
+  num_devices = math.prod(mesh_shape.values())
+  batch_axes = _batch_axes(layout)
+  gathers = 3 if policy == 'full' else 2
+  # Parameters: FSDP gathers and gradient reductions, and HBM traffic.
+  gather_s = grad_s = 0.0
+  gathered_total = shard_total = 0.0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]:
+    names = param_axes[partitioning.path_key(path)]
+    axes = layout.axes(names)
+    fsdp = tuple(a for a in axes if a in batch_axes)
+    data = tuple(a for a in batch_axes if a not in axes)
+    shard = layout.per_device(names, leaf.shape, leaf.dtype.itemsize)
+    gathered = layout.per_device(names, leaf.shape, leaf.dtype.itemsize, drop=fsdp)
+    gathered_total += gathered
+    shard_total += shard
+    gather_s += gathers * num_microbatches * _collective_s(
+        'all_gather', gathered, fsdp, mesh_shape, bandwidth)
+    grad_s += (_collective_s('reduce_scatter', gathered, fsdp, mesh_shape, bandwidth)
+               + _collective_s('all_reduce', shard, data, mesh_shape, bandwidth))
+  hbm_bytes = (gathered_total * (gathers + 1) * num_microbatches
+               + 3 * shard_total + 2 * opt_bytes)
+  # Tensor-parallel activation all-reduces.
+  micro = batch // num_microbatches
+  c = cfg.compute_dtype.itemsize
+  act = lambda length: layout.per_device(ACT, (micro, length, cfg.d_model), c)
+  tp = lambda names: tuple(a for a in layout.axes(names) if a not in batch_axes)
+  ar = lambda nbytes, axes: _collective_s('all_reduce', nbytes, axes, mesh_shape, bandwidth)
+  heads, mlp, vocab = tp(HEADS), tp(HIDDEN), tp(('batch', 'length', 'vocab'))
+  forwards = 2 if policy == 'full' else 1
+  tp_s = 0.0
+  for num_layers, length, cross in _stacks(cfg, lengths):
+    per_layer = (forwards + 1) * (ar(act(length), heads) + ar(act(length), mlp))
+    if cross:
+      per_layer += (forwards + 1) * ar(act(length), heads) + ar(act(cross), heads)
+    tp_s += num_layers * per_layer + ar(act(length), vocab)  # the embedding lookup
+  tp_s += ar(act(_stacks(cfg, lengths)[-1][1]), vocab)  # the logits' input gradient
+  tp_s *= num_microbatches
+  # Compute.
+  model_flops = models.training_flops_per_example(cfg, lengths) * batch
+  recompute = {'none': 0.0, 'minimal': _attention_einsum_flops(cfg, lengths) * batch,
+               'full': models.forward_flops_per_example(cfg, lengths) * batch}[policy]
+  work_axes = set(batch_axes) | set(heads) | set(mlp)
+  compute_s = (model_flops + recompute) / (layout.size(tuple(work_axes)) * chip.peak_flops)
+  hbm_s = hbm_bytes / chip.hbm_bandwidth
+  overlapped = gather_s + grad_s
+  step_s = max(compute_s, hbm_s, overlapped) + tp_s
+  return {
+      'compute_s': compute_s,
+      'hbm_s': hbm_s,
+      'fsdp_gather_s': gather_s,
+      'gradient_sync_s': grad_s,
+      'overlapped_comm_s': overlapped,
+      'tensor_parallel_s': tp_s,
+      'step_s': step_s,
+      'mfu': model_flops / (step_s * num_devices * chip.peak_flops),
+  }
+
+
+# ----------------------------------------------------------------------------- the plan
 
 
 def plan(model_config: T5Config, mesh_shape: Mapping[str, int], num_devices: int,
-         task_feature_lengths: Mapping[str, int], rules) -> dict:
-  """The planner's figures as a dict (also used by tests)."""
+         task_feature_lengths: Mapping[str, int], rules, *, batch_size: int = 128,
+         chip: str | None = None, nodes: int | None = None, num_microbatches: int = 1) -> dict:
+  """The planner's figures as a dict (also used by tests).
+
+  Memory figures are bytes per device. `*_by_remat` entries map each remat policy to its value;
+  `remat_policy` is the one the config asks for. With `chip`, the dict also says whether each
+  policy fits (total ≤ (1 - HBM_HEADROOM) × HBM) and gives the roofline per policy. `nodes`
+  (default: as few as the chip's slice/node size allows) decides which mesh axes cross nodes.
+  """
   shape = partitioning.resolve_mesh_shape(mesh_shape, num_devices)
-  mesh = AbstractMesh(tuple(shape.values()), tuple(shape), axis_types=(AxisType.Auto,) * len(shape))
+  layout = _Layout(rules, shape)
   tx = trainer.make_optimizer(trainer.learning_rate_schedule())
-  _, abstract_params, param_axes = trainer.abstract_params_and_axes(model_config)
+  _, abstract_params, param_axes = _abstract_params_and_axes(model_config)
   abstract_opt = jax.eval_shape(trainer.as_matrices(tx, param_axes).init, abstract_params)
   param_shapes = {partitioning.path_key(p): x.shape
                   for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
 
   def per_device_bytes(tree, names_fn):
-    total = 0
-    for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
-      spec = partitioning.logical_to_mesh_spec(names_fn(path, leaf), rules, mesh)
-      total += math.prod(partitioning.shard_shape(leaf.shape, spec, shape)) * leaf.dtype.itemsize
-    return total
+    return sum(layout.per_device(names_fn(path, leaf), leaf.shape, leaf.dtype.itemsize)
+               for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0])
 
   params_bytes = per_device_bytes(
       abstract_params, lambda path, _: param_axes[partitioning.path_key(path)])
   opt_bytes = per_device_bytes(abstract_opt, partitioning.follow_params(param_axes, param_shapes))
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
+
+  batch_shards = layout.size(_batch_axes(layout))
+  if batch_size % num_microbatches or (batch_size // num_microbatches) % batch_shards:
+    raise ValueError(
+        f'batch_size {batch_size} in {num_microbatches} microbatch(es) does not split over the '
+        f'{batch_shards} devices that shard the batch (mesh {shape}); choose a batch size that '
+        f'is a multiple of {batch_shards * num_microbatches}.')
+  micro = batch_size // num_microbatches
+  activations = {p: activation_bytes(model_config, task_feature_lengths, micro, rules, shape, p)
+                 for p in REMAT_POLICIES}
+  workspace = _fsdp_gather_buffer(abstract_params, param_axes, layout)
   per_example = models.training_flops_per_example(model_config, task_feature_lengths)
   tokens = sum(task_feature_lengths.values())
-  return {
+  fixed = 2 * params_bytes + opt_bytes + workspace  # params, gradients, optimizer, gather buffer
+  out = {
       'params': n_params,
       'mesh': shape,
+      'batch_size': batch_size,
+      'examples_per_batch_shard': micro / batch_shards,
+      'remat_policy': model_config.remat_policy,
       'training_flops_per_example': per_example,
       'training_flops_per_token': per_example / tokens,
       'training_flops_per_target_token': per_example / task_feature_lengths['targets'],
+      'training_flops_per_step': per_example * batch_size,
       'params_bytes_per_device': params_bytes,
+      'gradient_bytes_per_device': params_bytes,
       'optimizer_bytes_per_device': opt_bytes,
+      'fsdp_gather_bytes_per_device': workspace,
+      'activation_bytes_by_remat': activations,
+      'total_bytes_by_remat': {p: fixed + a for p, a in activations.items()},
   }
+  if chip is not None:
+    spec = hardware.get_chip(chip)
+    nodes = nodes or -(-num_devices // spec.devices_per_node)
+    if num_devices % nodes or num_devices // nodes > spec.devices_per_node:
+      raise ValueError(f'{num_devices} devices do not split into {nodes} node(s) of at most '
+                       f'{spec.devices_per_node} {chip} devices; adjust --nodes.')
+    usable = (1 - HBM_HEADROOM) * spec.hbm_bytes
+    out.update({
+        'chip': chip,
+        'nodes': nodes,
+        'hbm_bytes': spec.hbm_bytes,
+        'usable_hbm_bytes': usable,
+        'fits_by_remat': {p: t <= usable for p, t in out['total_bytes_by_remat'].items()},
+        'roofline_by_remat': {
+            p: roofline(model_config, task_feature_lengths, batch_size, rules, shape,
+                        abstract_params, param_axes, opt_bytes, spec, chip, nodes, p,
+                        num_microbatches)
+            for p in REMAT_POLICIES},
+    })
+  return out
+
+
+# Shapes and names only; cached because a config is often planned under several meshes.
+_abstract_params_and_axes = functools.lru_cache(maxsize=8)(trainer.abstract_params_and_axes)
+
+
+def _fsdp_gather_buffer(abstract_params, param_axes, layout: _Layout) -> float:
+  """Room for two gathered layers (the one in use and the next, prefetched) when params are
+  sharded over a batch axis (FSDP); zero otherwise."""
+  batch_axes = _batch_axes(layout)
+  groups: dict[tuple, float] = {}
+  sharded = False
+  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract_params)[0]:
+    key = partitioning.path_key(path)
+    names = param_axes[key]
+    fsdp = tuple(a for a in layout.axes(names) if a in batch_axes)
+    sharded |= bool(fsdp)
+    group = key[:3] if 'layers' in key else key[:1]
+    groups[group] = groups.get(group, 0.0) + layout.per_device(
+        names, leaf.shape, leaf.dtype.itemsize, drop=fsdp)
+  return 2 * max(groups.values()) if sharded else 0.0
+
+
+# ----------------------------------------------------------------------------- ahead of time
+
+
+def _check_visible_devices(num_devices: int) -> list:
+  devices = jax.devices()
+  if len(devices) < num_devices:
+    raise gin_utils.UsageError(
+        f'--aot compiles for {num_devices} devices but JAX sees {len(devices)} '
+        f'({devices[0].platform}); on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count='
+        f'{num_devices} before starting Python, or pass --num_devices={len(devices)}.')
+  return devices
+
+
+def aot_analysis(model_config: T5Config, mesh_shape: Mapping[str, int], num_devices: int,
+                 task_feature_lengths: Mapping[str, int], rules, batch_size: int) -> dict:
+  """Lowers and compiles the real train step for the first `num_devices` devices JAX sees,
+  from abstract state and batch (nothing is allocated), and returns XLA's per-device figures."""
+  devices = _check_visible_devices(num_devices)
+  mesh = partitioning.create_mesh(mesh_shape, devices[:num_devices])
+  tx = trainer.make_optimizer(trainer.learning_rate_schedule())
+  setup = trainer.setup_train_state(model_config, tx, 0, mesh, rules)
+  feature_lengths = models.feature_converter(model_config).get_model_feature_lengths(
+      task_feature_lengths)
+  batch_sharding = NamedSharding(mesh, partitioning.logical_to_mesh_spec(('batch', 'length'),
+                                                                         rules, mesh))
+  batch = {k: jax.ShapeDtypeStruct((batch_size, n), jnp.int32, sharding=batch_sharding)
+           for k, n in feature_lengths.items()}
+  cpu = devices[0].platform == 'cpu'
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    step = jax.jit(trainer.make_train_step(setup.graphdef, setup.tx),
+                   in_shardings=(setup.shardings, batch_sharding),
+                   out_shardings=(setup.shardings, None), donate_argnums=(0,))
+    compiled = step.lower(setup.abstract_state, batch).compile(
+        compiler_options=CPU_COMPILER_OPTIONS if cpu else None)
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  return {
+      'platform': devices[0].platform,
+      'argument_bytes': memory.argument_size_in_bytes,
+      'output_bytes': memory.output_size_in_bytes,
+      'alias_bytes': memory.alias_size_in_bytes,
+      'temp_bytes': memory.temp_size_in_bytes,
+      'generated_code_bytes': memory.generated_code_size_in_bytes,
+      'flops': float(cost.get('flops', float('nan'))),
+  }
+
+
+# ----------------------------------------------------------------------------- command line
 
 
 def _gib(n: float) -> str:
@@ -74,41 +492,133 @@ def _macro_or(name, default):
     return default
 
 
+def _bound(name: str):
+  try:
+    return gin.query_parameter(name)
+  except ValueError:
+    return None
+
+
+def _table(rows: list[tuple[str, Sequence[str]]], header: Sequence[str]) -> str:
+  width = max(len(r[0]) for r in rows) + 2
+  lines = [' ' * width + ''.join(f'{h:>12}' for h in header)]
+  lines += [f'{label:<{width}}' + ''.join(f'{v:>12}' for v in values) for label, values in rows]
+  return '\n'.join(lines)
+
+
+def _print_plan(p: dict, lengths, preset: str, num_devices: int, dtype: str) -> None:
+  gib = lambda n: f'{n / 2**30:,.2f}'
+  ms = lambda s: f'{s * 1e3:,.1f}'
+  where = f"{num_devices} × {p['chip']}, {p['nodes']} node(s)" if 'chip' in p else (
+      f'{num_devices} devices')
+  print(f"params: {p['params']:,}")
+  print(f"mesh: {p['mesh']} ({where}), rules: {preset}")
+  print(f"batch: {p['batch_size']} ({p['examples_per_batch_shard']:g} per batch shard), "
+        f"lengths: {dict(lengths)}")
+  print(f"training FLOPs per token: {p['training_flops_per_token']:.4g} "
+        f"(per example {p['training_flops_per_example']:.4g}, per target token "
+        f"{p['training_flops_per_target_token']:.4g}, per step "
+        f"{p['training_flops_per_step']:.4g})")
+  print(f"params per device: {_gib(p['params_bytes_per_device'])}")
+  print(f"gradients per device: {_gib(p['gradient_bytes_per_device'])}")
+  print(f"optimizer state per device: {_gib(p['optimizer_bytes_per_device'])}")
+  print(f"params + optimizer per device: "
+        f"{_gib(p['params_bytes_per_device'] + p['optimizer_bytes_per_device'])}")
+  if p['fsdp_gather_bytes_per_device']:
+    print(f"FSDP gather buffer (2 layers): {_gib(p['fsdp_gather_bytes_per_device'])}")
+  policies = REMAT_POLICIES
+  rows = [('activations (GiB)', [gib(p['activation_bytes_by_remat'][r]) for r in policies]),
+          ('total per device (GiB)', [gib(p['total_bytes_by_remat'][r]) for r in policies])]
+  if 'chip' in p:
+    roof = p['roofline_by_remat']
+    rows += [
+        (f"fits {gib(p['usable_hbm_bytes'])} of {gib(p['hbm_bytes'])} GiB",
+         ['yes' if p['fits_by_remat'][r] else 'NO' for r in policies]),
+        ('compute (ms)', [ms(roof[r]['compute_s']) for r in policies]),
+        ('HBM weights+optimizer (ms)', [ms(roof[r]['hbm_s']) for r in policies]),
+        ('FSDP/DP collectives (ms)', [ms(roof[r]['overlapped_comm_s']) for r in policies]),
+        ('tensor-parallel (ms)', [ms(roof[r]['tensor_parallel_s']) for r in policies]),
+        ('step time (ms)', [ms(roof[r]['step_s']) for r in policies]),
+        ('MFU', [f"{roof[r]['mfu']:.1%}" for r in policies]),
+    ]
+  print()
+  print(_table(rows, [f'remat={r}' if r == p['remat_policy'] else r for r in policies]))
+  if 'chip' not in p:
+    print(f"(pass --chip=NAME for fits, step time and MFU; chips: "
+          f"{', '.join(sorted(hardware.CHIPS))})")
+    return
+  print(f"(fits: {HBM_HEADROOM:.0%} of HBM kept free; step = max(compute, HBM, FSDP/DP "
+        "collectives) + tensor-parallel all-reduces, a roofline bound: no latency, elementwise "
+        "work or imperfect overlap)")
+  if dtype != 'bfloat16':
+    print(f"note: the model computes in {dtype} but the roofline uses the bf16 peak; for bf16 "
+          "activations add --gin.t5x_lite.models.T5Config.dtype=\"'bfloat16'\"")
+
+
 def main(argv=None) -> int:
   def run(rest):
     parser = argparse.ArgumentParser(prog='python -m t5x_lite.plan')
     parser.add_argument('--num_devices', type=int, default=None,
                         help='devices to plan for (default: those visible to JAX)')
+    parser.add_argument('--chip', default=None,
+                        help=f'target chip: {", ".join(sorted(hardware.CHIPS))}')
+    parser.add_argument('--batch_size', type=int, default=None,
+                        help='global batch (default: BATCH_SIZE from gin, else 128)')
+    parser.add_argument('--preset', default=None, choices=sorted(partitioning.PRESETS),
+                        help='sharding rules (default: logical_axis_rules.preset, else 2d)')
+    parser.add_argument('--mesh', default=None,
+                        help="mesh shape, e.g. \"{'data': 8, 'model': 8}\" (default: MESH_SHAPE)")
+    parser.add_argument('--nodes', type=int, default=None,
+                        help='hosts/slices the devices span (default: fewest the chip allows)')
+    parser.add_argument('--aot', action='store_true',
+                        help="also lower and compile the train step on JAX's devices")
     args = parser.parse_args(rest)
+    if args.chip is not None and args.chip not in hardware.CHIPS:
+      raise gin_utils.UsageError(f'unknown --chip {args.chip!r}; choose one of '
+                                 f'{", ".join(sorted(hardware.CHIPS))}.')
     config = gin_utils.query_macro('MODEL_CONFIG')
-    mesh_shape = _macro_or('MESH_SHAPE', {'data': -1, 'model': 1})
+    if args.mesh is not None:
+      try:
+        mesh_shape = ast.literal_eval(args.mesh)
+        assert isinstance(mesh_shape, dict)
+      except (ValueError, SyntaxError, AssertionError) as e:
+        raise gin_utils.UsageError(f"--mesh must be a dict like \"{{'data': 8, 'model': 8}}\", "
+                                   f'got {args.mesh!r}.') from e
+    else:
+      mesh_shape = _macro_or('MESH_SHAPE', {'data': -1, 'model': 1})
     default_lengths = {'encoder_decoder': {'inputs': 512, 'targets': 114},
                        'prefix_lm': {'inputs': 1024, 'targets': 1024}}.get(
                            config.architecture, {'targets': 2048})
     lengths = _macro_or('TASK_FEATURE_LENGTHS', default_lengths)
+    batch_size = args.batch_size or _macro_or('BATCH_SIZE', 128)
     num_devices = args.num_devices or jax.device_count()
+    if args.aot:
+      _check_visible_devices(num_devices)
+    chip = args.chip or hardware.chip_for_device(jax.devices()[0])
+    preset = args.preset or _bound('logical_axis_rules.preset') or '2d'
+    microbatches = _bound('make_train_step.num_microbatches') or 1
     try:
-      p = plan(config, mesh_shape, num_devices, lengths, partitioning.logical_axis_rules())
+      rules = partitioning.logical_axis_rules(preset=preset)
+      p = plan(config, mesh_shape, num_devices, lengths, rules, batch_size=batch_size,
+               chip=chip, nodes=args.nodes, num_microbatches=microbatches)
     except ValueError as e:
       raise gin_utils.UsageError(str(e)) from e
-    print(f"params: {p['params']:,}")
-    print(f"mesh: {p['mesh']} ({num_devices} devices), rules: "
-          f"{gin.query_parameter('logical_axis_rules.preset') if _bound('logical_axis_rules.preset') else '2d'}")
-    print(f"lengths: {dict(lengths)}")
-    print(f"training FLOPs per token: {p['training_flops_per_token']:.4g} "
-          f"(per example {p['training_flops_per_example']:.4g}, per target token "
-          f"{p['training_flops_per_target_token']:.4g})")
-    print(f"params per device: {_gib(p['params_bytes_per_device'])}")
-    print(f"optimizer state per device: {_gib(p['optimizer_bytes_per_device'])}")
-    print(f"params + optimizer per device: "
-          f"{_gib(p['params_bytes_per_device'] + p['optimizer_bytes_per_device'])}")
+    _print_plan(p, lengths, preset, num_devices, config.dtype)
+    if args.aot:
+      a = aot_analysis(config, p['mesh'], num_devices, lengths, rules, batch_size)
+      estimate = (p['activation_bytes_by_remat'][config.remat_policy]
+                  + p['gradient_bytes_per_device'] + p['fsdp_gather_bytes_per_device'])
+      per_device_flops = p['training_flops_per_step'] / num_devices
+      print(f"\nAOT (lower + compile on {num_devices} {a['platform']} device(s), "
+            f"remat={config.remat_policy}), per device:")
+      print(f"  arguments {_gib(a['argument_bytes'])}  (analytic params + optimizer "
+            f"{_gib(p['params_bytes_per_device'] + p['optimizer_bytes_per_device'])}, "
+            'plus the batch)')
+      print(f"  outputs {_gib(a['output_bytes'])}  (aliased to donated arguments: "
+            f"{_gib(a['alias_bytes'])})")
+      print(f"  temp {_gib(a['temp_bytes'])}  (analytic activations + gradients + gather buffer "
+            f"{_gib(estimate)}; ratio {a['temp_bytes'] / estimate:.2f})")
+      print(f"  generated code {_gib(a['generated_code_bytes'])}")
+      print(f"  XLA flops {a['flops']:.4g}  (analytic model FLOPs per device "
+            f"{per_device_flops:.4g}; XLA also counts elementwise work and recomputation)")
   return gin_utils.run_main(run, argv)
-
-
-def _bound(name: str) -> bool:
-  try:
-    gin.query_parameter(name)
-    return True
-  except ValueError:
-    return False
-

@@ -435,3 +435,72 @@ def test_training_flops_are_three_forwards_and_not_six_n_t():
   assert 3 * fwd < 6 * count_params(cfg) * (512 + 114)
   with pytest.raises(ValueError, match='positive'):
     flops.forward_flops_per_example(cfg, 0, 114)
+
+
+# ---------------------------------------------------------------------------------------------
+# Rematerialisation.
+# ---------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=None)
+def _loss_and_grads_fn(cfg):
+  """jit((params, batch, dropout key) -> (summed token cross-entropy, its gradient))."""
+  graphdef = nnx.graphdef(nnx.eval_shape(lambda: EncoderDecoder(cfg, rngs=eager_rngs(0))))
+
+  def loss(params, batch, key):
+    enc, dec, targets = batch
+    logits = nnx.merge(graphdef, params)(enc, dec, deterministic=False,
+                                         rngs=nnx.Rngs(dropout=key))
+    log_probs = jax.nn.log_softmax(logits)
+    return -jnp.take_along_axis(log_probs, targets[..., None], axis=-1).sum()
+
+  return jax.jit(jax.value_and_grad(loss))
+
+
+@pytest.mark.parametrize('policy,shared', [('minimal', False), ('full', False), ('full', True)])
+def test_remat_leaves_loss_and_gradients_unchanged_with_dropout(policy, shared):
+  cfg = dataclasses.replace(TINY, dropout_rate=0.3, shared_encoder_decoder=shared,
+                            num_encoder_layers=1, num_decoder_layers=1)
+  params = nnx.state(random_init(EncoderDecoder, cfg))
+  rng = np.random.default_rng(0)
+  batch = tuple(rng.integers(1, 97, (2, n), dtype=np.int32) for n in (12, 8, 8))
+  key = jax.random.key(5)
+  loss, grads = _loss_and_grads_fn(cfg)(params, batch, key)
+  assert not np.isclose(loss, _loss_and_grads_fn(cfg)(params, batch, jax.random.key(6))[0])
+  remat_loss, remat_grads = _loss_and_grads_fn(dataclasses.replace(cfg, remat_policy=policy))(
+      params, batch, key)
+  np.testing.assert_allclose(remat_loss, loss, rtol=1e-6)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5),
+               remat_grads, grads)
+
+
+def test_config_rejects_an_unknown_remat_policy():
+  with pytest.raises(ValueError, match=r"remat_policy must be one of \['none', 'minimal', 'full'\]"):
+    T5Config(remat_policy='everything')
+
+
+@pytest.mark.slow
+def test_full_remat_shrinks_the_compiled_train_steps_temp_memory():
+  """A memory figure from XLA's buffer assignment, not a timing, so it can be asserted.
+
+  XLA:CPU would drop the remat barriers and merge the recomputation back into the forward pass
+  (see plan.CPU_COMPILER_OPTIONS); TPU and GPU keep them, so the test keeps them too."""
+  from t5x_lite import plan, trainer
+  base = T5Config(vocab_size=128, d_model=64, num_heads=4, d_kv=16, d_ff=512,
+                  num_encoder_layers=2, num_decoder_layers=2,
+                  relative_attention_num_buckets=8, relative_attention_max_distance=16)
+  mesh = partitioning.create_mesh({'data': 1}, jax.devices()[:1])
+  batch = {k: jax.ShapeDtypeStruct((32, 32), jnp.int32) for k in (
+      'encoder_input_tokens', 'decoder_input_tokens', 'decoder_target_tokens',
+      'decoder_loss_weights')}
+
+  def temp_bytes(policy):
+    cfg = dataclasses.replace(base, remat_policy=policy)
+    tx = trainer.make_optimizer(trainer.learning_rate_schedule())
+    setup = trainer.setup_train_state(cfg, tx, 0, mesh, partitioning.TWO_D_RULES)
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(partitioning.TWO_D_RULES):
+      lowered = jax.jit(trainer.make_train_step(setup.graphdef, setup.tx)).lower(
+          setup.abstract_state, batch)
+    return lowered.compile(plan.CPU_COMPILER_OPTIONS).memory_analysis().temp_size_in_bytes
+
+  assert temp_bytes('full') < temp_bytes('none') / 2

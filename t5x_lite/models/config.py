@@ -20,6 +20,9 @@ ACTIVATIONS = ('relu', 'gelu', 'silu', 'linear')
 DTYPES = ('float32', 'bfloat16', 'float16')
 # Model families (T5 paper Sec. 3.2.1 / Table 2; T5X's EncoderDecoderModel / DecoderOnlyModel).
 ARCHITECTURES = ('encoder_decoder', 'decoder_only', 'prefix_lm')
+# Rematerialisation per layer (what the backward pass recomputes instead of keeping): 'none' keeps
+# every residual, 'minimal' keeps the weight-matmul outputs, 'full' keeps only each layer's input.
+REMAT_POLICIES = ('none', 'minimal', 'full')
 
 
 @gin.configurable(module='t5x_lite.models')
@@ -38,6 +41,11 @@ class T5Config:
   `shared_encoder_decoder`: T5 Table 2 "Enc-dec, shared": encoder and decoder layer i share their
   self-attention, MLP and norms, and the stacks share the relative-position table and final norm;
   the decoder's cross-attention (and its norm) has no encoder counterpart and stays its own.
+
+  `remat_policy`: what each encoder/decoder layer keeps for the backward pass. 'none' keeps all
+  its residuals; 'minimal' keeps the outputs of the weight matmuls (projections, MLP) and
+  recomputes attention scores, softmax, norms and activations; 'full' keeps only the layer's
+  input and recomputes the whole layer (about one extra forward pass). Numerics are unchanged.
   """
   vocab_size: int = 32128
   d_model: int = 512
@@ -56,6 +64,7 @@ class T5Config:
   param_dtype: str = 'float32'
   architecture: str = 'encoder_decoder'
   shared_encoder_decoder: bool = False
+  remat_policy: str = 'none'
 
   def __post_init__(self):
     # gin may hand over a list; a tuple keeps the config hashable (usable as a jit static arg).
@@ -92,6 +101,10 @@ class T5Config:
       if getattr(self, name) not in DTYPES:
         raise ValueError(f'T5Config.{name} must be one of {list(DTYPES)}, '
                          f'got {getattr(self, name)!r}.')
+
+    if self.remat_policy not in REMAT_POLICIES:
+      raise ValueError(f'T5Config.remat_policy must be one of {list(REMAT_POLICIES)}, '
+                       f'got {self.remat_policy!r}.')
 
     if self.architecture not in ARCHITECTURES:
       raise ValueError(f'T5Config.architecture must be one of {list(ARCHITECTURES)}, '
