@@ -150,9 +150,17 @@ def param_logical_axes(state: nnx.State) -> dict[tuple[str, ...], tuple | None]:
 def follow_params(param_axes: dict[tuple[str, ...], tuple | None],
                   param_shapes: dict[tuple[str, ...], tuple[int, ...]]):
   """Names for optimizer-state leaves, taken from the param each leaf belongs to (longest path
-  suffix match). A leaf shaped like its param takes its names; a factored Adafactor row/column (the
-  param shape less one dimension) takes the names left after dropping that dimension; anything else
-  (counters, placeholders) is replicated."""
+  suffix match). A leaf may be shaped like its param, like a 2-D view of it (`trainer.as_matrices`:
+  [embed, heads, kv] seen as [embed, heads·kv]; a merged dimension takes its major dimension's
+  name, which splits it into the same blocks), or like either less one dimension (a factored
+  Adafactor row or column); it takes the names that remain. Anything else (counters,
+  placeholders) is replicated."""
+
+  def candidates(names, shape):
+    yield names, shape
+    for k in range(1, len(shape)):
+      if len(shape) > 2:
+        yield (names[0], names[k]), (math.prod(shape[:k]), math.prod(shape[k:]))
 
   def names_fn(path, leaf):
     keys = path_key(path)
@@ -165,12 +173,15 @@ def follow_params(param_axes: dict[tuple[str, ...], tuple | None],
       return None
     if names is None:
       return None
-    if tuple(leaf.shape) == shape:
-      return names
-    if len(leaf.shape) == len(shape) - 1:
-      for drop in range(len(shape) - 1, -1, -1):
-        if shape[:drop] + shape[drop + 1:] == tuple(leaf.shape):
-          return names[:drop] + names[drop + 1:]
+    leaf_shape = tuple(leaf.shape)
+    for view_names, view_shape in candidates(tuple(names), shape):
+      if leaf_shape == view_shape:
+        return view_names
+    for view_names, view_shape in candidates(tuple(names), shape):
+      if len(leaf_shape) == len(view_shape) - 1:
+        for drop in range(len(view_shape) - 1, -1, -1):
+          if view_shape[:drop] + view_shape[drop + 1:] == leaf_shape:
+            return view_names[:drop] + view_names[drop + 1:]
     return None
 
   return names_fn

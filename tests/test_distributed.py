@@ -19,7 +19,7 @@ from t5x_lite import distributed, train
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 from launch import local  # noqa: E402  (launch/ is not an installed package)
-from test_train import MICRO  # noqa: E402
+from micro import MICRO  # noqa: E402
 
 
 def _resolve(argv=(), env=None):

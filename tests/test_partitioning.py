@@ -67,3 +67,19 @@ def test_optimizer_state_follows_its_param():
   assert names(path, leaf(16)) == ('mlp',)      # factored column
   assert names(path, leaf(1)) is None           # placeholder
   assert names((k('count'),), leaf()) is None   # not a param
+
+
+def test_optimizer_state_of_a_2d_view_is_sharded_like_its_param():
+  """as_matrices hands the optimizer [embed, heads·kv] views of attention kernels: their moments
+  must be split like the kernel (the merged dimension by its major axis), not replicated."""
+  axes = {('q', 'kernel'): ('embed', 'heads', 'kv'), ('o', 'kernel'): ('heads', 'kv', 'embed')}
+  shapes = {('q', 'kernel'): (64, 4, 16), ('o', 'kernel'): (4, 16, 32)}
+  names = partitioning.follow_params(axes, shapes)
+  k = jax.tree_util.DictKey
+  leaf = lambda *s: np.zeros(s)
+  assert names((k('mu'), k('q'), k('kernel')), leaf(64, 64)) == ('embed', 'heads')
+  assert names((k('mu'), k('o'), k('kernel')), leaf(64, 32)) == ('heads', 'embed')
+  assert names((k('v_col'), k('o'), k('kernel')), leaf(32)) == ('embed',)
+  mesh = {'data': 2, 'model': 4}
+  spec = partitioning.logical_to_mesh_spec(('embed', 'heads'), partitioning.TWO_D_RULES)
+  assert partitioning.shard_shape((64, 64), spec, mesh) == (64, 16)  # heads·kv split 4 ways
