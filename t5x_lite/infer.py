@@ -1,18 +1,41 @@
-"""Inference on batches from the feature converters: scoring, for now.
+"""Inference: score and predict with a trained model, and the `python -m t5x_lite.infer` command.
+
+    python -m t5x_lite.infer --mode=predict --gin_file=MODEL.gin --checkpoint_dir=MODEL_DIR \
+        --input_file=in.jsonl --output_file=out.jsonl [--method=beam --num_beams=4 --alpha=0.6]
+    python -m t5x_lite.infer --mode=score ...     # lines also need "targets"
+
+Each input line is a JSON object with `inputs` (and, to score, `targets`), each either text,
+tokenized with the configured vocabulary (`t5x_lite.vocab.get_vocabulary`) plus EOS as seqio
+tasks do, or a list of token ids used as is. Each output line repeats the input object and adds
+`prediction` (text for text inputs, ids up to EOS for id inputs) or `score`: log p(targets |
+inputs), the sum of the target tokens' log-likelihoods in nats. Lines keep their order.
+`--gin_file` gives the model config (a gin/models/ file, or the model.gin that t5x_lite.convert
+writes); `--checkpoint_dir` a MODEL_DIR, its checkpoints/ or one step directory (newest step by
+default). Sequences are padded to the longest in the file (one compile per run) or to
+--inputs_length / --targets_length; a longer line is an error unless --truncate.
 
 `score_batch` is what ranking evaluation, perplexity and the HF parity tests (tests/test_convert.py)
-share, so it stays a pure function of a model and a batch.
+share, so it stays a pure function of a model and a batch. The batch builders lay rows out as
+seqio's unpacked feature converters do, so the model sees what it was trained on.
 """
 
 from __future__ import annotations
 
+import argparse
 import functools
-from typing import Mapping
+import json
+import sys
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+
+from t5x_lite import convert, decoding, gin_utils, vocab
+from t5x_lite.gin_utils import UsageError
+
+EOS_ID = decoding.EOS_ID
 
 
 def sequence_log_likelihood(logits: jax.Array, targets: jax.Array,
@@ -46,3 +69,266 @@ def score_batch(model: nnx.Module, batch: Mapping[str, np.ndarray]) -> np.ndarra
             if isinstance(v, (np.ndarray, jax.Array)) and np.issubdtype(v.dtype, np.number)}
   graphdef, state = nnx.split(model)
   return np.asarray(_score(graphdef, state, arrays))
+
+
+# ---------------------------------------------------------------------------------------------
+# Batches as the unpacked feature converters lay them out.
+# ---------------------------------------------------------------------------------------------
+
+def _pad(rows: Sequence[Sequence[int]], length: int) -> np.ndarray:
+  out = np.zeros((len(rows), length), np.int32)
+  for i, row in enumerate(rows):
+    out[i, :len(row)] = row
+  return out
+
+
+def predict_features(architecture: str, inputs: Sequence[Sequence[int]],
+                     inputs_length: int) -> dict[str, np.ndarray]:
+  """What `decoding.decode` reads: encoder inputs, or BOS + inputs as the prompt."""
+  if architecture == 'encoder_decoder':
+    return {'encoder_input_tokens': _pad(inputs, inputs_length)}
+  prompts = [[decoding.PAD_ID, *row] for row in inputs]
+  return {'decoder_input_tokens': _pad(prompts, inputs_length + 1),
+          'decoder_causal_attention': _pad([[1] * len(p) for p in prompts], inputs_length + 1)}
+
+
+def score_features(architecture: str, inputs: Sequence[Sequence[int]],
+                   targets: Sequence[Sequence[int]], inputs_length: int,
+                   targets_length: int) -> dict[str, np.ndarray]:
+  """Teacher-forcing features (seqio's EncDec / PrefixLM converters, unpacked, loss on targets)."""
+  if architecture == 'encoder_decoder':
+    target_tokens = _pad(targets, targets_length)
+    return {'encoder_input_tokens': _pad(inputs, inputs_length),
+            'decoder_target_tokens': target_tokens,
+            'decoder_input_tokens': np.pad(target_tokens[:, :-1], ((0, 0), (1, 0))),
+            'decoder_loss_weights': _pad([[1] * len(t) for t in targets], targets_length)}
+  # Decoder-only: one sequence, inputs then targets; the inputs plus the position that reads
+  # their last token attend bidirectionally in a prefix LM (a causal LM ignores that feature).
+  length = inputs_length + targets_length
+  target_tokens = _pad([[*i, *t] for i, t in zip(inputs, targets)], length)
+  return {'decoder_target_tokens': target_tokens,
+          'decoder_input_tokens': np.pad(target_tokens[:, :-1], ((0, 0), (1, 0))),
+          'decoder_causal_attention': _pad([[1] * (len(i) + 1) for i in inputs], length),
+          'decoder_loss_weights': _pad([[0] * len(i) + [1] * len(t)
+                                        for i, t in zip(inputs, targets)], length)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Lines in, lines out.
+# ---------------------------------------------------------------------------------------------
+
+def read_lines(path: str, fields: Sequence[str]) -> list[dict[str, Any]]:
+  """The JSON objects of a jsonl file (blank lines skipped), each with `fields`."""
+  try:
+    with open(path, encoding='utf-8') as f:
+      text = f.read()
+  except OSError as e:
+    raise UsageError(f'cannot read --input_file {path}: {e.strerror}.') from e
+  lines = []
+  for number, line in enumerate(text.splitlines(), 1):
+    if not line.strip():
+      continue
+    try:
+      obj = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise UsageError(f'{path}:{number}: not valid JSON ({e.msg}).') from e
+    if not isinstance(obj, dict):
+      raise UsageError(f'{path}:{number}: expected a JSON object with {list(fields)}, got '
+                       f'{type(obj).__name__}.')
+    for field in fields:
+      value = obj.get(field)
+      is_ids = isinstance(value, list) and all(
+          isinstance(t, int) and not isinstance(t, bool) for t in value)
+      if not (isinstance(value, str) or is_ids):
+        raise UsageError(f'{path}:{number}: {field!r} must be text or a list of token ids, '
+                         f'got {"nothing" if value is None else repr(value)[:60]}.')
+    lines.append({'line': number, 'example': obj})
+  if not lines:
+    raise UsageError(f'{path} holds no examples.')
+  return lines
+
+
+class Tokenizer:
+  """Text -> ids + EOS with the gin-configured vocabulary (built on first use); ids pass through
+  after a range check against the model's vocabulary size."""
+
+  def __init__(self, vocab_size: int, path: str):
+    self.vocab_size = vocab_size
+    self.path = path
+
+  @functools.cached_property
+  def vocabulary(self):
+    return vocab.get_vocabulary()
+
+  def ids(self, value, number: int, field: str) -> list[int]:
+    if isinstance(value, str):
+      return list(self.vocabulary.encode(value)) + [EOS_ID]
+    bad = [t for t in value if not 0 <= t < self.vocab_size]
+    if bad:
+      raise UsageError(f'{self.path}:{number}: {field!r} has token id {bad[0]} outside the '
+                       f'model vocabulary [0, {self.vocab_size}).')
+    return list(value)
+
+  def prediction(self, tokens: np.ndarray, text: bool):
+    """Generated ids up to (not including) EOS, as text when the inputs were text."""
+    ids = []
+    for t in tokens.tolist():
+      if t == EOS_ID:
+        break
+      ids.append(t)
+    return self.vocabulary.decode(ids) if text else ids
+
+
+def fit(rows: list[list[int]], numbers: list[int], length: int | None, field: str,
+        truncate: bool, path: str) -> tuple[list[list[int]], int]:
+  """(rows, padded length): the longest row's length if `length` is None; rows longer than
+  `length` are cut with `truncate`, else a UsageError naming the first such line."""
+  longest = max(len(r) for r in rows)
+  if length is None:
+    return rows, max(longest, 1)
+  if longest > length and not truncate:
+    number, n = next((num, len(r)) for num, r in zip(numbers, rows) if len(r) > length)
+    raise UsageError(f'{path}:{number}: {field!r} is {n} tokens long, more than '
+                     f'--{field}_length={length}; raise --{field}_length or pass --truncate.')
+  return [r[:length] for r in rows], length
+
+
+def _batches(n: int, batch_size: int):
+  for start in range(0, n, batch_size):
+    yield start, min(start + batch_size, n)
+
+
+def _full_batch(rows: Sequence, batch_size: int, filler) -> list:
+  """The last batch padded with filler rows, so every batch has one shape (one compile)."""
+  return list(rows) + [filler] * (batch_size - len(rows))
+
+
+def predict(model: nnx.Module, inputs: list[list[int]], inputs_length: int, batch_size: int,
+            **decode_options) -> list[np.ndarray]:
+  """Generated tokens [max_decode_length] per input row, in order (`decoding.decode` options)."""
+  out = []
+  for start, stop in _batches(len(inputs), batch_size):
+    rows = _full_batch(inputs[start:stop], batch_size, [])
+    features = predict_features(model.config.architecture, rows, inputs_length)
+    tokens, _ = decoding.decode(model, features, **decode_options)
+    out.extend(np.asarray(tokens)[:stop - start])
+  return out
+
+
+def score(model: nnx.Module, inputs: list[list[int]], targets: list[list[int]],
+          inputs_length: int, targets_length: int, batch_size: int) -> list[float]:
+  """log p(targets | inputs) in nats per row, in order."""
+  out = []
+  for start, stop in _batches(len(inputs), batch_size):
+    features = score_features(model.config.architecture,
+                              _full_batch(inputs[start:stop], batch_size, []),
+                              _full_batch(targets[start:stop], batch_size, []),
+                              inputs_length, targets_length)
+    out.extend(score_batch(model, features)[:stop - start].tolist())
+  return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Command line.
+# ---------------------------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+  def error(self, message):
+    raise UsageError(f'{message} (see python -m t5x_lite.infer --help)')
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = _Parser(prog='python -m t5x_lite.infer',
+              description='Predict or score jsonl lines with a checkpoint; also takes '
+                          '--gin_file=F (repeatable) and --gin.NAME=VALUE.')
+  p.add_argument('--mode', choices=('predict', 'score'), required=True)
+  p.add_argument('--checkpoint_dir', required=True,
+                 help='a MODEL_DIR, its checkpoints/ or one step directory')
+  p.add_argument('--input_file', required=True)
+  p.add_argument('--output_file', required=True)
+  p.add_argument('--batch_size', type=int, default=32)
+  p.add_argument('--inputs_length', type=int, default=None,
+                 help='pad inputs to this many tokens (default: the longest line)')
+  p.add_argument('--targets_length', type=int, default=None,
+                 help='score: pad targets to this; predict: default --max_decode_length')
+  p.add_argument('--truncate', action='store_true', help='cut longer lines instead of failing')
+  p.add_argument('--max_decode_length', type=int, default=None,
+                 help='tokens to generate at most (default --targets_length, else 128)')
+  p.add_argument('--method', choices=decoding.METHODS, default='greedy')
+  p.add_argument('--temperature', type=float, default=1.0)
+  p.add_argument('--top_k', type=int, default=0)
+  p.add_argument('--top_p', type=float, default=1.0)
+  p.add_argument('--num_beams', type=int, default=4)
+  p.add_argument('--alpha', type=float, default=0.6, help='beam length penalty exponent')
+  p.add_argument('--seed', type=int, default=0, help='sampling seed')
+  return p
+
+
+def run(argv: list[str]) -> int:
+  gin_files, bindings, rest = gin_utils.split_flags(argv)
+  args = _parser().parse_args(rest)
+  for name in ('batch_size', 'inputs_length', 'targets_length', 'max_decode_length'):
+    value = getattr(args, name)
+    if value is not None and value < 1:
+      raise UsageError(f'--{name} must be >= 1, got {value}.')
+  if not gin_files:
+    raise UsageError('--gin_file=MODEL.gin is required (a gin/models/ file or the model.gin '
+                     'that python -m t5x_lite.convert writes).')
+  config = convert.config_from_gin(gin_files, bindings)
+  decode_options = dict(
+      max_decode_length=args.max_decode_length or args.targets_length or 128,
+      method=args.method, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+      num_beams=args.num_beams, alpha=args.alpha)
+  try:
+    decoding.DecodeOptions(**decode_options).validate(config.vocab_size)
+  except ValueError as e:
+    raise UsageError(str(e)) from e
+
+  fields = ('inputs', 'targets') if args.mode == 'score' else ('inputs',)
+  lines = read_lines(args.input_file, fields)
+  tokenizer = Tokenizer(config.vocab_size, args.input_file)
+  numbers = [line['line'] for line in lines]
+  ids = {f: [tokenizer.ids(line['example'][f], line['line'], f) for line in lines]
+         for f in fields}
+  inputs, inputs_length = fit(ids['inputs'], numbers, args.inputs_length, 'inputs',
+                              args.truncate, args.input_file)
+  if args.mode == 'score':
+    targets, targets_length = fit(ids['targets'], numbers, args.targets_length, 'targets',
+                                  args.truncate, args.input_file)
+
+  model = convert.model_with_params(config, convert.load_params(args.checkpoint_dir, config))
+  if args.mode == 'score':
+    results = score(model, inputs, targets, inputs_length, targets_length, args.batch_size)
+  else:
+    tokens = predict(model, inputs, inputs_length, args.batch_size,
+                     rng=jax.random.key(args.seed), **decode_options)
+    results = [tokenizer.prediction(t, isinstance(line['example']['inputs'], str))
+               for t, line in zip(tokens, lines)]
+
+  key = 'score' if args.mode == 'score' else 'prediction'
+  try:
+    with open(args.output_file, 'w', encoding='utf-8') as f:
+      for line, result in zip(lines, results):
+        f.write(json.dumps({**line['example'], key: result}, ensure_ascii=False) + '\n')
+  except OSError as e:
+    raise UsageError(f'cannot write --output_file {args.output_file}: {e.strerror}.') from e
+  print(f'Wrote {len(lines)} {key}s to {args.output_file}.')
+  return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """Entry point; bad input prints `error: ...` on one line and exits 2 (as train does)."""
+  argv = list(sys.argv[1:] if argv is None else argv)
+  verbose = '--verbose' in argv
+  argv = [a for a in argv if a != '--verbose']
+  try:
+    return run(argv)
+  except UsageError as e:
+    if verbose:
+      raise
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -238,9 +238,8 @@ def show_sample(graphdef, params, task_name, task_feature_lengths, vocabulary, n
   """Greedy-decodes `num` validation example(s) and prints inputs, target and prediction."""
   batch = next(pipeline.get_dataset(task_name, task_feature_lengths, num, split='validation',
                                     shuffle=False, pack=False))
-  predictions = decoding.greedy_decode(
-      nnx.merge(graphdef, params), jnp.asarray(batch['encoder_input_tokens']),
-      max_decode_length=task_feature_lengths['targets'])
+  predictions, _ = decoding.decode(nnx.merge(graphdef, params), batch,
+                                   max_decode_length=task_feature_lengths['targets'])
   for i in range(num):
     if jax.process_index() == 0:
       print('--- sample (validation) ---')

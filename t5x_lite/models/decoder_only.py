@@ -15,6 +15,11 @@ target position, whose input token is the last input token): those positions att
 other bidirectionally, as T5X's `inputs_bidirectional_attention`; every other position is causal.
 Packed examples (`decoder_segment_ids`) never attend to each other; `decoder_positions` is not
 needed because the relative-position bias uses array offsets, equal to in-segment offsets.
+
+Decoding (t5x_lite/decoding.py) uses `init_cache` and `decode_step`: a prompt of several tokens
+is one `decode_step` call (the prefill), then one token per call. For the prefix LM the cache
+holds each row's prompt length, the span that attends bidirectionally (`decoder_causal_attention`
+in the teacher-forced pass).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 from typing import Mapping
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
 from t5x_lite.models.config import T5Config
@@ -70,6 +76,30 @@ class DecoderOnly(nnx.Module):
   def logits(self, x):
     """Final decoder states -> float32 logits [b, len, vocab]."""
     return output_logits(self.config, self.token_embedder, getattr(self, 'lm_head', None), x)
+
+  def init_cache(self, batch_size: int, max_length: int, prefix_lengths=None) -> dict:
+    """Empty decoding state for `max_length` positions (prompt included).
+
+    `prefix_lengths` [b] is required for a prefix LM and rejected otherwise: the number of
+    leading positions (BOS + inputs) that attend to each other bidirectionally.
+    """
+    prefix_lm = self.config.architecture == 'prefix_lm'
+    if prefix_lm != (prefix_lengths is not None):
+      raise ValueError('init_cache needs `prefix_lengths` for a prefix LM and only then; got '
+                       f'{"None" if prefix_lengths is None else "lengths"} for architecture '
+                       f'{self.config.architecture!r}.')
+    cache = {'layers': self.decoder.init_cache(batch_size, max_length)}
+    if prefix_lm:
+      cache['prefix_length'] = jnp.asarray(prefix_lengths, jnp.int32)
+    return cache
+
+  def decode_step(self, cache, decoder_input_tokens, index):
+    """Logits [b, q, vocab] for tokens [b, q] at positions `index` + [0, q), index an int or
+    [b]; the tokens' keys/values enter the returned cache."""
+    index = jnp.broadcast_to(jnp.asarray(index, jnp.int32), decoder_input_tokens.shape[:1])
+    x, layers = self.decoder.step(self.token_embedder(decoder_input_tokens), cache['layers'],
+                                  index, prefix_lengths=cache.get('prefix_length'))
+    return self.logits(x), {**cache, 'layers': layers}
 
   def logits_for_batch(self, batch: Mapping[str, jax.Array], *, deterministic=True, rngs=None):
     """Logits for a batch as seqio's Decoder/PrefixLM feature converter emits it.

@@ -27,6 +27,17 @@ decoder's name, because NNX flattens a shared object at its first path in attrib
 
 Dropout (T5X's placement): on the embedded inputs, on each sublayer's output before the residual
 add, on the MLP hidden activations, and after each stack's final norm.
+
+Rematerialisation (`config.remat_policy`) wraps each layer call of both stacks in `nnx.remat`.
+Dropout keys are drawn from the `rngs` passed into the rematerialised call, so the recomputed
+forward pass draws the same masks and gradients are unchanged.
+
+Decoding (t5x_lite/decoding.py) runs the same layers over a cache, a pytree of arrays:
+`init_cache` encodes the inputs once and projects each layer's cross-attention keys/values;
+`decode_step(cache, tokens, index)` embeds the new tokens, writes their self-attention keys/values
+into per-layer buffers of max_len positions at `index` and attends over the buffers.
+Row b's slot k holds decoder position k, so masks and relative positions are those of the
+teacher-forced pass and the logits agree with it.
 """
 
 from __future__ import annotations
@@ -37,10 +48,28 @@ from flax import nnx
 
 from t5x_lite.models.config import T5Config
 from t5x_lite.models.layers import (MLP, DenseGeneral, Embed, MultiHeadAttention,
-                                    RelativePositionBias, RMSNorm, attention_mask, fan_in_init)
+                                    RelativePositionBias, RMSNorm, attention_mask,
+                                    decoding_attention_mask, fan_in_init, kv_cache,
+                                    read_kv_cache, write_kv_cache)
 from t5x_lite.partitioning import with_logical_constraint
 
 ACTIVATION_AXES = ('batch', 'length', 'embed')
+
+# What a rematerialised layer keeps. 'minimal' keeps the matmuls without batch dimensions, i.e.
+# the products with a weight (q/k/v/out projections, MLP wi/wo: linear in length), and recomputes
+# the batched score and value einsums and every elementwise op. `dots_saveable` would also keep
+# the [batch, heads, q_len, k_len] scores, the one residual that grows with length squared.
+REMAT_POLICIES = {
+    'minimal': jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
+    'full': jax.checkpoint_policies.nothing_saveable,
+}
+
+
+def remat(call, policy: str):
+  """`call(layer, *args)` under nnx.remat with the named policy; 'none' returns it as is."""
+  if policy == 'none':
+    return call
+  return nnx.remat(call, policy=REMAT_POLICIES[policy], prevent_cse=True)
 
 
 def _norm(cfg: T5Config, rngs: nnx.Rngs) -> RMSNorm:
@@ -82,16 +111,33 @@ class DecoderLayer(nnx.Module):
     self.dropout = nnx.Dropout(config.dropout_rate)
 
   def __call__(self, x, encoded, self_mask, self_bias, cross_mask, *, deterministic=True,
-               rngs=None):
+               rngs=None, cache=None, cache_index=None):
+    """x [b, len, d_model] -> [b, len, d_model].
+
+    With `cache` (decoding; this layer's entry of `Decoder.init_cache`) the new positions' keys
+    and values are written into the self-attention buffers at `cache_index` [b], attention reads
+    the whole buffers, cross-attention reads the cached encoder projections (`encoded` is
+    unused), and the result is `(x, updated cache)`.
+    """
     drop = lambda y: self.dropout(y, deterministic=deterministic, rngs=rngs)
     h = self.pre_self_attention_layer_norm(x)
-    x = x + drop(self.self_attention(h, h, self_mask, self_bias))
+    key, value = self.self_attention.project_kv(h)
+    if cache is not None:
+      entry = write_kv_cache(cache['self_attention'], key, value, cache_index)
+      cache = {**cache, 'self_attention': entry}
+      key, value = read_kv_cache(entry)
+    x = x + drop(self.self_attention.attend(h, key, value, self_mask, self_bias))
     if self.cross_attention:
       h = self.pre_cross_attention_layer_norm(x)
-      x = x + drop(self.encoder_decoder_attention(h, encoded, cross_mask))
+      if cache is None:
+        key, value = self.encoder_decoder_attention.project_kv(encoded)
+      else:
+        key, value = read_kv_cache(cache['encoder_decoder_attention'])
+      x = x + drop(self.encoder_decoder_attention.attend(h, key, value, cross_mask))
     h = self.pre_mlp_layer_norm(x)
     x = x + drop(self.mlp(h, deterministic=deterministic, rngs=rngs))
-    return with_logical_constraint(x, ACTIVATION_AXES)
+    x = with_logical_constraint(x, ACTIVATION_AXES)
+    return x if cache is None else (x, cache)
 
 
 class Encoder(nnx.Module):
@@ -103,6 +149,7 @@ class Encoder(nnx.Module):
                             for _ in range(config.num_encoder_layers)])
     self.encoder_norm = _norm(config, rngs)
     self.dropout = nnx.Dropout(config.dropout_rate)
+    self.remat_policy = config.remat_policy
 
   def __call__(self, embedded, segment_ids, *, deterministic=True, rngs=None):
     """embedded [b, len, d_model], segment_ids [b, len] (0 = padding) -> [b, len, d_model]."""
@@ -111,8 +158,12 @@ class Encoder(nnx.Module):
     mask = attention_mask(segment_ids, segment_ids)
     bias = self.relpos_bias(length, length)
     x = with_logical_constraint(drop(embedded), ACTIVATION_AXES)
+    # `deterministic` is a Python bool, so it is closed over; `rngs` is state and is passed in
+    # (nnx.remat takes positional arguments only).
+    call = remat(lambda layer, rngs, *args: layer(*args, deterministic=deterministic, rngs=rngs),
+                 self.remat_policy)
     for layer in self.layers:
-      x = layer(x, mask, bias, deterministic=deterministic, rngs=rngs)
+      x = call(layer, rngs, x, mask, bias)
     return drop(self.encoder_norm(x))
 
 
@@ -125,6 +176,7 @@ class Decoder(nnx.Module):
                             for _ in range(config.num_decoder_layers)])
     self.decoder_norm = _norm(config, rngs)
     self.dropout = nnx.Dropout(config.dropout_rate)
+    self.remat_policy = config.remat_policy
 
   def __call__(self, embedded, segment_ids, encoded=None, encoder_segment_ids=None, *,
                decoder_causal_attention=None, deterministic=True, rngs=None):
@@ -142,10 +194,46 @@ class Decoder(nnx.Module):
     cross_mask = (None if encoded is None
                   else attention_mask(segment_ids, encoder_segment_ids))
     x = with_logical_constraint(drop(embedded), ACTIVATION_AXES)
+    call = remat(lambda layer, rngs, *args: layer(*args, deterministic=deterministic, rngs=rngs),
+                 self.remat_policy)
     for layer in self.layers:
-      x = layer(x, encoded, self_mask, self_bias, cross_mask,
-                deterministic=deterministic, rngs=rngs)
+      x = call(layer, rngs, x, encoded, self_mask, self_bias, cross_mask)
     return drop(self.decoder_norm(x))
+
+  def init_cache(self, batch_size: int, max_length: int, encoded=None) -> list[dict]:
+    """Per layer: empty self-attention key/value buffers for `max_length` positions and, given
+    the encoder output, its cross-attention keys/values (computed once here); see
+    layers.kv_cache for the layout."""
+    cache = []
+    for layer in self.layers:
+      attention = layer.self_attention
+      empty = jnp.zeros((batch_size, max_length) + attention.key.kernel.shape[1:],
+                        attention.key.dtype)
+      entry = {'self_attention': kv_cache(empty, empty)}
+      if layer.cross_attention:
+        entry['encoder_decoder_attention'] = kv_cache(
+            *layer.encoder_decoder_attention.project_kv(encoded))
+      cache.append(entry)
+    return cache
+
+  def step(self, embedded, cache, cache_index, cross_mask=None, prefix_lengths=None):
+    """Cached decoding of `embedded` [b, q, d] at positions `cache_index` [b] + [0, q).
+
+    `cross_mask` [b, 1, 1, enc_len] hides encoder padding; `prefix_lengths` [b] (prefix LM) are
+    the bidirectional prompt lengths. Returns (final hidden states [b, q, d], updated cache).
+    """
+    query_length = embedded.shape[1]
+    max_length = read_kv_cache(cache[0]['self_attention'])[0].shape[1]
+    positions = cache_index[:, None] + jnp.arange(query_length)
+    self_mask = decoding_attention_mask(positions, max_length, prefix_lengths)
+    self_bias = self.relpos_bias(query_length, max_length, query_offset=cache_index)
+    x = with_logical_constraint(embedded, ACTIVATION_AXES)
+    new_cache = []
+    for layer, layer_cache in zip(self.layers, cache, strict=True):
+      x, layer_cache = layer(x, None, self_mask, self_bias, cross_mask, cache=layer_cache,
+                             cache_index=cache_index)
+      new_cache.append(layer_cache)
+    return self.decoder_norm(x), new_cache
 
 
 def _check_segment_ids(encoder_segment_ids, decoder_segment_ids):
@@ -248,6 +336,23 @@ class EncoderDecoder(nnx.Module):
   def logits(self, x):
     """Final decoder states -> float32 logits [b, len, vocab]."""
     return output_logits(self.config, self.token_embedder, getattr(self, 'lm_head', None), x)
+
+  def init_cache(self, encoder_input_tokens, max_decode_length: int) -> dict:
+    """Decoding state for unpacked inputs [b, enc_len]: the encoder runs once here; see
+    `decode_step`. A pytree of arrays with the batch first in every leaf."""
+    segments = encoder_segments(encoder_input_tokens)
+    encoded = self.encode(encoder_input_tokens)
+    return {'layers': self.decoder.init_cache(encoder_input_tokens.shape[0], max_decode_length,
+                                              encoded),
+            'encoder_mask': (segments > 0)[:, None, None, :]}
+
+  def decode_step(self, cache, decoder_input_tokens, index):
+    """Logits [b, q, vocab] for decoder tokens [b, q] at positions `index` + [0, q), index an
+    int or [b]; the tokens' keys/values enter the returned cache."""
+    index = jnp.broadcast_to(jnp.asarray(index, jnp.int32), decoder_input_tokens.shape[:1])
+    x, layers = self.decoder.step(self.token_embedder(decoder_input_tokens), cache['layers'],
+                                  index, cross_mask=cache['encoder_mask'])
+    return self.logits(x), {**cache, 'layers': layers}
 
   def __call__(self, encoder_input_tokens, decoder_input_tokens, encoder_segment_ids=None,
                decoder_segment_ids=None, *, deterministic=True, rngs=None):
