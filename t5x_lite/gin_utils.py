@@ -81,17 +81,27 @@ def query_macro(name: str):
   return value
 
 
-def run_main(fn, argv: list[str] | None = None) -> int:
-  """Runs `fn(rest_args)` after gin parsing; UsageErrors print one line and exit 2."""
-  argv = sys.argv[1:] if argv is None else argv
+def run_cli(fn, argv: list[str] | None = None) -> int:
+  """Runs `fn(argv)`; a UsageError prints `error: ...` on one line and exits 2 (`--verbose`
+  re-raises it with its traceback). Every entry point goes through here."""
+  argv = list(sys.argv[1:] if argv is None else argv)
   verbose = '--verbose' in argv
   argv = [a for a in argv if a != '--verbose']
   try:
-    files, bindings, rest = split_flags(argv)
-    parse(files, bindings)
-    return fn(rest) or 0
+    return fn(argv) or 0
   except UsageError as e:
     if verbose:
       raise
     print(f'error: {e}', file=sys.stderr)
     return 2
+
+
+def run_main(fn, argv: list[str] | None = None) -> int:
+  """Runs `fn(rest_args)` after gin parsing, under `run_cli`."""
+
+  def parse_then_run(args):
+    files, bindings, rest = split_flags(args)
+    parse(files, bindings)
+    return fn(rest)
+
+  return run_cli(parse_then_run, argv)

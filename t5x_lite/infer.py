@@ -318,16 +318,7 @@ def run(argv: list[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
   """Entry point; bad input prints `error: ...` on one line and exits 2 (as train does)."""
-  argv = list(sys.argv[1:] if argv is None else argv)
-  verbose = '--verbose' in argv
-  argv = [a for a in argv if a != '--verbose']
-  try:
-    return run(argv)
-  except UsageError as e:
-    if verbose:
-      raise
-    print(f'error: {e}', file=sys.stderr)
-    return 2
+  return gin_utils.run_cli(run, argv)
 
 
 if __name__ == '__main__':
