@@ -101,7 +101,9 @@ def sbatch_script(*, nodes: int, gpus_per_node: int, job_name: str, time: str,
       'export XLA_FLAGS="--xla_gpu_enable_latency_hiding_scheduler=true ${XLA_FLAGS:-}"',
       '',
       '# Distributed start-up contract (see launch/slurm.py): process 0 runs on the first node.',
-      'T5X_LITE_COORDINATOR_HOST="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)"',
+      # sed reads to the end: `head -n1` would close the pipe early, and under pipefail the
+      # writer's SIGPIPE (exit 141) would fail the job on a long node list.
+      'T5X_LITE_COORDINATOR_HOST="$(scontrol show hostnames "$SLURM_JOB_NODELIST" | sed -n 1p)"',
       f'export T5X_LITE_COORDINATOR_ADDRESS="$T5X_LITE_COORDINATOR_HOST:{coordinator_port}"',
       '',
       f'TRAIN_FLAGS=({flags}\n)',

@@ -39,7 +39,7 @@ def test_sbatch_header_for_4_nodes_of_8_gpus():
   assert 'export NCCL_DEBUG=WARN' in text
   assert 'export XLA_PYTHON_CLIENT_MEM_FRACTION=0.9' in text
   assert '--xla_gpu_enable_latency_hiding_scheduler=true' in text
-  assert 'scontrol show hostnames' in text and 'head -n1' in text
+  assert 'scontrol show hostnames' in text and 'sed -n 1p' in text  # no SIGPIPE under pipefail
 
 
 def test_tasks_run_the_repo_venv_by_default():
@@ -63,7 +63,8 @@ def test_script_exports_the_contract_and_passes_flags_verbatim(tmp_path):
   """Runs the script with stub scontrol/srun/python: each task gets the env and the exact argv."""
   bin_dir = tmp_path / 'bin'
   bin_dir.mkdir()
-  _write_exe(bin_dir / 'scontrol', 'printf "gpu-node-07\\ngpu-node-08\\n"\n')
+  # A long node list: reading only its first line must not kill the writer (SIGPIPE, exit 141).
+  _write_exe(bin_dir / 'scontrol', 'printf "gpu-node-07\\ngpu-node-08\\n"; seq -f "node-%g" 200000\n')
   # srun: drop its own options, run the task as rank 11 (local rank 3) of 32.
   _write_exe(bin_dir / 'srun', 'while [[ "$1" == --* ]]; do shift; done\n'
                                 'SLURM_PROCID=11 SLURM_LOCALID=3 SLURM_NTASKS=32 exec "$@"\n')
