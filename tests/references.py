@@ -3,6 +3,11 @@
 import math
 
 import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from t5x_lite.models import build_model, eager_rngs
 
 
 def jaxpr_matmul_flops(jaxpr) -> int:
@@ -19,3 +24,12 @@ def jaxpr_matmul_flops(jaxpr) -> int:
     for sub in jax.extend.core.jaxprs_in_params(eqn.params):
       total += jaxpr_matmul_flops(sub)
   return total
+
+
+def random_model(config, seed=0):
+  """build_model(config) with numpy N(0, 1/prod(shape[:-1])) weights (no per-op XLA compiles)."""
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: build_model(config, eager_rngs(0))))
+  rng = np.random.default_rng(seed)
+  fill = lambda x: jnp.asarray(rng.normal(size=x.shape) / math.sqrt(math.prod(x.shape[:-1])),
+                               x.dtype)
+  return nnx.merge(graphdef, jax.tree.map(fill, state))

@@ -18,6 +18,7 @@ from flax import nnx
 from t5x_lite import decoding
 from t5x_lite.models import T5Config, build_model, eager_rngs
 from t5x_lite.models import layers
+from references import random_model
 
 # One decoder layer keeps each decode's compile short; the cache test uses two (per-layer caches).
 TINY = T5Config(vocab_size=97, d_model=32, num_heads=4, d_kv=8, d_ff=48, num_encoder_layers=1,
@@ -31,15 +32,6 @@ def config_for(architecture, **changes):
   encoder_layers = TINY.num_encoder_layers if architecture == 'encoder_decoder' else 0
   return dataclasses.replace(TINY, architecture=architecture, num_encoder_layers=encoder_layers,
                              **changes)
-
-
-def random_model(config, seed=0):
-  """build_model(config) with numpy N(0, 1/fan_in) weights (no per-op XLA compiles)."""
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: build_model(config, eager_rngs(0))))
-  rng = np.random.default_rng(seed)
-  fill = lambda x: jnp.asarray(rng.normal(size=x.shape) / math.sqrt(math.prod(x.shape[:-1])),
-                               x.dtype)
-  return nnx.merge(graphdef, jax.tree.map(fill, state))
 
 
 def prompt_batch(architecture, seed=0, vocab_size=TINY.vocab_size):

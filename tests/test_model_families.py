@@ -23,7 +23,7 @@ from t5x_lite.models import (DecoderOnly, EncoderDecoder, T5Config, build_model,
                              eager_rngs, feature_converter, forward_flops_per_example,
                              training_flops_per_example)
 from t5x_lite.models import layers
-from references import jaxpr_matmul_flops
+from references import jaxpr_matmul_flops, random_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -32,15 +32,6 @@ TINY = T5Config(vocab_size=97, d_model=32, num_heads=4, d_kv=8, d_ff=48, num_enc
                 relative_attention_max_distance=16)
 CAUSAL_LM = dataclasses.replace(TINY, architecture='decoder_only', num_encoder_layers=0)
 PREFIX_LM = dataclasses.replace(CAUSAL_LM, architecture='prefix_lm')
-
-
-def random_model(config, seed=0):
-  """build_model(config) with numpy N(0, 1/prod(shape[:-1])) weights (no per-op XLA compiles)."""
-  graphdef, state = nnx.split(nnx.eval_shape(lambda: build_model(config, eager_rngs(0))))
-  rng = np.random.default_rng(seed)
-  fill = lambda x: jnp.asarray(rng.normal(size=x.shape) / math.sqrt(math.prod(x.shape[:-1])),
-                               x.dtype)
-  return nnx.merge(graphdef, jax.tree.map(fill, state))
 
 
 def logits_for_batch(model, batch):
