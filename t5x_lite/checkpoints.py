@@ -1,36 +1,79 @@
 """Orbax checkpoints: async save, keep-N, resume from the newest good step, restore onto any mesh.
 
-Each step directory holds two items: ``state`` (the train state pytree, sharded arrays) and ``data``
-(JSON: the input pipeline's position and what produced it). Restoring takes abstract targets carrying
-the *current* shardings, so a checkpoint written on one mesh loads onto another.
+Each step directory holds three items: ``state`` (the train state pytree, sharded arrays), ``data``
+(JSON: what produced the run and where its input is) and ``iterator`` (each data shard's tf.data
+iterator position, written by the hosts that read it). Restoring takes abstract targets carrying the
+*current* shardings, so a checkpoint written on one mesh loads onto another.
+
+Orbax lists any fully named step directory as complete, so restoring validates: a step that fails to
+load, or whose params are not finite, is moved aside to ``corrupt_checkpoints/`` (kept, not deleted)
+and the next older step is tried. A checkpoint of a different model or optimizer is a usage error,
+not corruption. Old steps are deleted only after a newer save has been committed.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
-from typing import Any
+import re
+import time
+from typing import Any, Callable, NamedTuple
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from t5x_lite.gin_utils import UsageError
+
 log = logging.getLogger(__name__)
 
 
+class DataIteratorHandler(ocp.CheckpointHandler):
+  """Saves/restores a `pipeline.DataIterator`'s position (each host writes its own shards)."""
+
+  def save(self, directory: epath.Path, args: 'DataIteratorSave'):
+    args.iterator.save(str(directory))
+
+  def restore(self, directory: epath.Path, args: 'DataIteratorRestore'):
+    args.iterator.restore(str(directory))
+    return args.iterator
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_save=True)
+@dataclasses.dataclass
+class DataIteratorSave(ocp.args.CheckpointArgs):
+  iterator: Any
+
+
+@ocp.args.register_with_handler(DataIteratorHandler, for_restore=True)
+@dataclasses.dataclass
+class DataIteratorRestore(ocp.args.CheckpointArgs):
+  iterator: Any
+
+
+class Restored(NamedTuple):
+  step: int
+  state: Any
+  data: dict
+  iterator: Any  # what make_iterator returned, positioned where the checkpoint left off
+
+
 class Checkpointer:
-  """Thin owner of an `ocp.CheckpointManager` with the policy T5X users expect."""
+  """Owner of an `ocp.CheckpointManager` with the policy T5X users expect, plus validation."""
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
     self.directory = epath.Path(directory).absolute()
+    self.keep = keep
+    self._pending = None  # the step of a save not yet known to be committed
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep,
+        max_to_keep=None,  # pruned here, once a newer save is known to be committed
         create=True,
         enable_async_checkpointing=async_save,
         cleanup_tmp_directories=True,
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=('state', 'data'))
+                                          item_names=('state', 'data', 'iterator'))
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -38,48 +81,155 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def save(self, step: int, state: Any, data: dict, force: bool = True) -> bool:
-    """Starts an async save of `state` (device arrays) and `data` (JSON-able dict)."""
-    return self._manager.save(
-        step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), data=ocp.args.JsonSave(data)),
-        force=force)
+  def committed_step(self) -> int | None:
+    """The newest step on disk whose save completed (unlike `latest_step`, not one in flight)."""
+    steps = [int(d.name) for d in self.directory.iterdir() if d.name.isdigit()] \
+        if self.directory.is_dir() else []
+    return max(steps, default=None)
 
-  def restore(self, abstract_state: Any, step: int | None = None) -> tuple[int, Any, dict] | None:
-    """Restores the newest restorable step (or `step`) onto `abstract_state`'s shardings.
+  def save(self, step: int, state: Any, data: dict, iterator: Any = None) -> None:
+    """Starts an async save of `state` (device arrays), `data` (JSON-able) and `iterator`'s
+    position (written before this returns, so the caller may advance it at once).
 
-    A step that fails to restore (deleted files, truncated arrays) is reported and skipped in favour
-    of the next older one, because Orbax lists any fully named step directory as complete.
-    Returns None when there is no checkpoint at all.
+    Raises OSError when the previous save or this one cannot be written (a full disk, say); the
+    newest committed step is untouched."""
+    self.wait()
+    items = {'state': ocp.args.StandardSave(state), 'data': ocp.args.JsonSave(data)}
+    if iterator is not None:
+      items['iterator'] = DataIteratorSave(iterator)
+      items['data'] = ocp.args.JsonSave({**data, 'input_position_saved': True})
+    self._pending = step
+    try:
+      self._manager.save(step, args=ocp.args.Composite(**items), force=True)
+    except Exception as e:  # pylint: disable=broad-except
+      raise OSError(f'step {step}: {_cause(e)}') from e
+
+  def wait(self) -> None:
+    """Blocks until pending saves are committed, then prunes to keep-N. OSError when the pending
+    save failed (Orbax may only log it): the step is then not on disk, and older ones are kept."""
+    try:
+      self._manager.wait_until_finished()
+      self._manager.check_for_errors()
+    except Exception as e:  # pylint: disable=broad-except
+      raise OSError(f'step {self._pending}: {_cause(e)}') from e
+    if (self._pending is not None and jax.process_index() == 0
+        and not (self.directory / str(self._pending)).is_dir()):
+      raise OSError(f'step {self._pending}: not committed (see the log above)')
+    self._pending = None
+    steps = self.all_steps()
+    if self.keep and jax.process_index() == 0:
+      for s in steps[:-self.keep]:
+        self._manager.delete(s)
+
+  def restore(self, abstract_state: Any,
+              make_iterator: Callable[[dict], Any] | None = None) -> Restored | None:
+    """Restores the newest good step onto `abstract_state`'s shardings; None if there is none.
+
+    `make_iterator(data)` builds the input pipeline the checkpoint's data state describes; its
+    position is then restored too (or, for a checkpoint without one, replayed). A step that fails
+    to restore is moved aside with a warning and the next older one is tried. UsageError when the
+    checkpoint holds a different model or optimizer (shapes or names differ).
     """
-    steps = [step] if step is not None else sorted(self.all_steps(), reverse=True)
-    errors = []
-    for s in steps:
+    failed = []
+    for s in sorted(self.all_steps(), reverse=True):
+      step_dir = self.directory / str(s)
       try:
-        restored = self._manager.restore(s, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+        try:
+          saved_tree = _saved_tree(step_dir / 'state')
+        except Exception:  # pylint: disable=broad-except
+          saved_tree = None  # unreadable: the restore below reports it as corruption
+        if saved_tree is not None:
+          _check_matches(saved_tree, abstract_state, f'MODEL_DIR checkpoint step {s} ({step_dir})',
+                         'Use a new MODEL_DIR for this config, or the gin files that wrote it.')
+        data = dict(self._manager.restore(
+            s, args=ocp.args.Composite(data=ocp.args.JsonRestore()))['data'] or {})
+        iterator = make_iterator(data) if make_iterator else None
+        items = {'state': ocp.args.StandardRestore(abstract_state)}
+        has_position = (step_dir / 'iterator').is_dir()
+        if data.get('input_position_saved') and not has_position:
+          raise FileNotFoundError(f'{step_dir / "iterator"} (the input position) is missing')
+        if iterator is not None and has_position:
+          items['iterator'] = DataIteratorRestore(iterator)
+        state = self._manager.restore(s, args=ocp.args.Composite(**items))['state']
+        _check_finite(state['params'])
+      except UsageError:
+        raise
       except Exception as e:  # pylint: disable=broad-except
-        if step is not None:
-          raise
-        msg = f'checkpoint step {s} in {self.directory} could not be restored ({type(e).__name__}: {e})'
-        log.warning('%s; trying an older one', msg)
-        print(f'WARNING: {msg.splitlines()[0][:300]}; trying an older one', flush=True)
-        errors.append(msg)
+        cause = f'{type(e).__name__}: {(str(e).splitlines() or [""])[0]}'[:300]
+        print(f'WARNING: checkpoint step {s} in {self.directory} could not be restored '
+              f'({cause}); trying an older one', flush=True)
+        log.warning('checkpoint step %d not restorable', s, exc_info=e)
+        failed.append((s, cause))
         continue
-      return s, restored['state'], dict(restored['data'] or {})
-    if errors:
-      raise RuntimeError(
-          f'No checkpoint in {self.directory} could be restored:\n  ' + '\n  '.join(errors) +
-          '\nMove the directory aside (or point MODEL_DIR elsewhere) to start fresh.')
+      for bad, _ in failed:
+        self._set_aside(bad)
+      if iterator is not None and not has_position:
+        batches = int(data.get('batch', s))
+        print(f'WARNING: checkpoint step {s} holds no input position; replaying {batches} '
+              'batches to reach it', flush=True)
+        iterator.skip(batches)
+      return Restored(s, state, data, iterator)
+    if failed:
+      raise UsageError(
+          f'no checkpoint in {self.directory} could be restored ('
+          + '; '.join(f'step {s}: {cause}' for s, cause in failed)
+          + '). Nothing was changed; move the directory aside or point MODEL_DIR elsewhere to '
+          'start fresh.')
     return None
 
-  def wait(self):
-    """Blocks until pending async saves are committed."""
-    self._manager.wait_until_finished()
+  def _set_aside(self, step: int) -> None:
+    """Moves a step that does not restore (when an older one does) out of Orbax's view, so the
+    run can save that step again; kept for inspection, not deleted."""
+    aside = self.directory.parent / 'corrupt_checkpoints' / f'{step}.{time.strftime("%Y%m%d-%H%M%S")}'
+    print(f'WARNING: moved checkpoint step {step} to {aside}', flush=True)
+    if jax.process_index() == 0:
+      aside.parent.mkdir(parents=True, exist_ok=True)
+      (self.directory / str(step)).rename(aside)
+    if jax.process_count() > 1:
+      from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+      multihost_utils.sync_global_devices(f'set_aside_{step}')
+    self._manager.reload()
 
   def close(self):
-    self._manager.wait_until_finished()
+    self.wait()
     self._manager.close()
+
+
+def _cause(error: Exception) -> str:
+  """The OS reason inside a TensorStore/Orbax error ('File too large', 'No space left on
+  device'), else its first line."""
+  text = str(error).splitlines()[0] if str(error) else type(error).__name__
+  found = re.findall(r"([A-Za-z][A-Za-z ]+) \[os_error_code='(\d+)'\]", text)
+  return f'{found[-1][0].strip()} (errno {found[-1][1]})' if found else text[:300]
+
+
+def _check_finite(params: Any) -> None:
+  bad = [k for k, v in _flat(params).items() if not bool(np.all(np.isfinite(np.asarray(v))))] \
+      if jax.process_count() == 1 else []
+  if bad:
+    raise ValueError(f'non-finite values in params/{bad[0]}')
+
+
+def _saved_tree(state_dir: epath.Path) -> Any:
+  with ocp.PyTreeCheckpointer() as ckptr:
+    return ckptr.metadata(state_dir).item_metadata.tree
+
+
+def _check_matches(saved_tree: Any, abstract: Any, what: str, fix: str) -> None:
+  """UsageError unless the saved tree has `abstract`'s names and shapes."""
+  saved = {k: tuple(getattr(v, 'shape', ()) or ()) for k, v in _flat(saved_tree).items()}
+  want = {k: tuple(v.shape) for k, v in _flat(abstract).items()}
+  missing, extra = sorted(set(want) - set(saved)), sorted(set(saved) - set(want))
+  differ = [k for k in sorted(set(want) & set(saved)) if want[k] != saved[k]]
+  if missing or extra or differ:
+    detail = (f'{differ[0]} has shape {saved[differ[0]]} there, {want[differ[0]]} here' if differ
+              else f'it lacks {missing[:2]}' if missing else f'it has extra {extra[:2]}')
+    kind = 'model or optimizer' if 'opt_state' in str(missing + extra + differ) else 'model'
+    raise UsageError(f'{what} was written by a different {kind} ({detail}). {fix}')
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+  return {_key(p): x for p, x in jax.tree_util.tree_flatten_with_path(tree)[0]}
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
@@ -112,23 +262,12 @@ def load_params(path: str, abstract_params: Any) -> Any:
   """
   step_dir = find_step_dir(path)
   state_dir = (step_dir / 'state').absolute()
-  want = {_key(p): tuple(x.shape)
-          for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
+  saved_tree = _saved_tree(state_dir)
+  if 'params' not in saved_tree:
+    raise ValueError(f'{state_dir} holds no params (keys: {sorted(saved_tree)}).')
+  _check_matches(saved_tree['params'], abstract_params, str(step_dir),
+                 'Check that the model gin file describes the model that wrote it.')
   with ocp.PyTreeCheckpointer() as ckptr:
-    saved_tree = ckptr.metadata(state_dir).item_metadata.tree
-    if 'params' not in saved_tree:
-      raise ValueError(f'{state_dir} holds no params (keys: {sorted(saved_tree)}).')
-    saved = {_key(p): tuple(x.shape)
-             for p, x in jax.tree_util.tree_flatten_with_path(saved_tree['params'])[0]}
-    for problem, names in (('lacks', sorted(set(want) - set(saved))),
-                           ('has extra', sorted(set(saved) - set(want)))):
-      if names:
-        raise ValueError(f'{step_dir} {problem} params for this model config, e.g. {names[:3]}; '
-                         'check that the model gin file describes the model that wrote it.')
-    for name, shape in want.items():
-      if saved[name] != shape:
-        raise ValueError(f'{step_dir}: params/{name} has shape {saved[name]}, the model config '
-                         f'implies {shape}; check the model gin file.')
     target = {'params': abstract_params}
     restore_args = jax.tree.map(
         lambda x: (ocp.ArrayRestoreArgs(sharding=x.sharding) if getattr(x, 'sharding', None)

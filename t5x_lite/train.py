@@ -14,8 +14,11 @@ if __name__ == '__main__':
   from t5x_lite import train as _module
   sys.exit(_module.main())
 
+import hashlib
 import os
+import signal
 import sys
+import threading
 import time
 from typing import Mapping, Sequence
 
@@ -49,7 +52,8 @@ def train(*,
           num_data_shards: int | None = None,
           initial_checkpoint_path: str | None = None,
           eval_period: int = 0,
-          decode_sample: bool = True) -> dict:
+          decode_sample: bool = True,
+          on_nonfinite: str = 'stop') -> dict:
   """Trains `model_config` on `mixture_or_task_name`; returns the last logged metrics.
 
   `num_data_shards`: the data is read as this many seqio shards (see data/pipeline.py); the
@@ -65,7 +69,15 @@ def train(*,
 
   `eval_period`: every that many steps (and at the end), decode the task's validation split and run
   its metric functions (t5x_lite.eval.Evaluator); 0 turns it off.
+
+  `on_nonfinite`: a step whose loss or gradient is NaN/Inf is never applied; 'stop' ends the run
+  there (exit 2, nothing after the last checkpoint saved), 'skip' goes on and counts such steps.
+
+  The checkpoint holds the input position, so a run killed anywhere and rerun with the same command
+  continues bit for bit; SIGTERM/SIGINT finish the current step, save, and exit 0.
   """
+  if on_nonfinite not in ('stop', 'skip'):
+    raise gin_utils.UsageError(f"train.on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}.")
   if train_steps <= 0:
     raise gin_utils.UsageError(f'TRAIN_STEPS must be positive, got {train_steps}.')
   if batch_size <= 0:
@@ -91,9 +103,31 @@ def train(*,
 
   tx = trainer.make_optimizer(trainer.learning_rate_schedule())
   setup = trainer.setup_train_state(model_config, tx, seed, mesh, rules)
+  data_config = {'task': mixture_or_task_name, 'seed': seed, 'batch_size': batch_size,
+                 'task_feature_lengths': dict(task_feature_lengths),
+                 'vocabulary': _vocabulary_id(vocabulary)}
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    batch_spec = partitioning.logical_to_mesh_spec(('batch', 'length'), rules, mesh)
+    batch_sharding = jax.sharding.NamedSharding(mesh, batch_spec)
+
+    def make_batches(shards: int) -> pipeline.DataIterator:
+      try:
+        return pipeline.get_dataset(
+            mixture_or_task_name, task_feature_lengths, batch_size, split='train', shuffle=True,
+            seed=seed, num_data_shards=shards,
+            data_shards=_host_data_shards(batch_sharding, batch_size, shards),
+            feature_converter=models.feature_converter(model_config))
+      except ValueError as e:
+        raise gin_utils.UsageError(str(e)) from e
+
+    def resumed_batches(data_state: Mapping) -> pipeline.DataIterator:
+      _check_same_data(data_state, data_config, model_dir)
+      return make_batches(_resumed_data_shards(num_data_shards, data_state)
+                          or jax.process_count())
+
     ckpt = checkpoints.Checkpointer(os.path.join(model_dir, 'checkpoints'), keep=keep_checkpoints)
-    restored = ckpt.restore(setup.abstract_state)
+    restored = ckpt.restore(setup.abstract_state, resumed_batches)
+    skipped = 0
     if restored is None:
       state, start_step = setup.init(), 0
       if initial_checkpoint_path:
@@ -103,81 +137,115 @@ def train(*,
         except (FileNotFoundError, ValueError) as e:
           raise gin_utils.UsageError(f'INITIAL_CHECKPOINT_PATH: {e}') from e
         log(f'Initialized params from {checkpoints.find_step_dir(initial_checkpoint_path)}')
+      batches = make_batches(num_data_shards or jax.process_count())
     else:
-      start_step, state, data_state = restored
+      start_step, state, data_state, batches = restored
+      skipped = int(data_state.get('skipped_steps', 0))
       log(f'Resumed from step {start_step} in {ckpt.directory} '
           f"(data position: batch {data_state.get('batch', start_step)})")
-      num_data_shards = _resumed_data_shards(num_data_shards, data_state)
-    num_data_shards = num_data_shards or jax.process_count()
+    num_data_shards = batches.num_data_shards
     step_fn = jax.jit(trainer.make_train_step(setup.graphdef, setup.tx),
                       in_shardings=(setup.shardings, None), out_shardings=(setup.shardings, None),
                       donate_argnums=(0,))
-    batch_spec = partitioning.logical_to_mesh_spec(('batch', 'length'), rules, mesh)
-    batch_sharding = jax.sharding.NamedSharding(mesh, batch_spec)
-    try:
-      batches = pipeline.get_dataset(
-          mixture_or_task_name, task_feature_lengths, batch_size, split='train', shuffle=True,
-          seed=seed, num_data_shards=num_data_shards,
-          data_shards=_host_data_shards(batch_sharding, batch_size, num_data_shards),
-          start_batch=start_step, feature_converter=models.feature_converter(model_config))
-    except ValueError as e:
-      raise gin_utils.UsageError(str(e)) from e
 
     flops_per_step = models.training_flops_per_example(
         model_config, task_feature_lengths) * batch_size
     tokens_per_step = batch_size * sum(task_feature_lengths.values())
     peak = hardware.peak_flops_per_device() * jax.device_count()
     schedule = trainer.learning_rate_schedule()
-    writer = trainer.MetricsWriter(model_dir, train_steps, enabled=is_main)
+    writer = trainer.MetricsWriter(model_dir, train_steps, enabled=is_main, resume_step=start_step)
     timer = trainer.StepTimer()
     log(f'Training {mixture_or_task_name} for steps {start_step}..{train_steps} on mesh '
         f'{dict(mesh.shape)} ({jax.device_count()} devices, {jax.process_count()} processes), '
         f'global batch {batch_size} from {num_data_shards} data shard(s), '
         f'lengths {dict(task_feature_lengths)}')
+
+    def save(step):
+      try:
+        ckpt.save(step, state, {**data_config, 'batch': step, 'num_data_shards': num_data_shards,
+                                'skipped_steps': skipped}, batches)
+      except OSError as e:
+        raise _save_failed(ckpt, e) from e
+
+    def check_finite(step, metrics):
+      """The step function never applies a non-finite update; here the run stops or counts it."""
+      nonlocal skipped
+      if bool(jax.device_get(metrics['finite'])):
+        return
+      loss, gnorm = (float(x) for x in jax.device_get((metrics['loss'], metrics['grad_norm'])))
+      if on_nonfinite == 'skip':
+        skipped += 1
+        log(f'WARNING: step {step}: loss {loss}, grad norm {gnorm}; update skipped '
+            f'({skipped} skipped so far)')
+        return
+      _close(ckpt, writer)
+      raise gin_utils.UsageError(
+          f'loss {loss}, grad norm {gnorm} at step {step}: training stopped before applying it. '
+          f'The last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Lower the '
+          'learning rate or clip gradients (--gin.make_optimizer.grad_clip_norm=1.0), or skip such '
+          "steps with --gin.train.on_nonfinite='skip'; then rerun the same command to resume.")
+
     last = {}
     evaluator = None
     step = start_step
+    unchecked = None  # (step, metrics) whose finiteness is read one step later, without a stall
+    stop = _StopSignals()
     t_start = time.perf_counter()
-    while step < train_steps:
-      local = next(batches)
-      batch = {k: jax.make_array_from_process_local_data(batch_sharding, v,
-                                                         (batch_size, *v.shape[1:]))
-               for k, v in local.items()}
-      state, metrics = step_fn(state, batch)
-      step += 1
-      if step == start_step + 1:
-        jax.block_until_ready(metrics)  # the first step includes compilation: time from here
-        timer.start()
-        compile_s = time.perf_counter() - t_start
-        log(f'step {step} (compiled in {compile_s:.1f}s)')
-      else:
-        timer.tick()
-      if step % log_period == 0 or step == train_steps:
-        metrics = jax.device_get(metrics)
-        s_per_step, n = timer.rate()
-        last = {k: float(v) for k, v in metrics.items()}
-        last['learning_rate'] = float(schedule(step - 1))
-        if n:
-          last['steps_per_s'] = 1.0 / s_per_step
-          last['tokens_per_s'] = tokens_per_step / s_per_step
-          last['mfu'] = flops_per_step / s_per_step / peak
-        if not np.isfinite(last['loss']):
-          raise FloatingPointError(
-              f'loss is {last["loss"]} at step {step}; the last good checkpoint in '
-              f'{ckpt.directory} is step {ckpt.latest_step()}. Lower the learning rate or check '
-              'the data, then rerun the same command to resume.')
-        eta = (train_steps - step) * s_per_step if n else None
-        writer.write(step, last, eta)
-      if eval_period and (step % eval_period == 0 or step == train_steps):
-        if evaluator is None:
-          evaluator = _make_evaluator(mixture_or_task_name, task_feature_lengths, model_config)
-        if evaluator:
-          writer.write(step, evaluator.evaluate(nnx.merge(setup.graphdef, state['params'])))
-      if step % checkpoint_period == 0 or step == train_steps:
-        ckpt.save(step, state, {'batch': step, 'seed': seed, 'task': mixture_or_task_name,
-                                'num_data_shards': num_data_shards})
-    ckpt.close()
-    writer.close()
+    with stop:
+      while step < train_steps:
+        local = next(batches)
+        batch = {k: jax.make_array_from_process_local_data(batch_sharding, v,
+                                                           (batch_size, *v.shape[1:]))
+                 for k, v in local.items()}
+        state, metrics = step_fn(state, batch)
+        step += 1
+        if step == start_step + 1:
+          jax.block_until_ready(metrics)  # the first step includes compilation: time from here
+          timer.start()
+          compile_s = time.perf_counter() - t_start
+          log(f'step {step} (compiled in {compile_s:.1f}s)')
+        else:
+          timer.tick()
+        if unchecked:
+          check_finite(*unchecked)
+        unchecked = (step, metrics)
+        stopping = stop.requested(step)
+        logging_now = step % log_period == 0 or step == train_steps
+        evaluating = eval_period and (step % eval_period == 0 or step == train_steps)
+        saving = step % checkpoint_period == 0 or step == train_steps or stopping
+        if logging_now or evaluating or saving:
+          check_finite(*unchecked)
+          unchecked = None
+        if logging_now:
+          metrics = jax.device_get(metrics)
+          s_per_step, n = timer.rate()
+          last = {k: float(v) for k, v in metrics.items()}
+          last['learning_rate'] = float(schedule(step - 1))
+          if n:
+            last['steps_per_s'] = 1.0 / s_per_step
+            last['tokens_per_s'] = tokens_per_step / s_per_step
+            last['mfu'] = flops_per_step / s_per_step / peak
+          if on_nonfinite == 'skip':
+            last['skipped_steps'] = skipped
+          eta = (train_steps - step) * s_per_step if n else None
+          writer.write(step, last, eta)
+        if evaluating:
+          if evaluator is None:
+            evaluator = _make_evaluator(mixture_or_task_name, task_feature_lengths, model_config)
+          if evaluator:
+            writer.write(step, evaluator.evaluate(nnx.merge(setup.graphdef, state['params'])))
+        if saving:
+          save(step)
+        if stopping:
+          break
+    try:
+      _close(ckpt, writer)
+    except OSError as e:
+      raise _save_failed(ckpt, e) from e
+    if stop.signal_name:
+      log(f'{stop.signal_name} received: stopped after step {step} and saved checkpoint step '
+          f'{step} to {ckpt.directory}. Rerun the same command to resume.')
+      return last
     if step > start_step:
       log(f'Saved checkpoint step {step} to {ckpt.directory}')
     else:
@@ -206,6 +274,73 @@ def _make_evaluator(task_name, task_feature_lengths, config):
     log(f'(EVAL_PERIOD: {task_name} has no metric functions; nothing to evaluate)')
     return False
   return eval_lib.Evaluator(task_name, task_feature_lengths, config)
+
+
+def _vocabulary_id(vocabulary) -> dict:
+  """What identifies the vocabulary in a checkpoint: a different one makes its ids meaningless."""
+  return {'sentencepiece_sha256': hashlib.sha256(vocabulary.sp_model).hexdigest()[:16],
+          'vocab_size': int(vocabulary.vocab_size), 'extra_ids': int(vocabulary.extra_ids)}
+
+
+def _check_same_data(saved: Mapping, current: Mapping, model_dir: str) -> None:
+  """A resumed run continues the checkpoint's data stream; another task, batch, length, seed or
+  vocabulary would not, so refuse rather than mix them."""
+  for key, value in current.items():
+    if key in saved and saved[key] != value:
+      raise gin_utils.UsageError(
+          f'MODEL_DIR {model_dir} holds a run with {key} {saved[key]}, and this config has '
+          f'{value}; resuming would not continue its data. Use a new MODEL_DIR (start from its '
+          f'params with --gin.INITIAL_CHECKPOINT_PATH={model_dir!r}), or restore the setting.')
+
+
+def _save_failed(ckpt: checkpoints.Checkpointer, error: OSError) -> gin_utils.UsageError:
+  return gin_utils.UsageError(
+      f'could not write a checkpoint to {ckpt.directory} ({error}); '
+      f'the last complete checkpoint is step {ckpt.committed_step()}. Free space on that disk '
+      '(or move MODEL_DIR) and rerun the same command to resume.')
+
+
+def _close(ckpt: checkpoints.Checkpointer, writer: trainer.MetricsWriter) -> None:
+  writer.close()
+  ckpt.close()
+
+
+class _StopSignals:
+  """SIGTERM/SIGINT (preemption, Ctrl-C) ask the loop to save and stop after the current step.
+
+  Multi-process jobs use JAX's preemption service instead, which agrees on one step across hosts.
+  A second Ctrl-C interrupts at once.
+  """
+
+  def __init__(self):
+    self.signal_name = None
+    self._previous = {}
+
+  def __enter__(self):
+    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
+      for sig in (signal.SIGTERM, signal.SIGINT):
+        self._previous[sig] = signal.signal(sig, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    if self.signal_name and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.signal_name = signal.Signals(signum).name
+    log(f'{self.signal_name} received: finishing step and saving a checkpoint ...')
+
+  def requested(self, step: int) -> bool:
+    if jax.process_count() > 1:
+      try:
+        from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+        if multihost_utils.reached_preemption_sync_point(step):
+          self.signal_name = 'preemption notice'
+      except (RuntimeError, AttributeError):
+        pass
+    return self.signal_name is not None
+
+  def __exit__(self, *exc):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
 
 
 def _resumed_data_shards(configured: int | None, data_state: Mapping) -> int | None:

@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from t5x_lite import checkpoints, models, partitioning
+from t5x_lite import checkpoints, gin_utils, models, partitioning
 
 TrainState = dict  # {'step': int32[], 'params': pytree, 'opt_state': pytree, 'rng': key data}
 
@@ -42,12 +42,13 @@ def learning_rate_schedule(kind: str = 'rsqrt', base_learning_rate: float = 1.0,
     return optax.constant_schedule(base_learning_rate)
   if kind == 'linear_warmup_cosine':
     if not total_steps:
-      raise ValueError('learning_rate_schedule.total_steps must be set for linear_warmup_cosine '
-                       '(e.g. --gin.learning_rate_schedule.total_steps=%TRAIN_STEPS).')
+      raise gin_utils.UsageError(
+          'learning_rate_schedule.total_steps must be set for linear_warmup_cosine '
+          '(e.g. --gin.learning_rate_schedule.total_steps=%TRAIN_STEPS).')
     return optax.warmup_cosine_decay_schedule(0.0, base_learning_rate, warmup_steps, total_steps,
                                               base_learning_rate * final_fraction)
-  raise ValueError(f"Unknown learning_rate_schedule.kind {kind!r}; choose 'rsqrt', 'constant' or "
-                   "'linear_warmup_cosine'.")
+  raise gin_utils.UsageError(f"Unknown learning_rate_schedule.kind {kind!r}; choose 'rsqrt', "
+                             "'constant' or 'linear_warmup_cosine'.")
 
 
 @gin.configurable
@@ -64,7 +65,8 @@ def make_optimizer(schedule: optax.Schedule, name: str = 'adafactor',
   elif name == 'adamw':
     tx = optax.adamw(schedule, b1=adam_b1, b2=adam_b2, weight_decay=weight_decay)
   else:
-    raise ValueError(f"Unknown make_optimizer.name {name!r}; choose 'adafactor' or 'adamw'.")
+    raise gin_utils.UsageError(
+        f"Unknown make_optimizer.name {name!r}; choose 'adafactor' or 'adamw'.")
   if grad_clip_norm:
     tx = optax.chain(optax.clip_by_global_norm(grad_clip_norm), tx)
   return tx
@@ -168,7 +170,7 @@ def setup_train_state(config: models.T5Config, tx: optax.GradientTransformation,
 
   def init():
     model = models.build_model(config, models.eager_rngs(seed))
-    params = nnx.state(model).to_pure_dict()
+    params = nnx.to_pure_dict(nnx.state(model))
     return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params),
             'rng': jax.random.key_data(jax.random.key(seed))}
 
@@ -181,7 +183,7 @@ def abstract_params_and_axes(config: models.T5Config):
 
   Call it outside `jax.set_mesh`: under a mesh, nnx.eval_shape reads logical names as mesh axes."""
   graphdef, state = nnx.split(models.abstract_model(config))
-  return graphdef, state.to_pure_dict(), partitioning.param_logical_axes(state)
+  return graphdef, nnx.to_pure_dict(state), partitioning.param_logical_axes(state)
 
 
 @gin.configurable
@@ -220,19 +222,26 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, num_microbatches
     denom = jnp.maximum(sums['weight_sum'], 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
     updates, opt_state = tx.update(grads, state['opt_state'], params)
+    loss = (sums['cross_ent_sum'] + sums['z_loss_sum']) / denom
+    grad_norm = optax.tree.norm(grads)
+    # A NaN/Inf loss or gradient must not reach the params: such a step keeps the old params and
+    # optimizer state (the caller decides whether to stop or go on).
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
     new_state = {
         'step': state['step'] + 1,
-        'params': optax.apply_updates(params, updates),
-        'opt_state': opt_state,
+        'params': keep_if_bad(optax.apply_updates(params, updates), params),
+        'opt_state': keep_if_bad(opt_state, state['opt_state']),
         'rng': state['rng'],
     }
     metrics = {
-        'loss': (sums['cross_ent_sum'] + sums['z_loss_sum']) / denom,
+        'loss': loss,
         'cross_ent_loss': sums['cross_ent_sum'] / denom,
         'z_loss': sums['z_loss_sum'] / denom,
         'accuracy': sums['correct_sum'] / denom,
         'target_tokens': sums['weight_sum'],
-        'grad_norm': optax.global_norm(grads),
+        'grad_norm': grad_norm,
+        'finite': finite,
     }
     return new_state, metrics
 
@@ -246,14 +255,17 @@ class MetricsWriter:
   """Writes each logged step to MODEL_DIR/metrics.jsonl and TensorBoard, and prints a progress line
   (step, loss, tokens/s, MFU, ETA). Only process 0 writes."""
 
-  def __init__(self, model_dir: str, total_steps: int, enabled: bool = True):
+  def __init__(self, model_dir: str, total_steps: int, enabled: bool = True,
+               resume_step: int = 0):
     self.enabled = enabled
     self.total_steps = total_steps
     self._jsonl = None
     self._tb = None
     if enabled:
       os.makedirs(model_dir, exist_ok=True)
-      self._jsonl = open(os.path.join(model_dir, 'metrics.jsonl'), 'a')
+      path = os.path.join(model_dir, 'metrics.jsonl')
+      _drop_rows_after(path, resume_step)
+      self._jsonl = open(path, 'a')
       import tensorboardX  # pylint: disable=import-outside-toplevel  (it imports torch if present)
       self._tb = tensorboardX.SummaryWriter(os.path.join(model_dir, 'train'))
 
@@ -283,6 +295,27 @@ class MetricsWriter:
       self._jsonl.close()
     if self._tb:
       self._tb.close()
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+  """Rows a killed run logged after its last checkpoint are logged again on resume: drop them
+  first, so metrics.jsonl has one row per step."""
+  if not os.path.exists(path):
+    return
+  with open(path) as f:
+    lines = f.readlines()
+  keep = [line for line in lines if line.strip() and _row_step(line) <= step]
+  if len(keep) != len(lines):
+    with open(path + '.tmp', 'w') as f:
+      f.writelines(keep)
+    os.replace(path + '.tmp', path)
+
+
+def _row_step(line: str) -> float:
+  try:
+    return json.loads(line)['step']
+  except (ValueError, KeyError, TypeError):
+    return float('inf')  # a torn last line from a killed writer
 
 
 def format_seconds(s: float) -> str:

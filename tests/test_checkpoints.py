@@ -27,7 +27,7 @@ def test_round_trip_keeps_newest_n_and_data_position(tmp_path):
   ckpt.wait()
   assert ckpt.all_steps() == [2, 3]
   mesh = partitioning.create_mesh({'data': -1})
-  step, state, data = ckpt.restore(_abstract(mesh))
+  step, state, data, _ = ckpt.restore(_abstract(mesh))
   ckpt.close()
   assert step == 3 and data == {'batch': 3}
   np.testing.assert_array_equal(state['params']['w'], np.full((4, 8), 3.0))
@@ -49,7 +49,7 @@ def test_a_step_with_missing_files_falls_back_to_the_previous_one(tmp_path, caps
   shutil.rmtree(tmp_path / '2' / 'state')
   ckpt = checkpoints.Checkpointer(str(tmp_path), keep=3)
   assert ckpt.latest_step() == 2
-  step, state, data = ckpt.restore(_abstract(partitioning.create_mesh({'data': -1})))
+  step, state, data, _ = ckpt.restore(_abstract(partitioning.create_mesh({'data': -1})))
   ckpt.close()
   assert step == 1 and data['batch'] == 1
   assert float(state['params']['w'][0, 0]) == 1.0

@@ -8,14 +8,20 @@ The data is split into `num_data_shards` disjoint seqio shards (`ShardInfo`), an
 is made of one equal block of rows from every shard, in shard order. A host reads only the shards
 whose blocks land on its devices, so the global batches depend on the seed and `num_data_shards`
 alone, not on how many hosts read them: 1 process and 4 processes train on the same examples, and a
-checkpoint can resume on another process count without skipping or repeating data. Everything random is seeded, so two calls with the same arguments give the same batches,
-and ``start_batch=k`` gives exactly the batches an uninterrupted run would see from step k on
-(by replaying and dropping the first k, which costs the input time of k steps but needs no state).
+checkpoint can resume on another process count without skipping or repeating data.
+
+Everything random is seeded, so two calls with the same arguments give the same batches. The
+position within the data is the state of each shard's tf.data iterator (shuffle buffers, packing
+carry-over, prefetched batches included): `DataIterator.save`/`restore` write and read it per shard,
+so a resumed run continues exactly where the checkpointed one was, on any process count, without
+re-reading what came before. ``start_batch=k`` (replay k batches and drop them) is the fallback for
+checkpoints that hold no iterator state.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 from typing import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -37,7 +43,7 @@ def get_dataset(mixture_or_task_name: str,
                 pack: bool = True,
                 start_batch: int = 0,
                 num_epochs: int | None = None,
-                feature_converter: seqio.FeatureConverter | None = None) -> Iterator[Batch]:
+                feature_converter: seqio.FeatureConverter | None = None) -> 'DataIterator':
   """Iterates over this host's share of each global batch, as numpy arrays.
 
   Args:
@@ -55,7 +61,7 @@ def get_dataset(mixture_or_task_name: str,
       encoder-decoder one with `pack`.
 
   Returns:
-    An iterator of dicts with ``encoder_input_tokens``, ``decoder_target_tokens``,
+    A `DataIterator` (checkpointable) of dicts with ``encoder_input_tokens``, ``decoder_target_tokens``,
     ``decoder_input_tokens``, ``decoder_loss_weights`` (+ segment ids and positions if packed),
     each of shape [len(data_shards) * batch_size // num_data_shards, length].
   """
@@ -81,13 +87,54 @@ def get_dataset(mixture_or_task_name: str,
     except ValueError as e:
       raise ValueError(f'{mixture_or_task_name!r} with task_feature_lengths '
                        f'{dict(task_feature_lengths)}: {e}') from e
-  if len(shards) == 1:
-    ds = shards[0]
-  else:
-    ds = tf.data.Dataset.zip(tuple(shards)).map(
-        lambda *blocks: {k: tf.concat([b[k] for b in blocks], axis=0) for k in blocks[0]})
-  ds = ds.skip(start_batch).prefetch(tf.data.AUTOTUNE)
-  return ds.as_numpy_iterator()
+  return DataIterator({index: shard.skip(start_batch).prefetch(tf.data.AUTOTUNE)
+                       for index, shard in zip(data_shards, shards)}, num_data_shards)
+
+
+class DataIterator(Iterator[Batch]):
+  """This host's shards as one iterator of numpy batches, whose position can be checkpointed.
+
+  Each shard keeps its own tf.data iterator, saved under its own name
+  (``shard-00003-of-00008``), so a checkpoint written by hosts reading some shards restores on
+  hosts reading others.
+  """
+
+  def __init__(self, shards: Mapping[int, tf.data.Dataset], num_data_shards: int):
+    self.num_data_shards = num_data_shards
+    self._iterators = {index: iter(ds) for index, ds in shards.items()}
+
+  def __next__(self) -> Batch:
+    blocks = [next(it) for it in self._iterators.values()]
+    if len(blocks) == 1:
+      return {k: v.numpy() for k, v in blocks[0].items()}
+    return {k: np.concatenate([b[k].numpy() for b in blocks]) for k in blocks[0]}
+
+  def skip(self, num_batches: int) -> None:
+    """Reads and drops `num_batches` (the replay fallback for a position without saved state)."""
+    for it in self._iterators.values():
+      for _ in range(num_batches):
+        next(it)
+
+  def _prefix(self, directory: str, index: int) -> str:
+    return os.path.join(directory, f'shard-{index:05d}-of-{self.num_data_shards:05d}')
+
+  def save(self, directory: str) -> None:
+    """Writes the position of each of this host's shards into `directory`."""
+    for index, it in self._iterators.items():
+      try:
+        tf.train.Checkpoint(iterator=it).write(self._prefix(directory, index))
+      except tf.errors.OpError as e:  # e.g. a full disk: report it as the OSError it is
+        reason = e.message.rsplit(';', 1)[-1].split('[Op:')[0].strip()
+        raise OSError(f'{reason} (writing the input position)') from e
+
+  def restore(self, directory: str) -> None:
+    """Moves each shard to the position saved in `directory`; ValueError if one is missing."""
+    for index, it in self._iterators.items():
+      prefix = self._prefix(directory, index)
+      if not tf.io.gfile.exists(prefix + '.index'):
+        raise ValueError(f'no saved input position for data shard {index} of '
+                         f'{self.num_data_shards} in {directory}')
+      tf.train.Checkpoint(iterator=it).read(prefix).assert_consumed()
 
 
 def _get_task(name: str) -> seqio.Task | seqio.Mixture:
