@@ -89,8 +89,19 @@ def initialize(args: argparse.Namespace, environ: Mapping[str, str] = os.environ
         f'{jax.local_device_count()} local / {jax.device_count()} global devices', flush=True)
 
 
+class _Parser(argparse.ArgumentParser):
+  """Reports a bad flag value as a DistributedError (one line, exit 2), not usage text + exit."""
+
+  def error(self, message):
+    raise DistributedError(f'{message}; the distributed flags are --coordinator_address=HOST:PORT '
+                           '--num_processes=N --process_id=I [--distributed=off|auto].')
+
+
 def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-  """Splits the distributed flags off `argv`; returns (namespace, the other arguments)."""
-  parser = argparse.ArgumentParser(add_help=False)
+  """Splits the distributed flags off `argv`; returns (namespace, the other arguments).
+
+  Abbreviations are not expanded: `--num=2` is an unknown argument, not --num_processes=2.
+  """
+  parser = _Parser(add_help=False, allow_abbrev=False)
   add_flags(parser)
   return parser.parse_known_args(list(argv))

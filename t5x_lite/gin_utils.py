@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ast
 import os
+import re
 import sys
 
 import gin
@@ -15,6 +17,11 @@ REPO_GIN_DIR = os.path.join(REPO_ROOT, 'gin')
 
 class UsageError(ValueError):
   """Bad command-line input: reported as one line naming the cause and the fix."""
+
+
+class MissingFileError(UsageError, FileNotFoundError):
+  """A file the configuration names is not there: a UsageError that code catching
+  FileNotFoundError also catches."""
 
 
 def split_flags(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
@@ -68,6 +75,41 @@ def parse(files: list[str], bindings: list[str]) -> None:
   except (ValueError, SyntaxError, KeyError, ImportError) as e:
     raise UsageError(f'gin: {str(e).splitlines()[0]} — check the gin files and --gin.* overrides '
                      '(names are configurable.parameter or MACRO).') from e
+  _check_references()
+
+
+def _check_references() -> None:
+  """Every macro used is set, or a UsageError says which; a macro left `%gin.REQUIRED` fails the
+  same way, but only when something uses it (`python -m t5x_lite.plan` reads a run gin file
+  without MODEL_DIR). Unchecked, the first would fail when its configurable is called, as gin's
+  TypeError deep in a traceback, and the second would hand gin's placeholder object on as a value."""
+  config = gin.config._CONFIG  # pylint: disable=protected-access  (gin has no public view of it)
+  unset = []
+  for (scope, selector), params in list(config.items()):
+    for parameter, value in params.items():
+      if selector == 'gin.macro':
+        user = scope
+      else:
+        user = f'{scope}/{selector}.{parameter}' if scope else f'{selector}.{parameter}'
+      for ref in gin.config.iterate_references(value):
+        if ((ref.configurable.module, ref.configurable.name) == ('gin', 'macro')
+            and ref.config_key not in config):
+          name = ref.scoped_selector.rsplit('/', 1)[0]
+          raise UsageError(f'gin macro {name} (used by {user}) is never set; set it in a gin file '
+                           f'or with --gin.{name}=VALUE, or fix the name.')
+      if (selector == 'gin.macro' and isinstance(value, gin.config.ConfigurableReference)
+          and value.scoped_selector == 'gin.REQUIRED/gin.constant'):
+        unset.append(scope)
+  for name in unset:
+    gin.parse_config(f'{name} = @{name}/t5x_lite.required_macro_not_set()')
+
+
+@gin.register(module='t5x_lite')
+def required_macro_not_set():
+  """The value of a macro left `%gin.REQUIRED` (its name is the gin scope): using it is an error."""
+  name = gin.current_scope_str()
+  raise UsageError(f'{name} is gin.REQUIRED and no gin file or flag sets it; set it with '
+                   f'--gin.{name}=VALUE.')
 
 
 def query_macro(name: str):
@@ -92,8 +134,15 @@ def run_cli(fn, argv: list[str] | None = None) -> int:
   except UsageError as e:
     if verbose:
       raise
-    print(f'error: {e}', file=sys.stderr)
+    print(f'error: {one_line(e)}', file=sys.stderr)
     return 2
+
+
+def one_line(error: BaseException) -> str:
+  """The error's message on one line, without the call sites gin appends to errors raised inside
+  configurables ("In call to configurable 'train'"): they belong in the --verbose traceback."""
+  message = re.split(r'\n\s*In (?:call to configurable|file|bindings string)\b', str(error))[0]
+  return ' '.join(message.split())
 
 
 def run_main(fn, argv: list[str] | None = None) -> int:
@@ -102,6 +151,20 @@ def run_main(fn, argv: list[str] | None = None) -> int:
   def parse_then_run(args):
     files, bindings, rest = split_flags(args)
     parse(files, bindings)
-    return fn(rest)
+    try:
+      return fn(rest)
+    except RuntimeError as e:
+      missing = re.match(r'Required bindings for `(.+?)` not provided in config: (\[.*?\])', str(e))
+      if not missing:
+        raise
+      raise _required_error(missing.group(1), ast.literal_eval(missing.group(2))) from e
 
   return run_cli(parse_then_run, argv)
+
+
+def _required_error(configurable: str, parameters: list[str]) -> UsageError:
+  """gin's "Required bindings ... not provided" (a parameter whose default is gin.REQUIRED)."""
+  names = ', '.join(f'{configurable}.{p}' for p in parameters)
+  flags = ' '.join(f'--gin.{configurable}.{p}=VALUE' for p in parameters)
+  return UsageError(f'{names}: required (gin.REQUIRED) but bound by no gin file; set in a gin file '
+                    f'or with {flags}.')

@@ -17,6 +17,8 @@ from flax import nnx
 from flax.core import spmd as flax_spmd
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
+from t5x_lite.gin_utils import UsageError
+
 LogicalRules = Sequence[tuple[str, Any]]
 
 # Parameters carry logical names as metadata and are placed by `jax.jit(out_shardings=...)` from the
@@ -46,7 +48,7 @@ PRESETS = {'data_parallel': DATA_PARALLEL_RULES, 'fsdp': FSDP_RULES, '2d': TWO_D
 def logical_axis_rules(preset: str = '2d', extra_rules: LogicalRules = ()) -> tuple:
   """The rule table for `preset`, with `extra_rules` taking precedence."""
   if preset not in PRESETS:
-    raise ValueError(
+    raise UsageError(
         f'Unknown sharding preset {preset!r}; choose one of {sorted(PRESETS)} '
         '(gin: logical_axis_rules.preset).')
   return tuple(extra_rules) + tuple(PRESETS[preset])
@@ -58,11 +60,11 @@ def resolve_mesh_shape(mesh_shape: Mapping[str, int], num_devices: int) -> dict[
   unknown = [k for k, v in shape.items() if v == -1]
   if len(unknown) > 1:
     raise ValueError(f'MESH_SHAPE {shape} has more than one -1 entry; at most one axis can take '
-                     '"the rest" of the devices.')
+                     '"the rest" of the devices: give all but one axis a size.')
   known = math.prod(v for v in shape.values() if v != -1)
   if any(v == 0 or v < -1 for v in shape.values()):
-    raise ValueError(f'MESH_SHAPE {shape} has a size that is 0 or below -1; sizes are positive '
-                     'or -1 for "the rest".')
+    raise ValueError(f'MESH_SHAPE {shape} has a size that is 0 or below -1; set --gin.MESH_SHAPE '
+                     'with positive sizes, or -1 for the one axis that takes "the rest".')
   if unknown:
     if num_devices % known:
       raise ValueError(f'MESH_SHAPE {shape}: {num_devices} devices are not divisible by {known}.')
@@ -81,6 +83,24 @@ def create_mesh(mesh_shape: Mapping[str, int], devices: Sequence[jax.Device] | N
   shape = resolve_mesh_shape(mesh_shape, len(devices))
   device_array = np.asarray(devices).reshape(tuple(shape.values()))
   return Mesh(device_array, tuple(shape), axis_types=(AxisType.Auto,) * len(shape))
+
+
+def check_mesh_axes(mesh_shape: Mapping[str, int], rules: LogicalRules) -> None:
+  """Every mesh axis is one that `rules` or a preset names, or a UsageError says which is not.
+
+  Model code never names mesh axes, so arrays are only copied across an axis no rule maps to: a
+  misspelt axis ('dta') would silently train without the sharding it was meant for. An axis that a
+  preset names but `rules` leave unused ('model' under 'data_parallel') is allowed: that
+  replication is a layout one may want to compare against (bench/sharding_equivalence.py).
+  """
+  known = {a for table in (rules, *PRESETS.values()) for _, target in table
+           for a in ((target,) if isinstance(target, str) else tuple(target or ()))}
+  for axis in mesh_shape:
+    if axis not in known:
+      raise UsageError(
+          f'MESH_SHAPE axis {axis!r} is not one logical_axis_rules shard over (they know '
+          f'{sorted(known)}), so arrays would only be copied across it. Fix its name, or add rules '
+          'for it (gin: logical_axis_rules.extra_rules).')
 
 
 def logical_to_mesh_spec(logical_axes: Sequence[str | None] | None,

@@ -86,12 +86,21 @@ def train(*,
     raise gin_utils.UsageError(
         f'MODEL_DIR {model_dir!r} is a URL; metrics and TensorBoard files are written with local '
         'file APIs. Mount the bucket (e.g. gcsfuse) or use a shared filesystem path.')
+  try:
+    os.makedirs(model_dir, exist_ok=True)
+  except OSError as e:
+    raise gin_utils.UsageError(f'MODEL_DIR {model_dir} cannot be created ({e.strerror}); set '
+                               '--gin.MODEL_DIR to a directory you can write.') from e
+  if not os.access(model_dir, os.W_OK | os.X_OK):
+    raise gin_utils.UsageError(f'MODEL_DIR {model_dir} cannot be written (no permission); set '
+                               '--gin.MODEL_DIR to a directory you can write.')
   is_main = jax.process_index() == 0
   try:
     mesh = partitioning.create_mesh(mesh_shape)
   except ValueError as e:
     raise gin_utils.UsageError(str(e)) from e
   rules = partitioning.logical_axis_rules()
+  partitioning.check_mesh_axes(dict(mesh.shape), rules)
 
   vocabulary = vocab.get_vocabulary()
   if model_config.vocab_size < vocabulary.vocab_size:
@@ -129,6 +138,7 @@ def train(*,
     restored = ckpt.restore(setup.abstract_state, resumed_batches)
     skipped = 0
     if restored is None:
+      batches = make_batches(num_data_shards or jax.process_count())  # bad data config: fail fast
       state, start_step = setup.init(), 0
       if initial_checkpoint_path:
         try:
@@ -137,7 +147,6 @@ def train(*,
         except (FileNotFoundError, ValueError) as e:
           raise gin_utils.UsageError(f'INITIAL_CHECKPOINT_PATH: {e}') from e
         log(f'Initialized params from {checkpoints.find_step_dir(initial_checkpoint_path)}')
-      batches = make_batches(num_data_shards or jax.process_count())
     else:
       start_step, state, data_state, batches = restored
       skipped = int(data_state.get('skipped_steps', 0))
@@ -181,7 +190,9 @@ def train(*,
       _close(ckpt, writer)
       raise gin_utils.UsageError(
           f'loss {loss}, grad norm {gnorm} at step {step}: training stopped before applying it. '
-          f'The last good checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Lower the '
+          + (f'The last good checkpoint is step {ckpt.committed_step()} in {ckpt.directory}. '
+             if ckpt.committed_step() is not None else 'No checkpoint has been saved yet. ')
+          + 'Lower the '
           'learning rate or clip gradients (--gin.make_optimizer.grad_clip_norm=1.0), or skip such '
           "steps with --gin.train.on_nonfinite='skip'; then rerun the same command to resume.")
 

@@ -30,7 +30,7 @@ import tensorflow as tf
 from absl import logging
 from sentencepiece import sentencepiece_model_pb2
 
-from t5x_lite import paths
+from t5x_lite import gin_utils, paths
 from t5x_lite.data import corpus
 
 T5_VOCAB_SIZE = 32000       # T5's SentencePiece model (cc_all.32000).
@@ -160,12 +160,37 @@ def get_vocabulary(spm_path: str | None = None,
   """
   if spm_path is None:
     return DefaultSentencePieceVocabulary(extra_ids=extra_ids)
+  fix = ('Train one with `python -m t5x_lite.vocab --input=text.txt --model_prefix=out/spm`, or '
+         'leave get_vocabulary.spm_path unset to use the default vocabulary of the bundled corpus.')
   if not tf.io.gfile.exists(spm_path):
-    raise FileNotFoundError(
-        f'SentencePiece model {spm_path!r} does not exist (gin: get_vocabulary.spm_path). Train '
-        'one with `python -m t5x_lite.vocab --input=text.txt --model_prefix=out/spm`, or leave '
-        'spm_path unset to use the default vocabulary trained on the bundled corpus.')
+    raise gin_utils.MissingFileError(
+        f'SentencePiece model {spm_path!r} does not exist (gin: get_vocabulary.spm_path). {fix}')
+  _check_t5_model(spm_path, fix)
   return seqio.SentencePieceVocabulary(spm_path, extra_ids=extra_ids)
+
+
+def _check_t5_model(spm_path: str, fix: str) -> None:
+  """The file is a SentencePiece model with T5's special ids, or a UsageError says what it is.
+
+  seqio would load it lazily, failing inside tf.data or, with other ids, training on a wrong EOS.
+  """
+  try:
+    with tf.io.gfile.GFile(spm_path, 'rb') as f:
+      proto = f.read()
+  except (OSError, tf.errors.OpError) as e:
+    raise gin_utils.UsageError(
+        f'SentencePiece model {spm_path!r} cannot be read ({type(e).__name__}: '
+        f'{getattr(e, "strerror", None) or e}); check the path and its permissions.') from e
+  try:
+    model = spm.SentencePieceProcessor(model_proto=proto)
+  except RuntimeError as e:  # sentencepiece's parse error
+    raise gin_utils.UsageError(f'{spm_path!r} is not a SentencePiece model (gin: '
+                               f'get_vocabulary.spm_path). {fix}') from e
+  ids = (model.pad_id(), model.eos_id(), model.unk_id())
+  if model.get_piece_size() < 3 or ids != (PAD_ID, EOS_ID, UNK_ID):
+    raise gin_utils.UsageError(
+        f'SentencePiece model {spm_path!r} has {model.get_piece_size()} pieces with pad, eos, unk '
+        f'ids {ids}; T5 models need {(PAD_ID, EOS_ID, UNK_ID)}. {fix}')
 
 
 def default_vocabulary() -> seqio.SentencePieceVocabulary:

@@ -343,6 +343,14 @@ def test_reserved_for_packing_shortens_the_chunks(sp_vocab):
   assert max(len(ex['inputs']) for ex in examples) == 500
 
 
+def test_inputs_too_short_for_one_noise_span_are_rejected(sp_vocab):
+  # 4 -> 4-token chunks, 1 noise token (0.6), round(1/3) = 0 spans; 10 is the first length whose
+  # chunks (10 tokens) get 2 noise tokens (1.5 rounds to even) in round(2/3) = 1 span.
+  ds = tf.data.Dataset.from_tensor_slices({'targets': tf.ragged.constant([[5, 6, 7]])})
+  with pytest.raises(ValueError, match='inputs length 4 is too short .* at least 10 '):
+    objectives.span_corruption(ds, {'inputs': 4, 'targets': 2}, _output_features(sp_vocab))
+
+
 def test_too_short_targets_length_is_rejected(sp_vocab):
   ds = tf.data.Dataset.from_tensor_slices({'targets': tf.ragged.constant([[5, 6, 7]])})
   with pytest.raises(ValueError, match='at least 114'):

@@ -43,6 +43,20 @@ def test_fsdp_shards_embed_over_data_and_drops_size_one_axes():
       None, None)
 
 
+@pytest.mark.parametrize('shape, extra_rules, fine', [
+    ({'data': 4, 'model': 2}, (), True),      # 'model' unused by data_parallel: replicated, allowed
+    ({'dta': 1}, (), False),                  # a misspelt axis, even of size 1
+    ({'data': 2, 'expert': 4}, (('mlp', 'expert'),), True),  # extra rules may name new axes
+])
+def test_mesh_axes_no_rule_knows_are_rejected(shape, extra_rules, fine):
+  rules = partitioning.logical_axis_rules(preset='data_parallel', extra_rules=extra_rules)
+  if fine:
+    partitioning.check_mesh_axes(shape, rules)
+  else:
+    with pytest.raises(ValueError, match="MESH_SHAPE axis 'dta' is not one logical_axis_rules"):
+      partitioning.check_mesh_axes(shape, rules)
+
+
 def test_unknown_preset_is_a_clear_error():
   with pytest.raises(ValueError, match="choose one of"):
     partitioning.logical_axis_rules(preset='tensor')

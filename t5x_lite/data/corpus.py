@@ -15,6 +15,7 @@ keep natural-language lines only.
 from __future__ import annotations
 
 import bz2
+import contextlib
 import html
 import importlib.util
 import re
@@ -24,11 +25,14 @@ from pathlib import Path
 from typing import Iterator
 from xml.etree import ElementTree
 
+import tensorflow as tf
 import tensorflow_datasets as tfds
 from absl import logging
 from etils import epath
+from google.protobuf import json_format
+from tensorflow_datasets.core.utils import tqdm_utils
 
-from t5x_lite import paths
+from t5x_lite import gin_utils, paths
 
 GENSIM_SAMPLE = ('test/test_data/'
                  'enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2')
@@ -50,12 +54,12 @@ def gensim_sample_path() -> Path:
   """The bz2 XML dump inside the installed gensim package (gensim itself is not imported)."""
   spec = importlib.util.find_spec('gensim')
   if spec is None or not spec.submodule_search_locations:
-    raise FileNotFoundError(
+    raise gin_utils.MissingFileError(
         'The bundled corpus is read from the gensim package, which is not installed. '
         'Run `pip install -e .` in the t5x_lite checkout (it installs gensim==4.4.0).')
   path = Path(list(spec.submodule_search_locations)[0]) / GENSIM_SAMPLE
   if not path.is_file():
-    raise FileNotFoundError(
+    raise gin_utils.MissingFileError(
         f'The bundled Wikipedia sample is missing: {path} does not exist. Reinstall gensim with '
         '`pip install -e .` in the t5x_lite checkout (it pins gensim==4.4.0, whose test data holds '
         'the sample).')
@@ -63,19 +67,27 @@ def gensim_sample_path() -> Path:
 
 
 def iter_raw_pages(path: str | Path) -> Iterator[tuple[str, int, bool, str]]:
-  """Streams (title, namespace, is_redirect, wikitext) from a MediaWiki XML dump (bz2 or plain)."""
+  """Streams (title, namespace, is_redirect, wikitext) from a MediaWiki XML dump (bz2 or plain).
+
+  A dump that cannot be read to the end (truncated, not bz2, not XML) is a UsageError naming it.
+  """
   opener = bz2.open if str(path).endswith('.bz2') else open
-  with opener(path, 'rb') as f:
-    for _, elem in ElementTree.iterparse(f, events=('end',)):
-      if _local_name(elem.tag) != 'page':
-        continue
-      fields = {_local_name(child.tag): child for child in elem}
-      title = fields['title'].text or ''
-      ns = int(fields['ns'].text) if 'ns' in fields else 0
-      text_elem = next((c for c in elem.iter() if _local_name(c.tag) == 'text'), None)
-      text = (text_elem.text or '') if text_elem is not None else ''
-      yield title, ns, 'redirect' in fields, text
-      elem.clear()   # Keeps memory flat on big dumps.
+  try:
+    with opener(path, 'rb') as f:
+      for _, elem in ElementTree.iterparse(f, events=('end',)):
+        if _local_name(elem.tag) != 'page':
+          continue
+        fields = {_local_name(child.tag): child for child in elem}
+        title = fields['title'].text or ''
+        ns = int(fields['ns'].text) if 'ns' in fields else 0
+        text_elem = next((c for c in elem.iter() if _local_name(c.tag) == 'text'), None)
+        text = (text_elem.text or '') if text_elem is not None else ''
+        yield title, ns, 'redirect' in fields, text
+        elem.clear()   # Keeps memory flat on big dumps.
+  except (OSError, EOFError, ElementTree.ParseError) as e:
+    raise gin_utils.UsageError(
+        f'the Wikipedia dump {path} cannot be read ({type(e).__name__}: {e}); if it is the bundled '
+        'sample, reinstall gensim with `pip install --force-reinstall gensim==4.4.0`.') from e
 
 
 def _local_name(tag: str) -> str:
@@ -222,14 +234,85 @@ def prepare_corpus(data_dir: str | None = None) -> tfds.core.DatasetBuilder:
   the others wait and then read. When already prepared this is one stat and a builder construction.
   """
   data_dir = str(data_dir or paths.tfds_data_dir())
-  builder = tfds.builder('wiki_sample', data_dir=data_dir)
+  builder = _builder(data_dir)
   if builder.is_prepared():
+    check_prepared(builder)
     return builder
   with paths.file_lock(Path(data_dir) / '.wiki_sample.lock'):
-    builder = tfds.builder('wiki_sample', data_dir=data_dir)
+    builder = _builder(data_dir)
     if not builder.is_prepared():
       start = time.time()
-      builder.download_and_prepare(
-          download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+      print(f'Preparing the bundled corpus in {data_dir} (once per machine) ...', flush=True)
+      with _no_progress_bars():
+        builder.download_and_prepare(
+            download_config=tfds.download.DownloadConfig(try_download_gcs=False))
       logging.info('Prepared wiki_sample in %s in %.1f s.', data_dir, time.time() - start)
-  return tfds.builder('wiki_sample', data_dir=data_dir)
+  return _builder(data_dir)
+
+
+@contextlib.contextmanager
+def _no_progress_bars() -> Iterator[None]:
+  """TFDS's nested progress bars (cursor escapes on stderr) would bury a one-line error."""
+  was_shown = getattr(tqdm_utils, '_active', True)
+  tfds.display_progress_bar(False)
+  try:
+    yield
+  finally:
+    tfds.display_progress_bar(was_shown)
+
+
+def _rebuild_advice(version_dir) -> str:
+  return (f'delete {version_dir} and rerun: the corpus is rebuilt from the gensim sample (about a '
+          'minute). Nothing else is stored there.')
+
+
+def _builder(data_dir: str) -> tfds.core.DatasetBuilder:
+  """`tfds.builder`, with an unreadable prepared copy's dataset_info.json said in one line."""
+  version_dir = Path(data_dir) / 'wiki_sample' / str(WikiSample.VERSION)
+  try:
+    return tfds.builder('wiki_sample', data_dir=data_dir)
+  except (json_format.ParseError, tf.errors.OpError, OSError, UnicodeDecodeError) as e:
+    raise gin_utils.UsageError(
+        f'prepared corpus file {version_dir / "dataset_info.json"} cannot be read '
+        f'({type(e).__name__}); {_rebuild_advice(version_dir)}') from e
+
+
+def check_prepared(builder: tfds.core.DatasetBuilder) -> None:
+  """Every split file of a prepared copy is there and holds the records its dataset_info.json
+  lists, or a UsageError names the file and how to rebuild.
+
+  A copy cut short (a full disk, an interrupted copy) or a lost file would otherwise fail inside
+  tf.data in the middle of training, or, for the validation split, after it. Only the TFRecord
+  framing is read (each record's length, then a seek past it), so this costs a few hundred reads.
+  """
+  for split in builder.info.splits.values():
+    for path, num_records in zip(split.filepaths, split.shard_lengths):
+      problem = _tfrecord_problem(str(path), num_records)
+      if problem:
+        raise gin_utils.UsageError(f'prepared corpus file {path} is {problem}; '
+                                   f'{_rebuild_advice(builder.data_dir)}')
+
+
+def _tfrecord_problem(path: str, num_records: int) -> str | None:
+  """What is wrong with `path` as a TFRecord file of `num_records` records, or None.
+
+  A record is framed as [uint64 length][uint32 crc][data][uint32 crc], so the records' lengths must
+  add up to the file size exactly.
+  """
+  try:
+    size = tf.io.gfile.stat(path).length
+    offset = 0
+    with tf.io.gfile.GFile(path, 'rb') as f:
+      for _ in range(num_records):
+        header = f.read(8)
+        offset += 16 + int.from_bytes(header, 'little')
+        if len(header) < 8 or offset > size:
+          return f'truncated or corrupt ({size} bytes do not hold its {num_records} records)'
+        f.seek(offset)
+  except tf.errors.NotFoundError:
+    return 'missing'
+  except tf.errors.OpError as e:
+    return f'unreadable ({type(e).__name__})'
+  if offset != size:
+    return f'corrupt ({size - offset} bytes more than its {num_records} records)'
+  return None

@@ -88,6 +88,12 @@ def random_spans_helper(inputs_length, noise_density, mean_noise_span_length,
   return tokens_length, targets_length
 
 
+def _has_a_noise_span(tokens_length, noise_density, mean_noise_span_length) -> bool:
+  """Whether T5's length arithmetic (`_corrupted_lengths`) gives a chunk at least one noise span."""
+  num_noise_tokens = int(round(tokens_length * noise_density))
+  return int(round(num_noise_tokens / mean_noise_span_length)) >= 1
+
+
 def _check_noise(noise_density, mean_noise_span_length):
   if not 0.0 <= noise_density < 1.0:
     raise ValueError(f'noise_density must be in [0, 1), got {noise_density}.')
@@ -365,9 +371,20 @@ def span_corruption(dataset: tf.data.Dataset, sequence_length: Mapping[str, int]
   inputs_length = sequence_length[input_feature_key]
   if reserved_for_packing:
     inputs_length -= reserved_for_packing
-  tokens_length, targets_length = random_spans_helper(
-      inputs_length, noise_density, mean_noise_span_length,
-      extra_tokens_per_span_inputs=1, extra_tokens_per_span_targets=1)
+  helper = functools.partial(random_spans_helper, noise_density=noise_density,
+                             mean_noise_span_length=mean_noise_span_length,
+                             extra_tokens_per_span_inputs=1, extra_tokens_per_span_targets=1)
+  tokens_length, targets_length = helper(inputs_length)
+  if not _has_a_noise_span(tokens_length, noise_density, mean_noise_span_length):
+    # The helper's lengths assume no span, but the mask always makes one: every example would be
+    # trimmed, and the model would see almost nothing to predict.
+    shortest = next((n for n in range(inputs_length + 1, MAX_DOCUMENT_CHUNK_LENGTH) if
+                     _has_a_noise_span(helper(n)[0], noise_density, mean_noise_span_length)), None)
+    raise ValueError(
+        f'inputs length {inputs_length} is too short for span corruption (noise density '
+        f'{noise_density}, mean span {mean_noise_span_length}): its {tokens_length}-token chunks '
+        f"get no noise span. Set sequence_length['{input_feature_key}'] to at least {shortest} "
+        '(T5 uses 512).')
   if sequence_length['targets'] < targets_length:
     raise ValueError(
         f"span corruption of {tokens_length}-token chunks makes targets of {targets_length} "

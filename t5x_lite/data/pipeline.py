@@ -28,6 +28,8 @@ import numpy as np
 import seqio
 import tensorflow as tf
 
+from t5x_lite import gin_utils
+
 Batch = dict[str, np.ndarray]
 
 
@@ -84,6 +86,8 @@ def get_dataset(mixture_or_task_name: str,
           dataset_split=split, shuffle=shuffle, num_epochs=num_epochs,
           shard_info=seqio.ShardInfo(index=index, num_shards=num_data_shards),
           seed=seed, batch_size=block, use_cached=False, verbose=False))
+    except gin_utils.UsageError:
+      raise  # already names its cause and fix (e.g. a damaged corpus)
     except ValueError as e:
       raise ValueError(f'{mixture_or_task_name!r} with task_feature_lengths '
                        f'{dict(task_feature_lengths)}: {e}') from e
