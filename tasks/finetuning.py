@@ -147,16 +147,6 @@ def splits(config: str) -> dict[str, str]:
   return {'train': 'train', 'validation': 'validation'}
 
 
-class _SplitMappedSource(PreparedTfdsDataSource):
-  """`PreparedTfdsDataSource` with a task→TFDS split map (its own splits are train/validation)."""
-
-  def __init__(self, name: str, data_dir: str, ensure_data: Callable[[], None],
-               split_map: Mapping[str, str]):
-    super().__init__(name, data_dir, ensure_data)
-    seqio.TfdsDataSource.__init__(self, tfds_name=name, tfds_data_dir=data_dir,
-                                  splits=dict(split_map), read_only=True)
-
-
 def _require_prepared(name: str, data_dir: str, task: str) -> None:
   """Raises a how-to error unless TFDS `name` is prepared in `data_dir`."""
   if tfds.builder(name, data_dir=data_dir).is_prepared():
@@ -197,10 +187,10 @@ def _add_benchmark(benchmark: str, configs: Sequence[str], data_dir: str,
   names = []
   for config in configs:
     name, labels = task_name(benchmark, config), label_names(benchmark, config)
-    source = _SplitMappedSource(
+    source = PreparedTfdsDataSource(
         tfds_name(benchmark, config), data_dir,
         functools.partial(_require_prepared, tfds_name(benchmark, config), data_dir, name),
-        splits(config))
+        splits=splits(config))
     text = functools.partial(glue_text, benchmark_name=config,
                              feature_names=feature_names(benchmark, config), label_names=labels)
     _add_task(name, source, text, vocabulary, metric_fns(config, labels))

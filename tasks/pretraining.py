@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import functools
 import os
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional, Sequence
 
 import gin
 import seqio
@@ -62,9 +62,11 @@ class PreparedTfdsDataSource(seqio.TfdsDataSource):
   it (C4), instead of the download attempt or stack trace TFDS would give. It runs once per source.
   """
 
-  def __init__(self, tfds_name: str, tfds_data_dir: str, ensure_data: Callable[[], None]):
+  def __init__(self, tfds_name: str, tfds_data_dir: str, ensure_data: Callable[[], None],
+               splits: Sequence[str] | Mapping[str, str] = SPLITS):
     # read_only: never let TFDS try to download or generate on read; `ensure_data` owns that.
-    super().__init__(tfds_name=tfds_name, tfds_data_dir=tfds_data_dir, splits=SPLITS,
+    # `splits` may map task split names to TFDS ones (MNLI's validation_matched, say).
+    super().__init__(tfds_name=tfds_name, tfds_data_dir=tfds_data_dir, splits=splits,
                      read_only=True)
     self._ensure_data = ensure_data
     self._data_ready = False
