@@ -158,7 +158,7 @@ class Checkpointer:
         cause = f'{type(e).__name__}: {(str(e).splitlines() or [""])[0]}'[:300]
         print(f'WARNING: checkpoint step {s} in {self.directory} could not be restored '
               f'({cause}); trying an older one', flush=True)
-        log.warning('checkpoint step %d not restorable', s, exc_info=e)
+        log.debug('checkpoint step %d not restorable', s, exc_info=e)
         failed.append((s, cause))
         continue
       for bad, _ in failed:
@@ -170,6 +170,7 @@ class Checkpointer:
         iterator.skip(batches)
       return Restored(s, state, data, iterator)
     if failed:
+      self._manager.close()  # let Orbax's threads end now, not complain at interpreter exit
       raise UsageError(
           f'no checkpoint in {self.directory} could be restored ('
           + '; '.join(f'step {s}: {cause}' for s, cause in failed)
@@ -220,7 +221,8 @@ def _check_matches(saved_tree: Any, abstract: Any, what: str, fix: str) -> None:
   saved = {k: tuple(getattr(v, 'shape', ()) or ()) for k, v in _flat(saved_tree).items()}
   want = {k: tuple(v.shape) for k, v in _flat(abstract).items()}
   missing, extra = sorted(set(want) - set(saved)), sorted(set(saved) - set(want))
-  differ = [k for k in sorted(set(want) & set(saved)) if want[k] != saved[k]]
+  params_first = lambda k: (not k.startswith('params/'), k)  # the clearest name of a model change
+  differ = sorted((k for k in set(want) & set(saved) if want[k] != saved[k]), key=params_first)
   if missing or extra or differ:
     detail = (f'{differ[0]} has shape {saved[differ[0]]} there, {want[differ[0]]} here' if differ
               else f'it lacks {missing[:2]}' if missing else f'it has extra {extra[:2]}')

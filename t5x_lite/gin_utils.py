@@ -6,6 +6,7 @@ import ast
 import os
 import re
 import sys
+import tokenize
 
 import gin
 
@@ -50,7 +51,7 @@ def _binding(name: str, value: str) -> str:
     gin.config_parser.ConfigParser(f'{name} = {value}', gin.config.ParserDelegate(skip_unknown=True)
                                    ).parse_statement()
     return f'{name} = {value}'
-  except (SyntaxError, ValueError):
+  except (SyntaxError, ValueError, tokenize.TokenError):
     return f'{name} = {value!r}'
 
 

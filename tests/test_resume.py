@@ -110,33 +110,41 @@ def copy_of(model_dir, tmp_path):
 # ----------------------------------------------------------------------------- kill and preemption
 
 
-def kill_trial(model_dir, kill_after_s: float) -> dict:
-  """Starts the run, SIGKILLs it after `kill_after_s`, reruns the same command to the end."""
-  proc = subprocess.Popen(command(model_dir), cwd=REPO, stdout=subprocess.PIPE,
+def kill_trial(model_dir, kill_after_s: float, *flags, after_line: str = '') -> dict:
+  """Starts the run, SIGKILLs it `kill_after_s` after launch (or after it prints a line starting
+  with `after_line`), then reruns the same command to the end."""
+  proc = subprocess.Popen(command(model_dir, *flags), cwd=REPO, stdout=subprocess.PIPE,
                           stderr=subprocess.DEVNULL, text=True)
+  printed = []
+  if after_line:
+    for line in proc.stdout:
+      printed.append(line)
+      if line.startswith(after_line):
+        break
   time.sleep(kill_after_s)
   proc.kill()
   out, _ = proc.communicate()
-  printed = [l for l in out.splitlines() if l.strip()]
-  rerun = run(model_dir)
+  printed = [l for l in printed + out.splitlines() if l.strip()]
+  rerun = run(model_dir, *flags)
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   resumed = [l for l in rerun.stdout.splitlines() if l.startswith('Resumed from step')]
   return {'killed_at_s': kill_after_s, 'killed_exit': proc.returncode,
-          'last_line_before_kill': printed[-1][:70] if printed else '(nothing printed yet)',
+          'last_line_before_kill': (printed[-1].split('|')[0].strip()[:60] if printed
+                                    else '(nothing yet)'),
           'resumed_from': resumed[0].split()[3] if resumed else '0 (no checkpoint yet)',
           'losses': losses(model_dir)}
 
 
 @pytest.mark.slow
 def test_sigkill_at_random_times_then_rerun_is_bit_for_bit(straight, tmp_path):
-  want, straight_dir = straight
+  want, _ = straight
   rng = random.Random(0)
-  # One kill inside the training loop (after the first checkpoint), one anywhere.
-  for i, when in enumerate((lambda: 25 + rng.random() * 5, lambda: rng.random() * 30)):
-    trial = kill_trial(tmp_path / f'trial{i}', when())
+  # One kill while it trains (steps are milliseconds here), one anywhere from launch on.
+  for i, (delay, after) in enumerate(((rng.random() * 0.5, 'step 1 (compiled'),
+                                      (rng.random() * 20, ''))):
+    trial = kill_trial(tmp_path / f'trial{i}', delay, after_line=after)
     assert trial['killed_exit'] == -signal.SIGKILL
     assert trial['losses'] == want, trial
-  del straight_dir
 
 
 @pytest.mark.slow
@@ -303,25 +311,37 @@ def main(argv: list[str]) -> None:
   import tempfile  # pylint: disable=import-outside-toplevel
   trials = int(next((a.split('=')[1] for a in argv if a.startswith('--trials=')), 10))
   rng = random.Random(int(next((a.split('=')[1] for a in argv if a.startswith('--seed=')), 0)))
+  steps = 80
+  flags = (f'--gin.TRAIN_STEPS={steps}', '--gin.CHECKPOINT_PERIOD=10')
+  started = 'step 1 (compiled'
   with tempfile.TemporaryDirectory() as tmp:
-    t0 = time.perf_counter()
-    result = run(os.path.join(tmp, 'straight'))
-    total_s = time.perf_counter() - t0
-    assert result.returncode == 0, result.stderr[-3000:]
-    want = losses(os.path.join(tmp, 'straight'))
-    print(f'Uninterrupted: {STEPS} steps in {total_s:.1f}s, final loss {want[STEPS]!r}\n')
-    print('| trial | SIGKILL after (s) | last line before the kill | resumed from step | '
+    straight_dir = os.path.join(tmp, 'straight')
+    proc = subprocess.Popen(command(straight_dir, *flags), cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, text=True)
+    for line in proc.stdout:
+      if line.startswith(started):
+        t_first = time.perf_counter()
+        break
+    proc.communicate()
+    train_s = time.perf_counter() - t_first
+    assert proc.returncode == 0
+    want = losses(straight_dir)
+    print(f'Uninterrupted: {steps} steps, checkpoint every 10, {train_s:.1f}s from the first step '
+          f'to exit; final loss {want[steps]!r}. Each trial: SIGKILL a random time after the first '
+          'step, rerun the same command.\n')
+    print('| trial | SIGKILL after step 1 (s) | last line before the kill | resumed from step | '
           'final loss | every step equal |')
     print('|---|---|---|---|---|---|')
     equal = 0
     for i in range(trials):
-      trial = kill_trial(os.path.join(tmp, f'trial{i}'), round(rng.random() * total_s, 2))
+      trial = kill_trial(os.path.join(tmp, f'trial{i}'), round(rng.random() * train_s, 2), *flags,
+                         after_line=started)
       same = trial['losses'] == want
       equal += same
       print(f"| {i + 1} | {trial['killed_at_s']} | {trial['last_line_before_kill']} | "
-            f"{trial['resumed_from']} | {trial['losses'].get(STEPS)!r} | "
+            f"{trial['resumed_from']} | {trial['losses'].get(steps)!r} | "
             f"{'yes' if same else 'NO'} |", flush=True)
-    print(f'\n{equal}/{trials} trials equal to the uninterrupted run at every step.')
+    print(f'\n{equal}/{trials} trials equal to the uninterrupted run at every logged step.')
 
 
 if __name__ == '__main__':
