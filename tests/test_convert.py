@@ -159,7 +159,7 @@ def test_checkpoint_is_the_train_state_that_train_resumes(converted):
       config, trainer.make_optimizer(trainer.learning_rate_schedule()), 0, mesh, rules)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     ckpt = checkpoints.Checkpointer(str(root / 'ours' / 'checkpoints'))
-    step, state, data = ckpt.restore(setup.abstract_state)
+    step, state, data, _ = ckpt.restore(setup.abstract_state)
     ckpt.close()
   assert step == 0 and int(state['step']) == 0 and data['batch'] == 0
   assert_same_params(state['params'], nnx.to_pure_dict(nnx.state(model)))
