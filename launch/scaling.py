@@ -1,0 +1,1462 @@
+"""Scaling-law sweeps: train one model family at several sizes and fit L(N) = E + A·N^(-α).
+
+    python launch/scaling.py run --out_dir=DIR [--family=t5_1_1] [--sizes=32,64,96,128,192] \
+        [--steps=600 | --tokens=2e5,4e5 | --flops=2e13,4e13] [--num_layers=2 | --aspect_ratio=64] \
+        [--vocab_size=4000] [--mode=local|slurm|tpu] [--dry_run] [-- extra train flags]
+    python launch/scaling.py plan ...               # the grid, parameter counts, FLOPs, time estimate
+    python launch/scaling.py report --out_dir=DIR   # evaluate, collect, fit and plot existing runs
+
+One size knob, d_model, sets each model's shape (Kaplan et al. 2020: loss depends on the
+non-embedding parameter count N far more than on shape): num_heads = d_model / d_kv, d_ff =
+ff_ratio · d_model, and a fixed depth (or depth = d_model / aspect_ratio). Every run gets a small
+readable gin file, RUN_DIR/run.gin, that includes gin/runs/scaling.gin (the shared recipe) and sets
+the size, TRAIN_STEPS and MODEL_DIR, so any run can be rerun by hand with
+`python -m t5x_lite.train --gin_file=RUN_DIR/run.gin`.
+
+Data: `--steps` (fixed steps × batch × lengths tokens), `--tokens` (budgets in tokens, inputs plus
+targets) or `--flops` (iso-FLOP: each size gets the steps that budget buys). With two or more token
+budgets the report also fits L(N, D) = E + A·N^(-α) + B·D^(-β) (Hoffmann et al. 2022).
+
+Local runs go one after another as `python -m t5x_lite.train` subprocesses with progress and an
+ETA for the sweep. A run is complete when RUN_DIR/done.json exists; rerunning the same command
+skips complete runs and reruns a partial one with the same command, which resumes from its
+checkpoint. Ctrl-C (or SIGTERM) lets the current run save and stops the sweep. `--mode=slurm|tpu`
+writes one job per run through launch/slurm.py / launch/tpu.py instead (OUT_DIR must then be on a
+filesystem the jobs see); `report` collects them afterwards.
+
+The loss fitted is the validation loss: after training, each run's last checkpoint scores the
+task's whole validation split (the same packed examples for every size), in nats per target
+token without z-loss; it is logged to metrics.jsonl as `eval/<task>/loss`. A run without it
+falls back to the mean training cross-entropy of its last logged steps (the CSV says which).
+Outputs in OUT_DIR: results.csv, scaling.png (points, fit, residuals), report.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+from typing import Callable, Sequence
+
+import numpy as np
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if REPO not in sys.path:
+  sys.path.insert(0, REPO)  # `python launch/scaling.py` imports launch.slurm / launch.tpu
+
+BASE_GIN = 'gin/runs/scaling.gin'
+DEFAULT_SIZES = (32, 64, 96, 128, 192)  # d_model: 36x in non-embedding params at fixed depth
+DEFAULT_STEPS = 600
+DEFAULT_VOCAB_SIZE = 4000  # pieces; the model's embedding rows add T5's 100 sentinels, padded
+LAST_K = 5                 # training-loss fallback: mean over this many last logged steps
+MIN_STEPS = 20             # an iso-FLOP budget that buys fewer steps than this skips the size
+# Size fields the sweep sets; binding them after `--` would silently change every run.
+SIZE_FIELDS = ('d_model', 'num_heads', 'd_kv', 'd_ff', 'num_encoder_layers', 'num_decoder_layers')
+# Parameters Kaplan et al. leave out of N: token embedding, output layer, position embeddings.
+EMBEDDING_PARAMS = ('token_embedder', 'lm_head', 'relpos_bias')
+
+
+class UsageError(ValueError):
+  """Bad arguments or an inconsistent OUT_DIR; main() prints one line and exits 2."""
+
+
+class SweepError(RuntimeError):
+  """A run failed; main() prints the message and exits 1."""
+
+
+def say(message: str) -> None:
+  print(message, flush=True)
+
+
+# ------------------------------------------------------------------------------- model families
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+  """How the size knob shapes one family, and the gin bindings that fix the rest of it."""
+  description: str
+  bindings: tuple[str, ...]
+  d_kv: int = 32
+  ff_ratio: float = 3.0
+  decoder_only: bool = False
+
+
+FAMILIES = {
+    't5_1_1': Family('T5.1.1 encoder-decoder: gated-GELU MLP, untied output layer', (
+        "t5x_lite.models.T5Config.mlp_activations = ('gelu', 'linear')",
+        't5x_lite.models.T5Config.logits_via_embedding = False')),
+    't5_1_0': Family('T5 v1.0 encoder-decoder: ReLU MLP, output layer tied to the embedding', (
+        "t5x_lite.models.T5Config.mlp_activations = ('relu',)",
+        't5x_lite.models.T5Config.logits_via_embedding = True'), ff_ratio=4.0),
+    'decoder_only': Family('causal LM (the decoder stack, GPT-style) on wiki_full_lm', (
+        "t5x_lite.models.T5Config.architecture = 'decoder_only'",
+        "t5x_lite.models.T5Config.mlp_activations = ('gelu',)",
+        't5x_lite.models.T5Config.logits_via_embedding = True',
+        "MIXTURE_OR_TASK_NAME = 'wiki_full_lm'",
+        "TASK_FEATURE_LENGTHS = {'targets': 80}"), ff_ratio=4.0, decoder_only=True),
+}
+
+
+def model_fields(family: Family, d_model: int, num_layers: int | None = 2,
+                 aspect_ratio: float | None = None) -> dict[str, int]:
+  """The T5Config size fields of one family member: all follow from d_model.
+
+  Depth is `num_layers` per stack, or d_model / aspect_ratio (Kaplan's fixed-shape sweeps).
+  """
+  if d_model <= 0 or d_model % family.d_kv:
+    raise UsageError(f'size {d_model}: d_model must be a positive multiple of d_kv = '
+                     f'{family.d_kv} (num_heads = d_model / d_kv).')
+  if aspect_ratio:
+    layers = max(1, round(d_model / aspect_ratio))
+  elif num_layers and num_layers > 0:
+    layers = num_layers
+  else:
+    raise UsageError(f'--num_layers must be >= 1 (or give --aspect_ratio), got {num_layers}.')
+  return {'d_model': d_model, 'num_heads': d_model // family.d_kv, 'd_kv': family.d_kv,
+          'd_ff': int(round(family.ff_ratio * d_model)),
+          'num_encoder_layers': 0 if family.decoder_only else layers,
+          'num_decoder_layers': layers}
+
+
+def count_parameters(config) -> tuple[int, int]:
+  """(total, non-embedding) parameters of a T5Config, from the abstract model (no allocation)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  from t5x_lite import trainer  # pylint: disable=import-outside-toplevel
+  _, params, _ = trainer.abstract_params_and_axes(config)
+  total = embedding = 0
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    size = int(np.prod(leaf.shape))
+    total += size
+    if any(str(getattr(k, 'key', '')) in EMBEDDING_PARAMS for k in path):
+      embedding += size
+  return total, total - embedding
+
+
+# ------------------------------------------------------------------------------- the grid
+
+
+@dataclasses.dataclass(frozen=True)
+class Base:
+  """What the base gin (plus family bindings and extra flags) fixes for every run."""
+  config: object            # T5Config before the size fields are set
+  batch_size: int
+  task_feature_lengths: dict
+  task: str
+  warmup_steps: int = 0     # of a linear_warmup_cosine schedule: every run must be longer
+
+  @property
+  def tokens_per_step(self) -> int:
+    return self.batch_size * sum(self.task_feature_lengths.values())
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """One run of the sweep: a model size and a number of steps, with what they cost."""
+  name: str
+  d_model: int
+  fields: dict
+  steps: int
+  params: int
+  non_embedding_params: int
+  flops_per_step: float
+  tokens_per_step: int
+  budget: str               # the group it belongs to in the fits, e.g. 'steps=300'
+
+  @property
+  def tokens(self) -> int:
+    return self.steps * self.tokens_per_step
+
+  @property
+  def flops(self) -> float:
+    return self.steps * self.flops_per_step
+
+
+def parse_budgets(steps: str | None, tokens: str | None, flops: str | None) -> tuple[str, list]:
+  """('steps'|'tokens'|'flops', values) from the one budget flag given (default: steps)."""
+  given = [(k, v) for k, v in (('steps', steps), ('tokens', tokens), ('flops', flops)) if v]
+  if len(given) > 1:
+    raise UsageError('give one of --steps, --tokens, --flops (got '
+                     f'{", ".join("--" + k for k, _ in given)}).')
+  kind, text = given[0] if given else ('steps', str(DEFAULT_STEPS))
+  try:
+    values = [float(v) for v in text.split(',') if v.strip()]
+  except ValueError as e:
+    raise UsageError(f'--{kind}={text}: expected comma-separated numbers, e.g. 2e5,4e5.') from e
+  if not values or any(not v > 0 for v in values):
+    raise UsageError(f'--{kind}={text}: budgets must be positive numbers.')
+  return kind, values
+
+
+def build_grid(family: Family, sizes: Sequence[int], budget_kind: str, budgets: Sequence[float],
+               base: Base, num_layers: int | None = 2,
+               aspect_ratio: float | None = None) -> list[RunSpec]:
+  """Every (size, budget) run, smallest model first, with parameter counts and training FLOPs."""
+  from t5x_lite import models  # pylint: disable=import-outside-toplevel
+  specs = []
+  for d_model in sorted(set(sizes)):
+    fields = model_fields(family, d_model, num_layers, aspect_ratio)
+    config = dataclasses.replace(base.config, **fields)
+    total, non_embedding = count_parameters(config)
+    flops_per_step = models.training_flops_per_example(
+        config, base.task_feature_lengths) * base.batch_size
+    for budget in budgets:
+      if budget_kind == 'steps':
+        steps = int(budget)
+      elif budget_kind == 'tokens':
+        steps = int(round(budget / base.tokens_per_step))
+      else:
+        steps = int(round(budget / flops_per_step))
+      if steps < (MIN_STEPS if budget_kind == 'flops' else 1):
+        say(f'(skipping d_model {d_model} at {budget_kind}={budget:g}: it buys {steps} steps)')
+        continue
+      name = f"d{d_model:04d}_l{fields['num_decoder_layers']}_s{steps:06d}"
+      specs.append(RunSpec(name, d_model, fields, steps, total, non_embedding, flops_per_step,
+                           base.tokens_per_step, f'{budget_kind}={budget:g}'))
+  if len({s.non_embedding_params for s in specs}) < 2:
+    raise UsageError('the grid needs at least two model sizes to fit a scaling law.')
+  short = [s for s in specs if s.steps <= base.warmup_steps]
+  if short:
+    raise UsageError(
+        f'{short[0].name} trains {short[0].steps} steps, no more than the learning-rate warm-up '
+        f'({base.warmup_steps} steps, learning_rate_schedule.warmup_steps); raise the budget or '
+        'pass -- --gin.learning_rate_schedule.warmup_steps=K with K below every run\'s steps.')
+  return specs
+
+
+def check_extra_flags(extra: Sequence[str]) -> None:
+  """Flags after `--` may change the recipe, not what the sweep itself sets per run."""
+  owned = SIZE_FIELDS + ('TRAIN_STEPS', 'MODEL_DIR')
+  for flag in extra:
+    name = flag[len('--gin.'):].split('=', 1)[0] if flag.startswith('--gin.') else ''
+    if name.split('.')[-1] in owned:
+      raise UsageError(f'{flag}: the sweep sets {name.split(".")[-1]} for each run; choose sizes '
+                       'with --sizes/--num_layers and budgets with --steps/--tokens/--flops.')
+
+
+def read_base(base_gin: str, family: Family, extra: Sequence[str], vocab_size: int | None) -> Base:
+  """Parses the base gin with the family's bindings and the extra flags, as each run will."""
+  import gin  # pylint: disable=import-outside-toplevel
+  from t5x_lite import gin_utils  # pylint: disable=import-outside-toplevel
+  files, bindings, _ = gin_utils.split_flags(list(extra))
+  gin.clear_config()
+  try:
+    gin_utils.parse([base_gin, *files], list(family.bindings) + bindings)
+    config = gin_utils.query_macro('MODEL_CONFIG')
+    base = Base(config, int(gin_utils.query_macro('BATCH_SIZE')),
+                dict(gin_utils.query_macro('TASK_FEATURE_LENGTHS')),
+                str(gin_utils.query_macro('MIXTURE_OR_TASK_NAME')), _cosine_warmup(gin))
+  except gin_utils.UsageError as e:
+    raise UsageError(str(e)) from e
+  finally:
+    gin.clear_config()
+  if vocab_size:
+    base = dataclasses.replace(base, config=dataclasses.replace(
+        config, vocab_size=model_vocab_size(vocab_size)))
+  return base
+
+
+def _cosine_warmup(gin) -> int:
+  """The warm-up steps of a linear_warmup_cosine schedule as gin binds them, else 0."""
+  def bound(name, default):
+    try:
+      return gin.query_parameter(f'learning_rate_schedule.{name}')
+    except ValueError:
+      return default
+  return int(bound('warmup_steps', 0)) if bound('kind', '') == 'linear_warmup_cosine' else 0
+
+
+def model_vocab_size(pieces: int) -> int:
+  """Embedding rows for a vocabulary of `pieces` plus T5's 100 sentinels, padded to 128 (as T5)."""
+  return -(-(pieces + 100) // 128) * 128
+
+
+def prepare_vocabulary(out_dir: str, pieces: int, dry_run: bool = False) -> str:
+  """A SentencePiece model of `pieces` trained on the bundled corpus (cached once per machine by
+  t5x_lite.vocab), copied into OUT_DIR so that cluster jobs find it; returns its path."""
+  from t5x_lite import vocab  # pylint: disable=import-outside-toplevel
+  dest = os.path.join(out_dir, 'vocab', os.path.basename(vocab.default_spm_path(pieces)))
+  if dry_run or os.path.isfile(dest):
+    return dest
+  try:
+    source = vocab.ensure_default_spm(pieces)
+  except ValueError as e:
+    raise UsageError(f'--vocab_size={pieces}: {e}') from e
+  os.makedirs(os.path.dirname(dest), exist_ok=True)
+  shutil.copyfile(source, dest + '.tmp')
+  os.replace(dest + '.tmp', dest)
+  return dest
+
+
+def run_gin(spec: RunSpec, family_name: str, run_dir: str, base_gin: str,
+            vocab_bindings: Sequence[str], train_flags: Sequence[str] = ()) -> str:
+  """The text of RUN_DIR/run.gin: the shared recipe plus this run's size and length."""
+  command = shlex.join(['.venv/bin/python', '-m', 't5x_lite.train',
+                        f'--gin_file={run_dir}/run.gin', *train_flags])
+  lines = [
+      f'# Scaling sweep run {spec.name} (written by launch/scaling.py; family {family_name}):',
+      f'# {spec.non_embedding_params:,} non-embedding / {spec.params:,} parameters, '
+      f'{spec.steps} steps x {spec.tokens_per_step:,} tokens = {spec.tokens:,} tokens, '
+      f'{spec.flops:.3g} training FLOPs.',
+      '# Rerun or resume it by hand from the repository root:',
+      f'#   {command}',
+      f"include '{base_gin}'",
+      '',
+      *FAMILIES[family_name].bindings,
+      *vocab_bindings,
+      '',
+      *(f't5x_lite.models.T5Config.{k} = {v}' for k, v in spec.fields.items()),
+      f'TRAIN_STEPS = {spec.steps}',
+      f'MODEL_DIR = {run_dir!r}',
+      '',
+  ]
+  return '\n'.join(lines)
+
+
+# ------------------------------------------------------------------------------- sweep state
+
+
+def run_dir_of(out_dir: str, name: str) -> str:
+  return os.path.join(out_dir, 'runs', name)
+
+
+def read_json(path: str, default=None):
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError):
+    return default
+
+
+def write_json(path: str, value) -> None:
+  """Written to a sibling and renamed, so a killed sweep never leaves half a state file."""
+  with open(path + '.tmp', 'w') as f:
+    json.dump(value, f, indent=1)
+  os.replace(path + '.tmp', path)
+
+
+def read_metrics(path: str) -> list[dict]:
+  """The rows of a metrics.jsonl; a torn last line (a killed writer) is skipped."""
+  rows = []
+  try:
+    with open(path) as f:
+      for line in f:
+        try:
+          rows.append(json.loads(line))
+        except ValueError:
+          continue
+  except OSError:
+    pass
+  return rows
+
+
+def last_train_step(run_dir: str) -> int:
+  rows = [r for r in read_metrics(os.path.join(run_dir, 'metrics.jsonl')) if 'loss' in r]
+  return max((int(r['step']) for r in rows), default=0)
+
+
+def write_run_files(out_dir: str, specs: Sequence[RunSpec], family_name: str, base_gin: str,
+                    vocab_bindings: Sequence[str], train_flags: Sequence[str]) -> None:
+  """Writes each run's run.gin and run.json; an existing run written with other settings is an
+  error rather than a silent mix of two sweeps."""
+  for spec in specs:
+    run_dir = run_dir_of(out_dir, spec.name)
+    text = run_gin(spec, family_name, run_dir, base_gin, vocab_bindings, train_flags)
+    gin_path = os.path.join(run_dir, 'run.gin')
+    meta = {**dataclasses.asdict(spec), 'family': family_name, 'tokens': spec.tokens,
+            'flops': spec.flops, 'extra_flags': list(train_flags),
+            'command': train_command(run_dir, train_flags)}
+    old = read_json(os.path.join(run_dir, 'run.json'))
+    if os.path.exists(gin_path):
+      with open(gin_path) as f:
+        same = _bindings(f.read()) == _bindings(text)
+      if not same or (old and old.get('extra_flags') != list(train_flags)):
+        raise UsageError(
+            f'{run_dir} holds run {spec.name} written with other settings (its run.gin or extra '
+            'flags differ); use a new --out_dir, or delete that run directory to redo it.')
+    os.makedirs(run_dir, exist_ok=True)
+    with open(gin_path, 'w') as f:
+      f.write(text)
+    write_json(os.path.join(run_dir, 'run.json'), meta)
+
+
+def _bindings(gin_text: str) -> list[str]:
+  """What a run gin configures: its lines without comments and blanks."""
+  return [line for line in gin_text.splitlines() if line.strip() and not line.startswith('#')]
+
+
+def train_command(run_dir: str, train_flags: Sequence[str], python: str | None = None) -> list:
+  return [python or sys.executable, '-m', 't5x_lite.train',
+          f'--gin_file={os.path.join(run_dir, "run.gin")}', *train_flags]
+
+
+# ------------------------------------------------------------------------------- running locally
+
+
+class TimeModel:
+  """Predicts a run's wall time: a start-up cost (imports, data, compile, saves) plus steps ×
+  seconds per step, which grows linearly with the step's FLOPs. Calibrated by finished runs."""
+
+  DEFAULT_STARTUP_S = 60.0       # measured on 2 shared CPU cores: imports, tf.data, XLA compile
+  DEFAULT_FLOPS_PER_S = 2e10     # ~20 GFLOP/s effective on those cores
+  DEFAULT_STEP_OVERHEAD_S = 0.03
+
+  def __init__(self):
+    self.steps: list[tuple[float, float]] = []   # (flops per step, seconds per step)
+    self.startups: list[float] = []
+
+  def add(self, flops_per_step: float, seconds_per_step: float, startup_s: float) -> None:
+    if seconds_per_step > 0:
+      self.steps.append((flops_per_step, seconds_per_step))
+    if startup_s >= 0:
+      self.startups.append(startup_s)
+
+  def step_seconds(self, flops_per_step: float) -> float:
+    if len({f for f, _ in self.steps}) >= 2:
+      f, s = np.array(self.steps).T
+      slope, intercept = np.polyfit(f, s, 1)
+      if slope > 0:
+        return max(intercept, 0.0) + slope * flops_per_step
+    if self.steps:  # one size seen: scale it, keeping the default fixed overhead per step
+      f, s = self.steps[-1]
+      rate = f / max(s - self.DEFAULT_STEP_OVERHEAD_S, 1e-3)
+      return self.DEFAULT_STEP_OVERHEAD_S + flops_per_step / rate
+    return self.DEFAULT_STEP_OVERHEAD_S + flops_per_step / self.DEFAULT_FLOPS_PER_S
+
+  def startup_seconds(self) -> float:
+    return float(np.mean(self.startups)) if self.startups else self.DEFAULT_STARTUP_S
+
+  def run_seconds(self, spec: RunSpec, steps: int | None = None) -> float:
+    steps = spec.steps if steps is None else steps
+    return self.startup_seconds() + steps * self.step_seconds(spec.flops_per_step)
+
+
+def format_seconds(s: float) -> str:
+  s = int(round(max(s, 0)))
+  h, rem = divmod(s, 3600)
+  m, sec = divmod(rem, 60)
+  return f'{h}:{m:02d}:{sec:02d}' if h else f'{m}:{sec:02d}'
+
+
+class SubprocessRunner:
+  """Runs one command with its output appended to a log file and each line passed on; the
+  process gets its own session so that the sweep decides how it is stopped."""
+
+  def __init__(self):
+    self._proc = None
+
+  def __call__(self, command: Sequence[str], log_path: str, on_line: Callable[[str], None]) -> int:
+    pid_path = os.path.splitext(log_path)[0] + '.pid'
+    _refuse_if_running(pid_path, command)
+    with open(log_path, 'a') as log:
+      log.write(f'$ {shlex.join(command)}\n')
+      self._proc = subprocess.Popen(list(command), cwd=REPO, stdout=subprocess.PIPE,
+                                    stderr=subprocess.STDOUT, text=True, bufsize=1,
+                                    start_new_session=True)
+      with open(pid_path, 'w') as f:
+        f.write(str(self._proc.pid))
+      try:
+        for line in self._proc.stdout:
+          log.write(line)
+          log.flush()
+          on_line(line)
+        return self._proc.wait()
+      except BaseException:  # a second Ctrl-C: abort the run at once rather than orphan it
+        if self._proc.poll() is None:
+          os.killpg(self._proc.pid, signal.SIGKILL)
+          self._proc.wait()
+        raise
+      finally:
+        if self._proc.poll() is not None and os.path.exists(pid_path):
+          os.remove(pid_path)
+
+  def terminate(self) -> None:
+    """SIGTERM: the trainer finishes its step, saves a checkpoint and exits 0."""
+    if self._proc is not None and self._proc.poll() is None:
+      os.killpg(self._proc.pid, signal.SIGTERM)
+
+
+def _refuse_if_running(pid_path: str, command: Sequence[str]) -> None:
+  """A sweep killed outright leaves its trainer running; a second one on the same MODEL_DIR
+  would corrupt it, so say so instead. (The process must still run this very command.)"""
+  try:
+    with open(pid_path) as f:
+      pid = int(f.read())
+    with open(f'/proc/{pid}/cmdline', 'rb') as f:
+      alive = f.read().rstrip(b'\0').split(b'\0')[1:] == [c.encode() for c in command[1:]]
+  except (OSError, ValueError):
+    return
+  if alive:
+    raise SweepError(f'{shlex.join(command[1:])} is still running (pid {pid}); wait for it to '
+                     f'finish or stop it (kill -TERM {pid} saves a checkpoint), then rerun.')
+
+
+_STEP_LINE = re.compile(r'^step\s+(\d+)/(\d+)\s*\|\s*loss\s+([-\d.naif]+)')
+_RESUMED = re.compile(r'^Resumed from step (\d+)')
+
+
+class Sweep:
+  """Trains the runs of a sweep one after another, skipping complete ones, with progress and ETA.
+
+  `runner(command, log_path, on_line) -> exit status` trains one run (SubprocessRunner by
+  default; tests inject a fake). A run is complete once it has logged its last step and exited 0;
+  RUN_DIR/done.json records that with its timings.
+  """
+
+  def __init__(self, out_dir: str, specs: Sequence[RunSpec], runner=None,
+               clock: Callable[[], float] = time.monotonic, extra_seconds: float = 0.0):
+    self.out_dir, self.specs = out_dir, list(specs)
+    self.runner = runner or SubprocessRunner()
+    self.clock = clock
+    self.extra_seconds = extra_seconds  # work after training (evaluation), for the sweep ETA
+    self.times = TimeModel()
+    self.stop_requested = False
+    self.trained = 0  # runs this sweep trained to the end
+    for spec in self.specs:
+      done = self.done(spec)
+      if done:
+        self.times.add(spec.flops_per_step, done.get('seconds_per_step', 0.0),
+                       done.get('startup_s', -1.0))
+
+  def done(self, spec: RunSpec) -> dict | None:
+    return read_json(os.path.join(run_dir_of(self.out_dir, spec.name), 'done.json'))
+
+  def train_all(self) -> bool:
+    """True when every run is complete; False when a stop was requested (rerun to continue)."""
+    pending = [s for s in self.specs if not self.done(s)]
+    complete = len(self.specs) - len(pending)
+    if complete:
+      say(f'{complete} of {len(self.specs)} runs already complete; skipping them.')
+    handlers = self._install_signal_handlers()
+    try:
+      for i, spec in enumerate(pending):
+        index = complete + i + 1
+        self._train_one(index, spec, pending[i + 1:])
+        if self.stop_requested:
+          say(f'Sweep stopped after {spec.name} saved its checkpoint. Rerun the same command to '
+              'continue where it stopped.')
+          return False
+    finally:
+      for sig, handler in handlers.items():
+        signal.signal(sig, handler)
+    return True
+
+  def _install_signal_handlers(self) -> dict:
+    import threading  # pylint: disable=import-outside-toplevel
+    if threading.current_thread() is not threading.main_thread():
+      return {}
+
+    def handle(signum, _frame):
+      if self.stop_requested and signum == signal.SIGINT:
+        raise KeyboardInterrupt
+      self.stop_requested = True
+      say(f'{signal.Signals(signum).name}: the current run saves a checkpoint, then the sweep '
+          'stops (Ctrl-C again to abort at once).')
+      terminate = getattr(self.runner, 'terminate', None)
+      if terminate:
+        terminate()
+
+    return {sig: signal.signal(sig, handle) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+  def _train_one(self, index: int, spec: RunSpec, after: Sequence[RunSpec]) -> None:
+    run_dir = run_dir_of(self.out_dir, spec.name)
+    meta = read_json(os.path.join(run_dir, 'run.json'))
+    if meta is None:
+      raise SweepError(f'{run_dir}/run.json is missing; run `launch/scaling.py run` to write it.')
+    start_step = last_train_step(run_dir)
+    head = (f'[{index}/{len(self.specs)} {spec.name} N={_si(spec.non_embedding_params)}]')
+    resumed = f', resuming near step {start_step}' if start_step else ''
+    say(f'{head} d_model {spec.d_model}, {spec.params:,} params '
+        f'({spec.non_embedding_params:,} non-embedding), {spec.steps} steps, {spec.tokens:,} '
+        f'tokens{resumed}; log: {os.path.join(run_dir, "train.log")}')
+    t0 = self.clock()
+    state = {'first': None, 'start': start_step, 'tail': []}
+
+    def on_line(line: str) -> None:
+      state['tail'] = (state['tail'] + [line.rstrip()])[-12:]
+      m = _RESUMED.match(line)
+      if m:
+        state['start'] = int(m.group(1))
+      m = _STEP_LINE.match(line)
+      if not m:
+        if line.startswith('error:'):
+          say(f'{head} {line.rstrip()}')
+        return
+      step, total, loss = int(m.group(1)), int(m.group(2)), m.group(3)
+      now = self.clock()
+      if state['first'] is None:  # the first logged step includes the compile: time from here
+        state['first'] = (step, now)
+        rate = None
+      else:
+        first_step, first_t = state['first']
+        rate = (step - first_step) / max(now - first_t, 1e-9) if step > first_step else None
+      left = ((total - step) / rate if rate else
+              (total - step) * self.times.step_seconds(spec.flops_per_step))
+      sweep_left = left + sum(self.times.run_seconds(s) for s in after) + self.extra_seconds
+      speed = f'{rate:.2f} steps/s' if rate else 'timing...'
+      say(f'{head} step {step}/{total} | loss {loss} | {speed} | run ETA {format_seconds(left)} '
+          f'| sweep ETA {format_seconds(sweep_left)}')
+
+    status = self.runner(meta['command'], os.path.join(run_dir, 'train.log'), on_line)
+    wall = self.clock() - t0
+    if self.stop_requested and last_train_step(run_dir) < spec.steps:
+      return  # stopped on request: saved (or killed in start-up, before it had anything to save)
+    if status != 0:
+      tail = '\n'.join('    ' + line for line in state['tail'])
+      raise SweepError(f'run {spec.name} exited with status {status} after '
+                       f'{format_seconds(wall)}; its last output:\n{tail}\nFix the cause and rerun '
+                       'the same command: complete runs are skipped, this one resumes.')
+    reached = last_train_step(run_dir)
+    if reached < spec.steps:
+      raise SweepError(f'run {spec.name} exited 0 at step {reached} of {spec.steps}; see '
+                       f'{os.path.join(run_dir, "train.log")}.')
+    rates = [r['steps_per_s'] for r in read_metrics(os.path.join(run_dir, 'metrics.jsonl'))
+             if r.get('steps_per_s')]
+    seconds_per_step = 1.0 / float(np.median(rates)) if rates else 0.0
+    trained = spec.steps - state['start']
+    startup = max(wall - trained * seconds_per_step, 0.0)
+    self.times.add(spec.flops_per_step, seconds_per_step, startup)
+    self.trained += 1
+    write_json(os.path.join(run_dir, 'done.json'),
+               {'wall_s': wall, 'steps_trained': trained, 'seconds_per_step': seconds_per_step,
+                'startup_s': startup, 'finished': time.strftime('%Y-%m-%d %H:%M:%S')})
+    say(f'{head} done in {format_seconds(wall)} ({seconds_per_step:.3f} s/step; '
+        f'{startup:.0f} s of start-up, compile and checkpoint saves).')
+
+
+# ------------------------------------------------------------------------------- cluster jobs
+
+
+def cluster_jobs(out_dir: str, specs: Sequence[RunSpec], mode: str, train_flags: Sequence[str],
+                 args) -> dict[str, str]:
+  """{path: text}: one SLURM script or TPU command file per run, and a submit_all.sh."""
+  from launch import slurm, tpu  # pylint: disable=import-outside-toplevel
+  files, submit = {}, ['#!/bin/bash', '# Written by launch/scaling.py: start every run of the sweep.',
+                       'set -euo pipefail', f'cd {shlex.quote(REPO)}']
+  for spec in specs:
+    run_dir = run_dir_of(out_dir, spec.name)
+    flags = [f'--gin_file={os.path.join(run_dir, "run.gin")}', *train_flags]
+    job = re.sub(r'[^A-Za-z0-9._-]', '-', f'{args.job_prefix}-{spec.name}')
+    try:
+      if mode == 'slurm':
+        path = os.path.join(run_dir, 'job.sbatch')
+        files[path] = slurm.sbatch_script(
+            nodes=args.nodes, gpus_per_node=args.gpus_per_node, job_name=job, time=args.time,
+            train_flags=flags, partition=args.partition, account=args.account,
+            log_dir=os.path.join(run_dir, 'slurm_logs'))
+        submit += [f'mkdir -p {shlex.quote(os.path.join(run_dir, "slurm_logs"))}',
+                   f'sbatch {shlex.quote(path)}']
+      else:
+        path = os.path.join(run_dir, 'tpu_commands.sh')
+        commands = tpu.tpu_commands(
+            tpu_name=job.lower().replace('_', '-').replace('.', '-'),
+            accelerator_type=args.accelerator_type, zone=args.zone, project=args.project,
+            train_flags=flags, repo_url=args.repo_url)
+        files[path] = '\n'.join(['#!/bin/bash', 'set -euo pipefail', *commands, ''])
+        submit.append(f'bash {shlex.quote(path)}')
+    except (slurm.UsageError, tpu.UsageError) as e:
+      raise UsageError(str(e)) from e
+  files[os.path.join(out_dir, 'submit_all.sh')] = '\n'.join(submit + [''])
+  return files
+
+
+# ------------------------------------------------------------------------------- evaluation
+
+
+def evaluate_run(run_dir: str, max_batches: int = 0) -> dict:
+  """Validation loss of a run's last checkpoint: nats per target token over the task's
+  validation split, packed as in training, without z-loss. Logged to RUN_DIR/metrics.jsonl."""
+  # pylint: disable=import-outside-toplevel
+  import gin
+  import jax
+  import jax.numpy as jnp
+  from flax import nnx
+  from t5x_lite import checkpoints, gin_utils, infer, models, trainer, vocab
+  from t5x_lite.data import pipeline
+  meta = read_json(os.path.join(run_dir, 'run.json'))
+  files, bindings, _ = gin_utils.split_flags(meta['command'][3:])
+  gin.clear_config()
+  gin_utils.parse(files, bindings)
+  config = gin_utils.query_macro('MODEL_CONFIG')
+  task = gin_utils.query_macro('MIXTURE_OR_TASK_NAME')
+  lengths = dict(gin_utils.query_macro('TASK_FEATURE_LENGTHS'))
+  batch_size = int(gin_utils.query_macro('BATCH_SIZE'))
+  import tasks  # registers the tasks with the gin-configured vocabulary
+  tasks.register_all(vocab.get_vocabulary())
+  step_dir = checkpoints.find_step_dir(run_dir)
+  graphdef, abstract, _ = trainer.abstract_params_and_axes(config)
+  params = checkpoints.load_params(str(step_dir), abstract)
+  model = nnx.merge(graphdef, jax.tree.map(jnp.asarray, params))
+  batches = pipeline.get_dataset(task, lengths, batch_size, split='validation', shuffle=False,
+                                 num_epochs=1, feature_converter=models.feature_converter(config))
+  nll = tokens = 0.0
+  n = 0
+  for batch in batches:
+    if len(batch['decoder_target_tokens']) < batch_size or (max_batches and n >= max_batches):
+      break  # whole batches only: one compile, and the same examples for every size
+    nll -= float(np.sum(infer.score_batch(model, batch)))
+    tokens += float(np.sum(batch['decoder_loss_weights']))
+    n += 1
+  gin.clear_config()
+  if not tokens:
+    raise UsageError(f'the validation split of {task} gave no whole batch of {batch_size}.')
+  step = int(step_dir.name)
+  result = {f'eval/{task}/loss': nll / tokens, f'eval/{task}/target_tokens': tokens}
+  writer = trainer.MetricsWriter(run_dir, step, resume_step=step)
+  writer.write(step, result)
+  writer.close()
+  return {'step': step, 'loss': nll / tokens, 'tokens': tokens, 'batches': n}
+
+
+def eval_loss(rows: Sequence[dict], step: int) -> float | None:
+  """The validation loss logged at `step` (the last one if logged twice), or None."""
+  found = None
+  for r in rows:
+    if int(r.get('step', -1)) == step:
+      for k, v in r.items():
+        if k.startswith('eval/') and k.endswith('/loss'):
+          found = float(v)
+  return found
+
+
+def evaluate_pending(out_dir: str, max_batches: int = 0) -> int:
+  """Evaluates every complete run that has no validation loss at its last step yet."""
+  count = 0
+  for run_dir in run_dirs(out_dir):
+    meta = read_json(os.path.join(run_dir, 'run.json'))
+    if last_train_step(run_dir) < meta['steps']:  # not trained to the end (yet)
+      continue
+    if eval_loss(read_metrics(os.path.join(run_dir, 'metrics.jsonl')), meta['steps']) is not None:
+      continue
+    t0 = time.monotonic()
+    try:
+      if not os.path.isdir(os.path.join(run_dir, 'checkpoints', str(meta['steps']))):
+        raise FileNotFoundError(f"no checkpoint of its last step {meta['steps']} in {run_dir}")
+      r = evaluate_run(run_dir, max_batches)
+    except (FileNotFoundError, ValueError) as e:  # t5x_lite's UsageErrors are ValueErrors
+      raise SweepError(f"validation of {meta['name']}: {e}") from e
+    count += 1
+    say(f"eval {meta['name']}: validation loss {r['loss']:.4f} over {r['tokens']:,.0f} target "
+        f"tokens ({r['batches']} batches, {time.monotonic() - t0:.1f} s)")
+  return count
+
+
+# ------------------------------------------------------------------------------- collect
+
+
+def run_dirs(out_dir: str) -> list[str]:
+  root = os.path.join(out_dir, 'runs')
+  names = sorted(os.listdir(root)) if os.path.isdir(root) else []
+  return [os.path.join(root, n) for n in names
+          if os.path.isfile(os.path.join(root, n, 'run.json'))]
+
+
+CSV_FIELDS = ('name', 'family', 'budget', 'd_model', 'num_layers', 'num_heads', 'd_ff', 'params',
+              'non_embedding_params', 'steps', 'tokens', 'flops', 'step_reached', 'train_loss',
+              'eval_loss', 'loss', 'loss_source', 'seconds_per_step', 'wall_s', 'complete')
+
+
+def collect(out_dir: str, last_k: int = LAST_K) -> list[dict]:
+  """One row per run directory: its size and budget, and the losses its metrics.jsonl holds."""
+  rows = []
+  for run_dir in run_dirs(out_dir):
+    meta = read_json(os.path.join(run_dir, 'run.json'))
+    metrics = read_metrics(os.path.join(run_dir, 'metrics.jsonl'))
+    train = sorted((r for r in metrics if 'loss' in r), key=lambda r: r['step'])
+    tail = [r.get('cross_ent_loss', r['loss']) for r in train[-last_k:]]
+    reached = int(train[-1]['step']) if train else 0
+    done = read_json(os.path.join(run_dir, 'done.json'), {})
+    complete = reached >= meta['steps']
+    train_loss = float(np.mean(tail)) if tail else float('nan')
+    val = eval_loss(metrics, meta['steps']) if complete else None
+    rows.append({
+        'name': meta['name'], 'family': meta['family'], 'budget': meta['budget'],
+        'd_model': meta['d_model'], 'num_layers': meta['fields']['num_decoder_layers'],
+        'num_heads': meta['fields']['num_heads'], 'd_ff': meta['fields']['d_ff'],
+        'params': meta['params'], 'non_embedding_params': meta['non_embedding_params'],
+        'steps': meta['steps'], 'tokens': meta['tokens'], 'flops': meta['flops'],
+        'step_reached': reached, 'train_loss': train_loss,
+        'eval_loss': float('nan') if val is None else val,
+        'loss': train_loss if val is None else val,
+        'loss_source': 'validation' if val is not None else f'train (last {len(tail)} logged)',
+        'seconds_per_step': done.get('seconds_per_step', float('nan')),
+        'wall_s': done.get('wall_s', float('nan')), 'complete': complete})
+  return rows
+
+
+# ------------------------------------------------------------------------------- fitting
+
+
+def r_squared(y, predicted) -> float:
+  """1 - SS_res / SS_tot, on the losses themselves."""
+  y, predicted = np.asarray(y, float), np.asarray(predicted, float)
+  return float(1.0 - np.sum((y - predicted) ** 2) / np.sum((y - y.mean()) ** 2))
+
+
+def _nonnegative_lstsq(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+  """Least squares with every coefficient >= 0, exact for a few columns: the best of the
+  unconstrained fits over column subsets whose coefficients all come out non-negative."""
+  k = x.shape[1]
+  coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+  if np.all(coef >= 0):  # the unconstrained optimum is feasible, hence the constrained one
+    return coef, float(np.sum((x @ coef - y) ** 2))
+  best, best_sse = np.zeros(k), float(np.sum(y ** 2))
+  for mask in range(1, (1 << k) - 1):
+    cols = [j for j in range(k) if mask >> j & 1]
+    coef, *_ = np.linalg.lstsq(x[:, cols], y, rcond=None)
+    if np.all(coef >= 0):
+      full = np.zeros(k)
+      full[cols] = coef
+      sse = float(np.sum((x @ full - y) ** 2))
+      if sse < best_sse:
+        best, best_sse = full, sse
+  return best, best_sse
+
+
+def _refine(model, x, y, p0, lower):
+  """scipy's curve_fit from the grid optimum, when scipy is there: (params, standard errors)."""
+  try:
+    from scipy import optimize  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return np.asarray(p0, float), None
+  import warnings  # pylint: disable=import-outside-toplevel
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    try:
+      p, cov = optimize.curve_fit(model, x, y, p0=p0, bounds=(lower, np.inf), maxfev=20000)
+    except (RuntimeError, ValueError):
+      return np.asarray(p0, float), None
+  sse0 = np.sum((model(x, *p0) - y) ** 2)
+  if np.sum((model(x, *p) - y) ** 2) > sse0:
+    return np.asarray(p0, float), None
+  errors = np.sqrt(np.diag(cov)) if len(y) > len(p0) and np.all(np.isfinite(cov)) else None
+  return p, errors
+
+
+def fit_power_law(n, loss) -> dict:
+  """L(N) = E + A·N^(-α) by least squares on the losses, with E, A, α >= 0.
+
+  For fixed α the model is linear in (E, A): a grid over α with a non-negative linear fit finds
+  the global optimum's neighbourhood, then curve_fit refines all three (and gives standard
+  errors). N is scaled by its geometric mean inside, which keeps the columns well conditioned.
+
+  The same grid is the profile of the squared error over α, which gives `alpha_range`: the α
+  whose best (E, A) fit is within a 68% F-test of the optimum (Bates & Watts 1988, profile
+  intervals). A few points over a small loss range often fit a whole range of α, trading E
+  against A; the range says so where one number would not.
+  """
+  n, loss = np.asarray(n, float), np.asarray(loss, float)
+  if len(np.unique(n)) < 3:
+    raise ValueError(f'fitting E + A·N^-α needs at least 3 distinct sizes, got {len(np.unique(n))}.')
+  scale = float(np.exp(np.mean(np.log(n))))
+  x = n / scale
+  alphas = np.geomspace(1e-3, 3.0, 800)
+  fits = [_nonnegative_lstsq(np.stack([np.ones_like(x), x ** -a], 1), loss) for a in alphas]
+  profile = np.array([sse for _, sse in fits])
+  best = int(np.argmin(profile))
+  (e, a_scaled), alpha = fits[best][0], alphas[best]
+  model = lambda x_, e_, a_, alpha_: e_ + a_ * x_ ** -alpha_
+  (e, a_scaled, alpha), errors = _refine(model, x, loss, [e, a_scaled, alpha], [0, 0, 0])
+  predicted = model(x, e, a_scaled, alpha)
+  sse = float(np.sum((loss - predicted) ** 2))
+  return {'E': float(e), 'A': float(a_scaled * scale ** alpha), 'alpha': float(alpha),
+          'E_err': None if errors is None else float(errors[0]),
+          'alpha_err': None if errors is None else float(errors[2]),
+          'alpha_range': _profile_range(alphas, profile, min(sse, profile.min()), len(loss) - 3),
+          'r2': r_squared(loss, predicted), 'predicted': predicted, 'residuals': loss - predicted,
+          'points': len(loss), 'method': 'grid + curve_fit' if errors is not None else 'grid'}
+
+
+def _profile_range(values, profile, sse_min: float, dof: int):
+  """(low, high) of the grid values whose profiled error passes a 68% F-test, or None."""
+  try:
+    from scipy import stats  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None
+  if dof < 1:
+    return None
+  threshold = sse_min * (1 + stats.t.ppf(0.84, dof) ** 2 / dof)
+  inside = values[profile <= threshold]
+  return (float(inside.min()), float(inside.max())) if len(inside) else None
+
+
+def fit_joint(n, d, loss) -> dict:
+  """L(N, D) = E + A·N^(-α) + B·D^(-β) (Hoffmann et al. 2022), as fit_power_law: a grid over
+  (α, β) with a non-negative linear fit of (E, A, B), then curve_fit."""
+  n, d, loss = (np.asarray(v, float) for v in (n, d, loss))
+  if len(loss) < 6 or len(np.unique(n)) < 2 or len(np.unique(d)) < 2:
+    raise ValueError('fitting L(N, D) needs at least 6 runs over 2+ sizes and 2+ token budgets.')
+  sn, sd = (float(np.exp(np.mean(np.log(v)))) for v in (n, d))
+  xn, xd = n / sn, d / sd
+  best = None
+  grid = np.linspace(0.02, 2.0, 100)
+  for alpha in grid:
+    for beta in grid:
+      x = np.stack([np.ones_like(xn), xn ** -alpha, xd ** -beta], 1)
+      coef, sse = _nonnegative_lstsq(x, loss)
+      if best is None or sse < best[0]:
+        best = (sse, *coef, alpha, beta)
+  xs = np.stack([xn, xd])
+  model = lambda x_, e_, a_, b_, alpha_, beta_: e_ + a_ * x_[0] ** -alpha_ + b_ * x_[1] ** -beta_
+  p, errors = _refine(model, xs, loss, list(best[1:]), [0] * 5)
+  e, a, b, alpha, beta = p
+  predicted = model(xs, *p)
+  return {'E': float(e), 'A': float(a * sn ** alpha), 'B': float(b * sd ** beta),
+          'alpha': float(alpha), 'beta': float(beta),
+          'alpha_err': None if errors is None else float(errors[3]),
+          'beta_err': None if errors is None else float(errors[4]),
+          'r2': r_squared(loss, predicted), 'predicted': predicted, 'residuals': loss - predicted,
+          'points': len(loss), 'method': 'grid + curve_fit' if errors is not None else 'grid'}
+
+
+def fit_rows(rows: Sequence[dict]) -> dict:
+  """L(N) per budget group whose runs share D (3+ sizes), and L(N, D) when D varies."""
+  done = [r for r in rows if r['complete'] and math.isfinite(r['loss'])]
+  fits = {'groups': {}, 'joint': None}
+  for group in sorted({r['budget'] for r in done}, key=_budget_order):
+    members = [r for r in done if r['budget'] == group]
+    if len({r['tokens'] for r in members}) == 1 and len({r['non_embedding_params']
+                                                         for r in members}) >= 3:
+      members.sort(key=lambda r: r['non_embedding_params'])
+      fit = fit_power_law([r['non_embedding_params'] for r in members], [r['loss'] for r in members])
+      fits['groups'][group] = {**fit, 'names': [r['name'] for r in members]}
+  if len({r['tokens'] for r in done}) >= 2 and len(done) >= 6:
+    try:
+      fit = fit_joint([r['non_embedding_params'] for r in done], [r['tokens'] for r in done],
+                      [r['loss'] for r in done])
+      fits['joint'] = {**fit, 'names': [r['name'] for r in done]}
+    except ValueError:
+      pass
+  return fits
+
+
+def _budget_order(group: str) -> tuple:
+  kind, value = group.split('=')
+  return kind, float(value)
+
+
+# ------------------------------------------------------------------------------- PNG plot
+
+# A 5x7 bitmap font (rows top to bottom, 5 bits each, as 14 hex digits): matplotlib is not a
+# dependency of this repository, so the plot is drawn with numpy and written with zlib.
+_FONT = {
+    '0': '0E11131519110E', '1': '040C040404040E', '2': '0E11010204081F', '3': '1F02040201110E',
+    '4': '02060A121F0202', '5': '1F101E0101110E', '6': '0608101E11110E', '7': '1F010204080808',
+    '8': '0E11110E11110E', '9': '0E11110F01020C', 'A': '0E1111111F1111', 'B': '1E11111E11111E',
+    'C': '0E11101010110E', 'D': '1C12111111121C', 'E': '1F10101E10101F', 'F': '1F10101E101010',
+    'G': '0E111017111111', 'H': '1111111F111111', 'I': '0E04040404040E', 'J': '0702020202120C',
+    'K': '11121418141211', 'L': '1010101010101F', 'M': '111B1515111111', 'N': '11111915131111',
+    'O': '0E11111111110E', 'P': '1E11111E101010', 'Q': '0E11111115120D', 'R': '1E11111E141211',
+    'S': '0F10100E01011E', 'T': '1F040404040404', 'U': '1111111111110E', 'V': '11111111110A04',
+    'W': '1111111515150A', 'X': '11110A040A1111', 'Y': '1111110A040404', 'Z': '1F01020408101F',
+    ' ': '00000000000000', '.': '00000000000C0C', ',': '000000000C0408', '-': '0000001F000000',
+    '+': '0004041F040400', '=': '00001F001F0000', '(': '02040808080402', ')': '08040202020408',
+    ':': '000C0C000C0C00', '/': '00010204081000', '^': '040A1100000000', '*': '0004150E150400',
+    '%': '18190204081303', '_': '0000000000001F', '[': '0E08080808080E', ']': '0E02020202020E',
+    '<': '02040810080402', '>': '08040201020408', "'": '04040800000000', '#': '0A0A1F0A1F0A0A',
+    '·': '00000C0C000000', '²': '0C1204081E0000', '×': '00110A040A1100', '±': '04041F0404001F',
+    'α': '00000D12121D00', 'β': '0E111E11111E10', '?': '0E110102040004',
+}
+_COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
+           (140, 86, 75), (227, 119, 194), (23, 190, 207)]
+
+
+def _glyph(ch: str) -> np.ndarray:
+  code = _FONT.get(ch) or _FONT.get(ch.upper()) or _FONT['?']
+  rows = [int(code[i:i + 2], 16) for i in range(0, 14, 2)]
+  return np.array([[(r >> (4 - c)) & 1 for c in range(5)] + [0] for r in rows], bool)
+
+
+class Canvas:
+  """An RGB image with just what a scaling plot needs: lines, dots, boxes and text."""
+
+  def __init__(self, width: int, height: int):
+    self.pixels = np.full((height, width, 3), 255, np.uint8)
+
+  def _paint(self, ys, xs, color):
+    h, w, _ = self.pixels.shape
+    keep = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+    self.pixels[ys[keep], xs[keep]] = color
+
+  def line(self, points, color, width: int = 1, dash: int = 0):
+    """A polyline through (x, y) pixel points; `dash` > 0 draws dashes of that length."""
+    for (x0, y0), (x1, y1) in zip(points[:-1], points[1:]):
+      n = int(max(abs(x1 - x0), abs(y1 - y0)) * 2) + 2
+      t = np.linspace(0, 1, n)
+      xs, ys = x0 + (x1 - x0) * t, y0 + (y1 - y0) * t
+      if dash:
+        along = np.hypot(xs - x0, ys - y0)
+        xs, ys = xs[(along // dash) % 2 == 0], ys[(along // dash) % 2 == 0]
+      for ox in range(width):
+        for oy in range(width):
+          self._paint(np.round(ys).astype(int) + oy - width // 2,
+                      np.round(xs).astype(int) + ox - width // 2, color)
+
+  def dot(self, x, y, radius, color):
+    r = int(math.ceil(radius))
+    oy, ox = np.mgrid[-r:r + 1, -r:r + 1]
+    inside = ox ** 2 + oy ** 2 <= radius ** 2
+    self._paint(int(round(y)) + oy[inside], int(round(x)) + ox[inside], color)
+
+  def box(self, x0, y0, x1, y1, color):
+    self.line([(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)], color)
+
+  def text(self, x, y, s: str, color=(0, 0, 0), scale: int = 2, align: str = 'left',
+           vertical: bool = False):
+    """Text whose middle line is at y; `align` places x at its left, center or right end.
+    `vertical` turns it to read bottom to top (a y-axis label)."""
+    bitmap = np.hstack([_glyph(ch) for ch in s]) if s else np.zeros((7, 0), bool)
+    bitmap = np.kron(bitmap, np.ones((scale, scale), bool))
+    if vertical:
+      bitmap = np.rot90(bitmap)
+    h, w = bitmap.shape
+    left = {'left': 0, 'center': w // 2, 'right': w}[align] if not vertical else w // 2
+    top = h // 2 if not vertical else {'left': 0, 'center': h // 2, 'right': h}[align]
+    ys, xs = np.nonzero(bitmap)
+    self._paint(ys + int(y) - top, xs + int(x) - left, color)
+
+  def png(self) -> bytes:
+    """The image as PNG bytes: 8-bit RGB, filter 0 on every row, one zlib IDAT chunk."""
+    h, w, _ = self.pixels.shape
+    raw = np.hstack([np.zeros((h, 1), np.uint8), self.pixels.reshape(h, w * 3)]).tobytes()
+
+    def chunk(tag: bytes, data: bytes) -> bytes:
+      return (struct.pack('>I', len(data)) + tag + data
+              + struct.pack('>I', zlib.crc32(tag + data) & 0xffffffff))
+
+    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 2, 0, 0, 0))
+            + chunk(b'IDAT', zlib.compress(raw, 9)) + chunk(b'IEND', b''))
+
+
+def _si(n: float) -> str:
+  for unit, div in (('B', 1e9), ('M', 1e6), ('K', 1e3)):
+    if abs(n) >= div:
+      return f'{n / div:.3g}{unit}'
+  return f'{n:.3g}'
+
+
+def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
+  raw = (hi - lo) / count
+  mag = 10 ** math.floor(math.log10(raw))
+  step = min((s * mag for s in (1, 2, 2.5, 5, 10) if s * mag >= raw), default=10 * mag)
+  return [t for t in np.arange(math.ceil(lo / step) * step, hi + step * 1e-9, step)]
+
+
+class _Panel:
+  """Maps data to pixels in one box: x is log10 of N, y linear."""
+
+  def __init__(self, canvas: Canvas, box, xlim, ylim):
+    self.canvas, self.box, self.xlim, self.ylim = canvas, box, xlim, ylim
+
+  def at(self, n, y):
+    x0, y0, x1, y1 = self.box
+    fx = (math.log10(n) - self.xlim[0]) / (self.xlim[1] - self.xlim[0])
+    fy = (y - self.ylim[0]) / (self.ylim[1] - self.ylim[0])
+    return x0 + fx * (x1 - x0), y1 - fy * (y1 - y0)
+
+  def axes(self, ylabel: str, xlabel: str | None, y_decimals: int):
+    c, (x0, y0, x1, y1) = self.canvas, self.box
+    c.box(x0, y0, x1, y1, (0, 0, 0))
+    lo, hi = self.xlim
+    for k in range(math.floor(lo), math.ceil(hi) + 1):
+      for m in (1, 2, 5):
+        e = k + math.log10(m)
+        if lo <= e <= hi:
+          x, _ = self.at(10 ** e, self.ylim[0])
+          c.line([(x, y1), (x, y1 - (7 if m == 1 else 4))], (0, 0, 0))
+          c.line([(x, y0 + 1), (x, y1 - 1)], (235, 235, 235))
+          if xlabel is not None:
+            c.text(x, y1 + 14, _si(10 ** e), align='center')
+    for t in _nice_ticks(*self.ylim):
+      _, y = self.at(10 ** lo, t)
+      c.line([(x0, y), (x0 + 6, y)], (0, 0, 0))
+      c.line([(x0 + 7, y), (x1 - 1, y)], (235, 235, 235))
+      c.text(x0 - 8, y, f'{t:.{y_decimals}f}', align='right')
+    c.text(x0 - 96, (y0 + y1) / 2, ylabel, align='center', vertical=True)
+    if xlabel:
+      c.text((x0 + x1) / 2, y1 + 40, xlabel, align='center')
+
+
+def plot(rows: Sequence[dict], fits: dict, path: str, title: str) -> None:
+  """scaling.png: loss vs N (log x) with each group's fitted curve, and the residuals below."""
+  done = [r for r in rows if r['complete'] and math.isfinite(r['loss'])]
+  if not done:
+    return
+  canvas = Canvas(960, 780)
+  groups = sorted({r['budget'] for r in done}, key=_budget_order)
+  color = {g: _COLORS[i % len(_COLORS)] for i, g in enumerate(groups)}
+  n_all = np.array([r['non_embedding_params'] for r in done], float)
+  xlim = (math.log10(n_all.min()) - 0.15, math.log10(n_all.max()) + 0.15)
+  losses = np.array([r['loss'] for r in done])
+  curves = {}
+  for g, fit in fits['groups'].items():
+    n = np.logspace(*xlim, 200)
+    curves[g] = (n, fit['E'] + fit['A'] * n ** -fit['alpha'])
+  joint = fits.get('joint')
+  residual_of = {}
+  for g, fit in fits['groups'].items():
+    residual_of.update(zip(fit['names'], fit['residuals']))
+  if joint:
+    for name, res in zip(joint['names'], joint['residuals']):
+      residual_of.setdefault(name, res)
+    for g in groups:  # groups without their own fit: the joint model along their (N, D) path
+      if g in curves:
+        continue
+      members = sorted((r for r in done if r['budget'] == g), key=lambda r: r['non_embedding_params'])
+      if len(members) >= 2:
+        ln = np.log10([r['non_embedding_params'] for r in members])
+        ld = np.log10([r['tokens'] for r in members])
+        grid = np.linspace(ln[0], ln[-1], 100)
+        n, dd = 10 ** grid, 10 ** np.interp(grid, ln, ld)
+        curves[g] = (n, joint['E'] + joint['A'] * n ** -joint['alpha'] + joint['B'] * dd ** -joint['beta'])
+  visible = np.concatenate([losses] + [c[1] for c in curves.values()])
+  pad = 0.08 * (np.ptp(losses) or 1.0)
+  ylim = (min(losses.min(), visible[np.isfinite(visible)].min()) - pad, losses.max() + pad)
+  ylim = (max(ylim[0], losses.min() - 1.5 * np.ptp(losses) - pad), ylim[1])
+  # Title and one legend line per group (with its fit) above the panels.
+  canvas.text(130, 20, title)
+  legend = []
+  for g in groups:
+    fit = fits['groups'].get(g)
+    legend.append((color[g], f'{g}: α = {fit["alpha"]:.3f}, E = {fit["E"]:.3f}, '
+                             f'A = {fit["A"]:.3g}, R² = {fit["r2"]:.4f}' if fit else g))
+  if joint:
+    legend.append(((0, 0, 0), f'L(N,D): α = {joint["alpha"]:.3f}, β = {joint["beta"]:.3f}, '
+                              f'E = {joint["E"]:.3f}, R² = {joint["r2"]:.4f}'))
+  for i, (c, label) in enumerate(legend):
+    canvas.dot(136, 48 + 20 * i, 5, c)
+    canvas.text(148, 48 + 20 * i, label)
+  top_y = 70 + 20 * len(legend)
+  top = _Panel(canvas, (130, top_y, 930, 500), xlim, ylim)
+  top.axes('LOSS (NATS/TOKEN)', None, 2)
+  for g in groups:
+    if g in curves:
+      n, y = curves[g]
+      keep = (y >= ylim[0]) & (y <= ylim[1])
+      if keep.sum() > 1:
+        top.canvas.line([top.at(a, b) for a, b in zip(n[keep], y[keep])], color[g], width=2)
+    for r in done:
+      if r['budget'] == g:
+        top.canvas.dot(*top.at(r['non_embedding_params'], r['loss']), 6, color[g])
+  res = np.array([residual_of.get(r['name'], np.nan) for r in done])
+  span = float(np.nanmax(np.abs(res))) if np.isfinite(res).any() else 0.01
+  span = max(span, 1e-3) * 1.3
+  bottom = _Panel(canvas, (130, 560, 930, 710), xlim, (-span, span))
+  bottom.axes('RESIDUAL', 'N (NON-EMBEDDING PARAMETERS)', 3)
+  canvas.text(530, 545, 'RESIDUALS: LOSS - FIT', align='center')
+  bottom.canvas.line([bottom.at(10 ** xlim[0], 0), bottom.at(10 ** xlim[1], 0)], (0, 0, 0), dash=6)
+  for r, e in zip(done, res):
+    if math.isfinite(e):
+      bottom.canvas.dot(*bottom.at(r['non_embedding_params'], e), 5, color[r['budget']])
+  with open(path, 'wb') as f:
+    f.write(canvas.png())
+
+
+# ------------------------------------------------------------------------------- report
+
+
+def write_csv(rows: Sequence[dict], path: str) -> None:
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    for r in rows:
+      writer.writerow({k: r[k] for k in CSV_FIELDS})
+
+
+def _pm(value: float, error: float | None, fmt: str) -> str:
+  return f'{value:{fmt}}' + (f' ± {error:{fmt}}' if error is not None else '')
+
+
+def report_markdown(rows: Sequence[dict], fits: dict, sweep: dict) -> str:
+  """report.md: what ran, the table, the fits with R² and residuals, and how long it took."""
+  done = [r for r in rows if r['complete']]
+  sources = sorted({r['loss_source'] for r in done})
+  lines = [f"# Scaling sweep: {sweep.get('family', '?')} on {sweep.get('task', '?')}", '',
+           f"Command: `{sweep.get('command', '?')}`", '',
+           f"{len(done)} of {len(rows)} runs complete. Loss = {', '.join(sources) or '-'} "
+           'cross-entropy in nats per target token (validation: the whole validation split, '
+           'packed as in training, the same examples for every size; no z-loss). '
+           'N = non-embedding parameters (token embedding, output layer and relative-position '
+           'tables excluded, as in Kaplan et al. 2020); D = training tokens (inputs + targets).', '',
+           '| run | d_model | layers | N | params | steps | D tokens | FLOPs | train loss | '
+           'val loss | s/step | wall |', '|' + '---|' * 12]
+  for r in rows:
+    lines.append(
+        f"| {r['name']} | {r['d_model']} | {r['num_layers']} | {r['non_embedding_params']:,} | "
+        f"{r['params']:,} | {r['step_reached']}/{r['steps']} | {r['tokens']:,} | "
+        f"{r['flops']:.3g} | {r['train_loss']:.4f} | {r['eval_loss']:.4f} | "
+        f"{r['seconds_per_step']:.3f} | {format_seconds(r['wall_s']) if math.isfinite(r['wall_s']) else '-'} |")
+  lines += ['', '## Fits', '']
+  if not fits['groups'] and not fits['joint']:
+    lines.append('No fit yet: L(N) needs 3+ complete sizes that share a token budget.')
+  for g, fit in fits['groups'].items():
+    low_high = fit.get('alpha_range')
+    profile = (f' (68% profile range {low_high[0]:.3g} to {low_high[1]:.3g})' if low_high else '')
+    at_bound = fit['E'] < 1e-3 * float(np.min(fit['predicted']))
+    bound_note = (' (at its bound E ≥ 0: the losses bend too little over this range of N to '
+                  'separate E from A and α; standard errors at a bound mean nothing, the profile '
+                  'range of α says what the points do pin down)' if at_bound else '')
+    lines += [f'**L(N) = E + A·N^(-α), {g}** ({fit["points"]} runs, {fit["method"]}):', '',
+              f'- α = {_pm(fit["alpha"], None if at_bound else fit["alpha_err"], ".4f")}{profile}',
+              f'- E = {_pm(fit["E"], None if at_bound else fit["E_err"], ".4f")} nats{bound_note}',
+              f'- A = {fit["A"]:.4g}',
+              f'- R² = {fit["r2"]:.4f} (on the losses)',
+              '- residuals (loss − fit): ' + ', '.join(
+                  f'{n} {res:+.4f}' for n, res in zip(fit['names'], fit['residuals'])), '']
+  joint = fits['joint']
+  if joint:
+    lines += [f'**L(N, D) = E + A·N^(-α) + B·D^(-β)** ({joint["points"]} runs, {joint["method"]}):',
+              '', f'- α = {_pm(joint["alpha"], joint["alpha_err"], ".4f")}, '
+              f'β = {_pm(joint["beta"], joint["beta_err"], ".4f")}',
+              f'- E = {joint["E"]:.4f}, A = {joint["A"]:.4g}, B = {joint["B"]:.4g}',
+              f'- R² = {joint["r2"]:.4f}', '- residuals: ' + ', '.join(
+                  f'{n} {res:+.4f}' for n, res in zip(joint['names'], joint['residuals'])), '']
+  if len(fits['groups']) and any(f['points'] <= 3 for f in fits['groups'].values()):
+    lines += ['(3 points and 3 parameters: R² is 1 by construction; add sizes.)', '']
+  timing = sweep.get('timing')
+  walls = [r['wall_s'] for r in rows if math.isfinite(r['wall_s'])]
+  if timing or walls:
+    lines += ['## Time', '']
+  if timing:
+    lines.append(f"Last `run` that trained: {format_seconds(timing['total_s'])} wall in all "
+                 f"(training {format_seconds(timing['train_s'])}, validation "
+                 f"{format_seconds(timing['eval_s'])}, the rest setup, fit and plot).")
+  if walls:
+    lines.append(f'Training runs, summed over every invocation: {format_seconds(sum(walls))} '
+                 f'for {len(walls)} runs.')
+  if timing or walls:
+    lines.append('')
+  lines += ['![scaling](scaling.png)', '']
+  return '\n'.join(lines)
+
+
+def write_report(out_dir: str, last_k: int = LAST_K) -> dict:
+  rows = collect(out_dir, last_k)
+  if not rows:
+    raise UsageError(f'no runs in {out_dir}/runs; start one with `launch/scaling.py run`.')
+  fits = fit_rows(rows)
+  sweep = read_json(os.path.join(out_dir, 'sweep.json'), {})
+  write_csv(rows, os.path.join(out_dir, 'results.csv'))
+  what = ' on '.join(v for v in (sweep.get('family'), sweep.get('task')) if v) or 'scaling sweep'
+  plot(rows, fits, os.path.join(out_dir, 'scaling.png'), f'{what}: loss vs N')
+  with open(os.path.join(out_dir, 'report.md'), 'w') as f:
+    f.write(report_markdown(rows, fits, sweep))
+  for g, fit in fits['groups'].items():
+    low_high = fit.get('alpha_range')
+    profile = f' (68% range {low_high[0]:.3g}..{low_high[1]:.3g})' if low_high else ''
+    say(f'L(N) fit, {g}: alpha={fit["alpha"]:.4f}{profile} E={fit["E"]:.4f} A={fit["A"]:.4g} '
+        f'R2={fit["r2"]:.4f} ({fit["points"]} runs)')
+  if fits['joint']:
+    j = fits['joint']
+    say(f'L(N,D) fit: alpha={j["alpha"]:.4f} beta={j["beta"]:.4f} E={j["E"]:.4f} '
+        f'R2={j["r2"]:.4f}')
+  say(f'Wrote {out_dir}/results.csv, scaling.png and report.md.')
+  return fits
+
+
+# ------------------------------------------------------------------------------- CLI
+
+
+def plan_table(specs: Sequence[RunSpec], times: TimeModel) -> str:
+  lines = [f"{'run':<20} {'d_model':>7} {'layers':>6} {'heads':>5} {'d_ff':>5} {'N':>9} "
+           f"{'params':>9} {'steps':>6} {'tokens':>10} {'FLOPs':>9} {'est.':>7}"]
+  for s in specs:
+    lines.append(f"{s.name:<20} {s.d_model:>7} {s.fields['num_decoder_layers']:>6} "
+                 f"{s.fields['num_heads']:>5} {s.fields['d_ff']:>5} "
+                 f"{_si(s.non_embedding_params):>9} {_si(s.params):>9} {s.steps:>6} "
+                 f"{s.tokens:>10,} {s.flops:>9.3g} {format_seconds(times.run_seconds(s)):>7}")
+  n = [s.non_embedding_params for s in specs]
+  lines.append(f'{len(specs)} runs, N from {_si(min(n))} to {_si(max(n))} '
+               f'({max(n) / min(n):.0f}x); estimated '
+               f'{format_seconds(sum(times.run_seconds(s) for s in specs))} of training here.')
+  return '\n'.join(lines)
+
+
+EVAL_SECONDS = (45.0, 10.0)  # validation, for the sweep ETA: start-up, then per run
+
+
+def _parser() -> argparse.ArgumentParser:
+  p = argparse.ArgumentParser(prog='launch/scaling.py', description=__doc__.split('\n')[0])
+  sub = p.add_subparsers(dest='command', required=True)
+  for name in ('run', 'plan'):
+    s = sub.add_parser(name)
+    s.add_argument('--out_dir', required=name == 'run', default='/tmp/t5x_lite/scaling')
+    s.add_argument('--family', default='t5_1_1', choices=sorted(FAMILIES))
+    s.add_argument('--sizes', default=','.join(map(str, DEFAULT_SIZES)),
+                   help='d_model values, comma-separated (multiples of d_kv=32)')
+    s.add_argument('--num_layers', type=int, default=2, help='layers per stack (fixed depth)')
+    s.add_argument('--aspect_ratio', type=float, default=None,
+                   help='instead of --num_layers: layers = d_model / aspect_ratio')
+    s.add_argument('--steps', help=f'steps per run, comma-separated (default {DEFAULT_STEPS})')
+    s.add_argument('--tokens', help='token budgets per run (inputs + targets), comma-separated')
+    s.add_argument('--flops', help='iso-FLOP budgets: each size trains for budget / FLOPs per step')
+    s.add_argument('--vocab_size', type=int, default=DEFAULT_VOCAB_SIZE,
+                   help='SentencePiece pieces trained on the bundled corpus; 0 keeps the gin\'s '
+                   'vocabulary')
+    s.add_argument('--base_gin', default=BASE_GIN)
+    s.add_argument('--mode', default='local', choices=('local', 'slurm', 'tpu'))
+    s.add_argument('--dry_run', action='store_true', help='print the plan and what would be '
+                   'written or run; write and run nothing')
+    s.add_argument('--eval_batches', type=int, default=0, help='cap on validation batches (0: all)')
+    s.add_argument('--last_k', type=int, default=LAST_K)
+    s.add_argument('--job_prefix', default='scaling')
+    s.add_argument('--nodes', type=int, default=1)
+    s.add_argument('--gpus_per_node', type=int, default=1)
+    s.add_argument('--time', default='04:00:00')
+    s.add_argument('--partition')
+    s.add_argument('--account')
+    s.add_argument('--accelerator_type', default='v5litepod-1')
+    s.add_argument('--zone')
+    s.add_argument('--project')
+    s.add_argument('--repo_url')
+  for name in ('report', 'evaluate'):
+    s = sub.add_parser(name)
+    s.add_argument('--out_dir', required=True)
+    s.add_argument('--eval_batches', type=int, default=0)
+    s.add_argument('--last_k', type=int, default=LAST_K)
+    if name == 'report':
+      s.add_argument('--skip_eval', action='store_true',
+                     help='fit what is there; runs without a validation loss use training loss')
+  return p
+
+
+def _evaluate_in_subprocess(out_dir: str, eval_batches: int) -> None:
+  """Validation runs in its own process: this one never imports a device runtime for it."""
+  command = [sys.executable, os.path.abspath(__file__), 'evaluate', f'--out_dir={out_dir}',
+             f'--eval_batches={eval_batches}']
+  log = os.path.join(out_dir, 'eval.log')
+
+  def show(line: str) -> None:
+    if line.startswith('eval ') or 'error' in line:
+      say(line.rstrip())
+
+  status = SubprocessRunner()(command, log, show)
+  if status:
+    raise SweepError(f'validation exited with status {status}; see {log}.')
+
+
+def run(args, extra: Sequence[str]) -> int:
+  t_start = time.monotonic()
+  family = FAMILIES[args.family]
+  check_extra_flags(extra)
+  budget_kind, budgets = parse_budgets(args.steps, args.tokens, args.flops)
+  try:
+    sizes = [int(s) for s in args.sizes.split(',') if s.strip()]
+  except ValueError as e:
+    raise UsageError(f'--sizes={args.sizes}: expected comma-separated ints.') from e
+  out_dir = os.path.abspath(args.out_dir)
+  base = read_base(args.base_gin, family, extra, args.vocab_size
+                   if args.vocab_size and args.vocab_size != _default_pieces() else None)
+  specs = build_grid(family, sizes, budget_kind, budgets, base, args.num_layers, args.aspect_ratio)
+  say(f'Sweep: {args.family} ({family.description}) on {base.task}, batch {base.batch_size}, '
+      f'lengths {base.task_feature_lengths}, vocabulary {base.config.vocab_size} rows.')
+  sweep = Sweep(out_dir, specs)
+  say(plan_table(specs, sweep.times))
+  if args.command == 'plan':
+    return 0
+  vocab_bindings = []
+  if args.vocab_size and args.vocab_size != _default_pieces():
+    if not args.dry_run:
+      say(f'Vocabulary: {args.vocab_size} SentencePiece pieces on the bundled corpus '
+          '(trained once per machine, then cached).')
+    spm = prepare_vocabulary(out_dir, args.vocab_size, dry_run=args.dry_run)
+    vocab_bindings = [f'VOCAB_SIZE = {base.config.vocab_size}', f'get_vocabulary.spm_path = {spm!r}']
+  train_flags = list(extra)
+  if args.dry_run:
+    for s in specs:
+      run_dir = run_dir_of(out_dir, s.name)
+      say(f'--- {run_dir}/run.gin\n' + run_gin(s, args.family, run_dir, args.base_gin,
+                                                  vocab_bindings, train_flags))
+    if args.mode != 'local':
+      for path, text in cluster_jobs(out_dir, specs, args.mode, train_flags, args).items():
+        say(f'--- {path}\n{text}')
+    else:
+      for s in specs:
+        say(shlex.join(train_command(run_dir_of(out_dir, s.name), train_flags)))
+    return 0
+  os.makedirs(out_dir, exist_ok=True)
+  state_path = os.path.join(out_dir, 'sweep.json')
+  old = read_json(state_path, {})
+  if old.get('family') not in (None, args.family):
+    raise UsageError(f"{out_dir} holds a {old['family']} sweep; use a new --out_dir for "
+                     f'{args.family} (one family per fit).')
+  state = {'family': args.family, 'task': base.task, 'mode': args.mode,
+           'command': shlex.join(['launch/scaling.py', *args.argv]), 'timing': old.get('timing')}
+  write_json(state_path, state)
+  write_run_files(out_dir, specs, args.family, args.base_gin, vocab_bindings, train_flags)
+  if args.mode != 'local':
+    files = cluster_jobs(out_dir, specs, args.mode, train_flags, args)
+    for path, text in files.items():
+      with open(path, 'w') as f:
+        f.write(text)
+      os.chmod(path, 0o755)
+    say(f'Wrote {len(files) - 1} {args.mode} job files; start them all with '
+        f'`bash {os.path.join(out_dir, "submit_all.sh")}`, then '
+        f'`launch/scaling.py report --out_dir={out_dir}`.')
+    return 0
+  sweep.extra_seconds = EVAL_SECONDS[0] + EVAL_SECONDS[1] * len(specs)
+  t_train = time.monotonic()
+  if not sweep.train_all():
+    return 130
+  train_s = time.monotonic() - t_train
+  t_eval = time.monotonic()
+  _evaluate_in_subprocess(out_dir, args.eval_batches)
+  eval_s = time.monotonic() - t_eval
+  if sweep.trained:  # a rerun that only re-fits keeps the timing of the sweep that trained
+    state['timing'] = {'train_s': train_s, 'eval_s': eval_s,
+                       'total_s': time.monotonic() - t_start}
+    write_json(state_path, state)
+  write_report(out_dir, args.last_k)
+  say(f'Sweep finished in {format_seconds(time.monotonic() - t_start)}.')
+  return 0
+
+
+def _default_pieces() -> int:
+  from t5x_lite import vocab  # pylint: disable=import-outside-toplevel
+  return vocab.DEFAULT_VOCAB_SIZE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  argv = list(sys.argv[1:] if argv is None else argv)
+  ours, extra = (argv[:argv.index('--')], argv[argv.index('--') + 1:]) if '--' in argv else (argv, [])
+  if ours and ours[0].startswith('-') and ours[0] not in ('-h', '--help'):
+    ours = ['run'] + ours  # `launch/scaling.py --out_dir=D` means `run`
+  try:
+    args = _parser().parse_args(ours)
+  except SystemExit as e:
+    return int(e.code or 0)
+  args.argv = argv
+  try:
+    if args.command in ('run', 'plan'):
+      return run(args, extra)
+    if extra:
+      raise UsageError(f'{args.command} takes no train flags after --; got {extra}.')
+    if args.command == 'evaluate':
+      evaluate_pending(os.path.abspath(args.out_dir), args.eval_batches)
+      return 0
+    out_dir = os.path.abspath(args.out_dir)
+    if not args.skip_eval:
+      _evaluate_in_subprocess(out_dir, args.eval_batches)
+    write_report(out_dir, args.last_k)
+    return 0
+  except UsageError as e:
+    print(f'launch/scaling.py: error: {e}', file=sys.stderr)
+    return 2
+  except SweepError as e:
+    print(f'launch/scaling.py: error: {e}', file=sys.stderr)
+    return 1
+
+
+if __name__ == '__main__':
+  sys.exit(main())

@@ -1,0 +1,428 @@
+"""launch/scaling.py: the size grid, the fits, collecting metrics, resuming a sweep, cluster jobs."""
+
+import dataclasses
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from launch import scaling  # noqa: E402  (launch/ is not an installed package)
+
+
+@pytest.fixture(scope='module')
+def default_grid():
+  family = scaling.FAMILIES['t5_1_1']
+  base = scaling.read_base(scaling.BASE_GIN, family, [], scaling.DEFAULT_VOCAB_SIZE)
+  kind, budgets = scaling.parse_budgets(None, None, None)
+  return base, scaling.build_grid(family, scaling.DEFAULT_SIZES, kind, budgets, base)
+
+
+# --- the size grid ----------------------------------------------------------------------------
+
+def test_default_grid_has_5_sizes_spanning_30x_in_non_embedding_params(default_grid):
+  _, specs = default_grid
+  n = [s.non_embedding_params for s in specs]
+  assert len(specs) >= 5 and n == sorted(n)
+  assert max(n) / min(n) >= 30
+
+
+def test_each_size_follows_from_d_model(default_grid):
+  _, specs = default_grid
+  for s in specs:
+    f = s.fields
+    assert f['num_heads'] * f['d_kv'] == f['d_model'] == s.d_model
+    assert f['d_ff'] == 3 * f['d_model']
+    assert f['num_encoder_layers'] == f['num_decoder_layers'] == 2
+
+
+def test_parameter_counts_match_the_model_and_a_hand_count(default_grid):
+  """Total from t5x_lite.models.count_params; non-embedding from the T5.1.1 layer formula."""
+  from t5x_lite import models
+  base, specs = default_grid
+  for s in specs:
+    config = dataclasses.replace(base.config, **s.fields)
+    assert s.params == models.count_params(config)
+    d, i, f, layers = s.d_model, s.d_model, s.fields['d_ff'], 2
+    encoder_layer = 4 * d * i + 3 * d * f + 2 * d      # q k v o, wi_0 wi_1 wo, two norms
+    decoder_layer = 8 * d * i + 3 * d * f + 3 * d      # + cross-attention and its norm
+    assert s.non_embedding_params == layers * (encoder_layer + decoder_layer) + 2 * d
+    heads = s.fields['num_heads']
+    assert s.params - s.non_embedding_params == 2 * config.vocab_size * d + 2 * 32 * heads
+    assert s.flops_per_step == models.training_flops_per_example(
+        config, base.task_feature_lengths) * base.batch_size
+
+
+def test_run_gin_builds_the_config_the_sweep_counted(default_grid, tmp_path):
+  import gin
+  from t5x_lite import gin_utils
+  base, specs = default_grid
+  spec = specs[1]
+  path = tmp_path / 'run.gin'
+  path.write_text(scaling.run_gin(spec, 't5_1_1', str(tmp_path), scaling.BASE_GIN,
+                                  [f'VOCAB_SIZE = {base.config.vocab_size}']))
+  gin.clear_config()
+  try:
+    gin_utils.parse([str(path)], [])
+    assert gin_utils.query_macro('MODEL_CONFIG') == dataclasses.replace(base.config, **spec.fields)
+    assert gin_utils.query_macro('TRAIN_STEPS') == spec.steps
+    assert gin_utils.query_macro('MODEL_DIR') == str(tmp_path)
+  finally:
+    gin.clear_config()
+
+
+def test_token_and_iso_flop_budgets_set_steps(default_grid):
+  base, specs = default_grid
+  family = scaling.FAMILIES['t5_1_1']
+  by_tokens = scaling.build_grid(family, [32, 64], 'tokens', [128_000, 256_000], base)
+  assert [s.steps for s in by_tokens] == [100, 200, 100, 200]
+  budget = 40 * specs[-1].flops_per_step
+  iso = scaling.build_grid(family, [32, specs[-1].d_model], 'flops', [budget], base)
+  assert [s.steps for s in iso] == [round(budget / s.flops_per_step) for s in iso]
+  assert iso[1].steps == 40 and iso[0].steps > iso[1].steps
+
+
+def test_aspect_ratio_scales_depth_with_width():
+  family = scaling.FAMILIES['t5_1_1']
+  assert scaling.model_fields(family, 256, aspect_ratio=64)['num_encoder_layers'] == 4
+  assert scaling.model_fields(family, 32, aspect_ratio=64)['num_decoder_layers'] == 1
+  only = scaling.model_fields(scaling.FAMILIES['decoder_only'], 64, 3)
+  assert (only['num_encoder_layers'], only['num_decoder_layers']) == (0, 3)
+
+
+# --- fits -------------------------------------------------------------------------------------
+
+def test_r_squared_matches_numpy_reference():
+  """For a least-squares line with intercept, R² is the squared Pearson correlation."""
+  rng = np.random.default_rng(0)
+  x = rng.uniform(0, 1, 20)
+  y = 2 * x + rng.normal(0, 0.3, 20)
+  line = np.polyval(np.polyfit(x, y, 1), x)
+  assert scaling.r_squared(y, line) == pytest.approx(np.corrcoef(x, y)[0, 1] ** 2, rel=1e-12)
+  assert scaling.r_squared(y, y) == 1.0
+  assert scaling.r_squared(y, np.full_like(y, y.mean())) == pytest.approx(0.0, abs=1e-12)
+
+
+N = np.logspace(4.5, 7, 7)
+E, A, ALPHA = 1.8, 30.0, 0.35
+
+
+def test_power_law_fit_recovers_exact_parameters():
+  fit = scaling.fit_power_law(N, E + A * N ** -ALPHA)
+  assert fit['alpha'] == pytest.approx(ALPHA, rel=1e-4)
+  assert fit['E'] == pytest.approx(E, rel=1e-4)
+  assert fit['A'] == pytest.approx(A, rel=1e-3)
+  assert fit['r2'] == pytest.approx(1.0, abs=1e-9)
+
+
+@pytest.mark.parametrize('scipy_available', [True, False])
+def test_power_law_fit_recovers_parameters_from_noisy_losses(scipy_available, monkeypatch):
+  if not scipy_available:
+    monkeypatch.setitem(sys.modules, 'scipy', None)  # `from scipy import ...` raises ImportError
+  rng = np.random.default_rng(1)
+  loss = E + A * N ** -ALPHA + rng.normal(0, 0.004, len(N))
+  fit = scaling.fit_power_law(N, loss)
+  assert fit['method'] == ('grid + curve_fit' if scipy_available else 'grid')
+  assert abs(fit['alpha'] - ALPHA) < 0.03
+  if scipy_available:
+    low, high = fit['alpha_range']
+    assert low < ALPHA < high and high - low < 0.2
+  assert abs(fit['E'] - E) < 0.03
+  assert fit['r2'] > 0.999
+  assert np.allclose(fit['residuals'], loss - fit['predicted'])
+  assert fit['r2'] == pytest.approx(1 - np.sum(fit['residuals'] ** 2)
+                                    / np.sum((loss - loss.mean()) ** 2))
+
+
+def test_points_that_barely_bend_give_a_wide_alpha_range():
+  """Over 1.5 decades a small α with E = 0 and a larger α with E > 0 fit nearly alike: the
+  profile range must cover both rather than report one α as if it were pinned down."""
+  n = np.logspace(5, 6.5, 5)
+  loss = 5.5 * n ** -0.01 + np.array([0.004, -0.004, 0.003, -0.003, 0.0])
+  low, high = scaling.fit_power_law(n, loss)['alpha_range']
+  assert low <= 0.012 and high >= 0.05
+
+
+def test_joint_fit_recovers_n_and_d_exponents():
+  n, d = (v.ravel() for v in np.meshgrid(np.logspace(5, 7, 4), np.logspace(6, 8, 3)))
+  loss = 1.7 + 20 * n ** -0.3 + 300 * d ** -0.4
+  fit = scaling.fit_joint(n, d, loss)
+  assert fit['alpha'] == pytest.approx(0.3, rel=1e-3)
+  assert fit['beta'] == pytest.approx(0.4, rel=1e-3)
+  assert fit['E'] == pytest.approx(1.7, rel=1e-3)
+  assert fit['r2'] == pytest.approx(1.0, abs=1e-9)
+
+
+def test_fit_needs_three_sizes():
+  with pytest.raises(ValueError, match='3 distinct sizes'):
+    scaling.fit_power_law([1e5, 1e5, 1e6], [3.0, 3.1, 2.5])
+
+
+# --- sweep state: run files, collect, resume --------------------------------------------------
+
+def _specs(steps=(20,), sizes=(32, 64, 96, 128)):
+  return [scaling.RunSpec(f'd{d:04d}_l2_s{s:06d}', d, {'d_model': d, 'num_heads': d // 32,
+                                                     'd_kv': 32, 'd_ff': 3 * d,
+                                                     'num_encoder_layers': 2,
+                                                     'num_decoder_layers': 2},
+                          s, 1000 * d, 100 * d * d, 1e9 * d, 1280, f'steps={s}')
+          for d in sizes for s in steps]
+
+
+def _write_metrics(run_dir, rows):
+  with open(os.path.join(run_dir, 'metrics.jsonl'), 'a') as f:
+    for r in rows:
+      f.write(json.dumps(r) + '\n')
+
+
+def test_collect_reads_losses_from_metrics_jsonl(tmp_path):
+  out = str(tmp_path)
+  spec_eval, spec_train = _specs(sizes=(32, 64))
+  scaling.write_run_files(out, [spec_eval, spec_train], 't5_1_1', scaling.BASE_GIN, [], [])
+  for spec in (spec_eval, spec_train):
+    run_dir = scaling.run_dir_of(out, spec.name)
+    _write_metrics(run_dir, [{'step': s, 'loss': 9.0 - s / 10, 'cross_ent_loss': 8.0 - s / 10,
+                              'steps_per_s': 4.0} for s in range(2, 21, 2)])
+  _write_metrics(scaling.run_dir_of(out, spec_eval.name),
+                 [{'step': 20, 'eval/wiki_span_corruption/loss': 5.25}])
+  with open(os.path.join(scaling.run_dir_of(out, spec_train.name), 'metrics.jsonl'), 'a') as f:
+    f.write('{"step": 22, "lo')  # a torn last line from a killed writer
+  rows = {r['name']: r for r in scaling.collect(out, last_k=5)}
+  expected_train = np.mean([8.0 - s / 10 for s in (12, 14, 16, 18, 20)])
+  a, b = rows[spec_eval.name], rows[spec_train.name]
+  assert a['complete'] and a['step_reached'] == 20
+  assert a['train_loss'] == pytest.approx(expected_train)
+  assert (a['loss'], a['loss_source']) == (5.25, 'validation')
+  assert b['loss'] == pytest.approx(expected_train) and b['loss_source'].startswith('train')
+  assert a['non_embedding_params'] == spec_eval.non_embedding_params
+  assert a['tokens'] == 20 * 1280
+
+
+class FakeTrainer:
+  """Stands in for `python -m t5x_lite.train`: logs steps to metrics.jsonl and prints progress;
+  `stop_at` = (run name, step) simulates a SIGTERM there (saves and exits 0 early)."""
+
+  def __init__(self, sweep_ref, stop_at=None, fail=None):
+    self.calls, self.sweep_ref, self.stop_at, self.fail = [], sweep_ref, stop_at, fail
+
+  def __call__(self, command, log_path, on_line):
+    run_dir = os.path.dirname(log_path)
+    name = os.path.basename(run_dir)
+    self.calls.append((name, list(command)))
+    if name == self.fail:
+      on_line('error: something broke\n')
+      return 1
+    total = json.load(open(os.path.join(run_dir, 'run.json')))['steps']
+    start = scaling.last_train_step(run_dir)
+    if start:
+      on_line(f'Resumed from step {start} in {run_dir}/checkpoints\n')
+    for step in range(start + 1, total + 1):
+      if step % 5 == 0 or step == total:
+        _write_metrics(run_dir, [{'step': step, 'loss': 5.0, 'cross_ent_loss': 5.0,
+                                  'steps_per_s': 10.0}])
+        on_line(f'step {step:>6d}/{total} | loss 5.0000 | acc 0.1 | lr 1e-2 | 1 tokens/s\n')
+      if self.stop_at == (name, step):
+        self.sweep_ref[0].stop_requested = True
+        return -15 if step == 1 else 0  # killed in start-up, or saved and exited
+    return 0
+
+
+def test_interrupted_sweep_resumes_where_it_stopped(tmp_path, capsys):
+  out = str(tmp_path)
+  specs = _specs()
+  scaling.write_run_files(out, specs, 't5_1_1', scaling.BASE_GIN, [], ['--gin.X=1'])
+  ref = [None]
+  first = FakeTrainer(ref, stop_at=(specs[2].name, 10))
+  ref[0] = scaling.Sweep(out, specs, runner=first)
+  assert ref[0].train_all() is False
+  assert [c[0] for c in first.calls] == [s.name for s in specs[:3]]
+  assert [bool(ref[0].done(s)) for s in specs] == [True, True, False, False]
+  printed = capsys.readouterr().out
+  assert f'[1/4 {specs[0].name}' in printed and 'sweep ETA' in printed
+  assert 'Rerun the same command' in printed
+
+  second = FakeTrainer(ref)
+  ref[0] = scaling.Sweep(out, specs, runner=second)
+  assert ref[0].train_all() is True
+  assert [c[0] for c in second.calls] == [s.name for s in specs[2:]]
+  assert second.calls[0][1] == first.calls[2][1]  # the same command: the trainer resumes
+  assert '2 of 4 runs already complete' in capsys.readouterr().out
+  assert all(ref[0].done(s) for s in specs)
+  assert [r['step_reached'] for r in scaling.collect(out)] == [20] * 4
+
+
+def test_a_stop_that_kills_a_run_in_start_up_is_a_stop_not_a_failure(tmp_path, capsys):
+  out = str(tmp_path)
+  specs = _specs()
+  scaling.write_run_files(out, specs, 't5_1_1', scaling.BASE_GIN, [], [])
+  ref = [None]
+  trainer = FakeTrainer(ref, stop_at=(specs[1].name, 1))
+  ref[0] = scaling.Sweep(out, specs, runner=trainer)
+  assert ref[0].train_all() is False
+  assert len(trainer.calls) == 2 and 'Rerun the same command' in capsys.readouterr().out
+
+
+def test_a_failed_run_stops_the_sweep_with_its_output(tmp_path):
+  out = str(tmp_path)
+  specs = _specs()
+  scaling.write_run_files(out, specs, 't5_1_1', scaling.BASE_GIN, [], [])
+  ref = [None]
+  trainer = FakeTrainer(ref, fail=specs[1].name)
+  ref[0] = scaling.Sweep(out, specs, runner=trainer)
+  with pytest.raises(scaling.SweepError, match='exited with status 1(.|\n)*something broke'):
+    ref[0].train_all()
+  assert len(trainer.calls) == 2
+
+
+def test_a_run_dir_written_with_other_settings_is_refused(tmp_path):
+  specs = _specs(sizes=(32,))
+  scaling.write_run_files(str(tmp_path), specs, 't5_1_1', scaling.BASE_GIN, [], [])
+  scaling.write_run_files(str(tmp_path), specs, 't5_1_1', scaling.BASE_GIN, [], [])  # same: fine
+  with pytest.raises(scaling.UsageError, match='other settings'):
+    scaling.write_run_files(str(tmp_path), specs, 't5_1_1', scaling.BASE_GIN, [],
+                            ['--gin.BATCH_SIZE=32'])
+
+
+def test_a_run_whose_trainer_still_runs_is_not_started_twice(tmp_path):
+  """A sweep killed outright leaves its trainer going; a rerun must not start a second one."""
+  command = [sys.executable, '-c', 'import time; time.sleep(60)']
+  orphan = subprocess.Popen(command)
+  try:
+    (tmp_path / 'train.pid').write_text(str(orphan.pid))
+    with pytest.raises(scaling.SweepError, match='still running'):
+      scaling.SubprocessRunner()(command, str(tmp_path / 'train.log'), print)
+  finally:
+    orphan.kill()
+    orphan.wait()
+  lines = []
+  assert scaling.SubprocessRunner()([sys.executable, '-c', 'print("hi")'],
+                                    str(tmp_path / 'train.log'), lines.append) == 0
+  assert lines == ['hi\n'] and not (tmp_path / 'train.pid').exists()
+
+
+def test_eta_model_learns_step_time_from_finished_runs():
+  times = scaling.TimeModel()
+  times.add(1e9, 0.1 + 1e9 / 1e10, 30.0)
+  times.add(4e9, 0.1 + 4e9 / 1e10, 50.0)
+  assert times.step_seconds(8e9) == pytest.approx(0.1 + 0.8)
+  assert times.startup_seconds() == 40.0
+  spec = _specs(steps=(100,), sizes=(32,))[0]
+  assert times.run_seconds(spec) == pytest.approx(40 + 100 * (0.1 + spec.flops_per_step / 1e10))
+
+
+# --- plot and report --------------------------------------------------------------------------
+
+def _decode_png(data):
+  """Minimal PNG reader for what Canvas writes (8-bit RGB, filter 0, one IDAT)."""
+  assert data[:8] == b'\x89PNG\r\n\x1a\n'
+  pos, chunks = 8, {}
+  while pos < len(data):
+    (length,), tag = struct.unpack('>I', data[pos:pos + 4]), data[pos + 4:pos + 8]
+    body = data[pos + 8:pos + 8 + length]
+    assert struct.unpack('>I', data[pos + 8 + length:pos + 12 + length])[0] == zlib.crc32(tag + body)
+    chunks[tag] = body
+    pos += 12 + length
+  w, h, depth, color_type = struct.unpack('>IIBB', chunks[b'IHDR'][:10])
+  assert (depth, color_type) == (8, 2)
+  raw = np.frombuffer(zlib.decompress(chunks[b'IDAT']), np.uint8).reshape(h, 1 + 3 * w)
+  assert not raw[:, 0].any()
+  return raw[:, 1:].reshape(h, w, 3)
+
+
+def test_report_writes_csv_png_and_markdown(tmp_path):
+  out = str(tmp_path)
+  specs = _specs(sizes=(32, 64, 96, 128, 160))
+  scaling.write_run_files(out, specs, 't5_1_1', scaling.BASE_GIN, [], [])
+  for spec in specs:
+    run_dir = scaling.run_dir_of(out, spec.name)
+    loss = 2.0 + 40 * spec.non_embedding_params ** -0.3
+    _write_metrics(run_dir, [{'step': 20, 'loss': loss + 1, 'cross_ent_loss': loss + 1},
+                             {'step': 20, 'eval/wiki_span_corruption/loss': loss}])
+  fits = scaling.write_report(out)
+  assert fits['groups']['steps=20']['alpha'] == pytest.approx(0.3, rel=1e-3)
+  lines = open(os.path.join(out, 'results.csv')).read().splitlines()
+  assert lines[0].split(',') == list(scaling.CSV_FIELDS) and len(lines) == 6
+  report = open(os.path.join(out, 'report.md')).read()
+  assert 'α = 0.3000' in report and 'R² = 1.0000' in report
+  image = _decode_png(open(os.path.join(out, 'scaling.png'), 'rb').read())
+  assert image.shape == (780, 960, 3)
+  blue = np.all(image == scaling._COLORS[0], axis=-1)  # the points and the fitted curve
+  assert blue.sum() > 1000
+
+
+# --- command line -----------------------------------------------------------------------------
+
+def test_slurm_mode_writes_one_script_per_run(tmp_path, capsys):
+  out = tmp_path / 'sweep'
+  rc = scaling.main(['run', f'--out_dir={out}', '--sizes=32,64,96', '--steps=30,60',
+                     '--mode=slurm', '--vocab_size=0', '--partition=gpu', '--', '--gin.seed=1'])
+  assert rc == 0
+  scripts = sorted(out.glob('runs/*/job.sbatch'))
+  assert len(scripts) == 6
+  for script in scripts:
+    text = script.read_text()
+    assert f'--gin_file={script.parent}/run.gin' in text and '--gin.seed=1' in text
+    assert '#SBATCH --partition=gpu' in text
+    subprocess.run(['bash', '-n', str(script)], check=True)
+  submit = (out / 'submit_all.sh').read_text()
+  assert submit.count('sbatch ') == 6
+  assert 'submit_all.sh' in capsys.readouterr().out
+
+
+def test_tpu_mode_writes_one_command_file_per_run(tmp_path):
+  out = tmp_path / 'sweep'
+  rc = scaling.main(['run', f'--out_dir={out}', '--sizes=32,64,96', '--steps=30', '--mode=tpu',
+                     '--vocab_size=0', '--zone=us-east5-a', '--project=p',
+                     '--accelerator_type=v5litepod-4'])
+  assert rc == 0
+  files = sorted(out.glob('runs/*/tpu_commands.sh'))
+  assert len(files) == 3
+  for path in files:
+    commands = [c for c in path.read_text().splitlines() if c.startswith('gcloud')]
+    assert ' create ' in commands[0] and ' delete ' in commands[-1]
+    assert f'--gin_file={path.parent}/run.gin' in commands[-2]  # train, after copy and install
+
+
+def test_dry_run_prints_and_writes_nothing(tmp_path, capsys):
+  out = tmp_path / 'sweep'
+  rc = scaling.main(['run', f'--out_dir={out}', '--sizes=32,64,96', '--steps=30', '--dry_run'])
+  assert rc == 0 and not out.exists()
+  printed = capsys.readouterr().out
+  assert printed.count('--- ') == 3 and 'get_vocabulary.spm_path' in printed
+  commands = [line for line in printed.splitlines() if line.startswith(sys.executable)]
+  assert len(commands) == 3 and all('-m t5x_lite.train --gin_file=' in c for c in commands)
+
+
+@pytest.mark.parametrize('argv,message', [
+    (['--steps=10', '--tokens=1e5'], 'one of --steps'),
+    (['--sizes=32,48'], 'multiple of d_kv'),
+    (['--sizes=64'], 'two model sizes'),
+    (['--', '--gin.t5x_lite.models.T5Config.d_model=64'], 'sets d_model'),
+    (['--', '--gin.TRAIN_STEPS=5'], 'sets TRAIN_STEPS'),
+    (['--steps=20,100'], 'no more than the learning-rate warm-up'),
+])
+def test_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys):
+  assert scaling.main(['plan', f'--out_dir={tmp_path}', *argv]) == 2
+  err = capsys.readouterr().err
+  assert message in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_real_two_step_sweep_trains_evaluates_and_reports(tmp_path):
+  """The real thing, tiny: 3 sizes x 2 steps, validation capped at 2 batches."""
+  out = tmp_path / 'sweep'
+  command = [sys.executable, scaling.__file__, 'run', f'--out_dir={out}', '--sizes=32,64,96',
+             '--steps=2', '--eval_batches=2', '--', '--gin.train.log_period=1',
+             '--gin.learning_rate_schedule.warmup_steps=1']
+  done = subprocess.run(command, capture_output=True, text=True, cwd=scaling.REPO)
+  assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+  rows = scaling.collect(str(out))
+  assert [r['loss_source'] for r in rows] == ['validation'] * 3
+  assert (out / 'scaling.png').exists() and (out / 'report.md').exists()
+  again = subprocess.run(command, capture_output=True, text=True, cwd=scaling.REPO)
+  assert '3 of 3 runs already complete' in again.stdout
