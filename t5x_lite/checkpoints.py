@@ -94,10 +94,11 @@ class Checkpointer:
     Raises OSError when the previous save or this one cannot be written (a full disk, say); the
     newest committed step is untouched."""
     self.wait()
-    items = {'state': ocp.args.StandardSave(state), 'data': ocp.args.JsonSave(data)}
+    items = {'state': ocp.args.StandardSave(state)}
     if iterator is not None:
       items['iterator'] = DataIteratorSave(iterator)
-      items['data'] = ocp.args.JsonSave({**data, 'input_position_saved': True})
+      data = {**data, 'input_position_saved': True}
+    items['data'] = ocp.args.JsonSave(data)
     self._pending = step
     try:
       self._manager.save(step, args=ocp.args.Composite(**items), force=True)
@@ -127,7 +128,8 @@ class Checkpointer:
 
     `make_iterator(data)` builds the input pipeline the checkpoint's data state describes; its
     position is then restored too (or, for a checkpoint without one, replayed). A step that fails
-    to restore is moved aside with a warning and the next older one is tried. UsageError when the
+    to restore is reported and the next older one tried; once one restores, the failed newer steps
+    are moved aside. If none restores, nothing is moved and the UsageError lists each cause. UsageError when the
     checkpoint holds a different model or optimizer (shapes or names differ).
     """
     failed = []
