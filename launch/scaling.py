@@ -493,10 +493,14 @@ def _refuse_if_running(pid_path: str, command: Sequence[str]) -> None:
   try:
     with open(pid_path) as f:
       pid = int(f.read())
+    os.kill(pid, 0)  # raises ProcessLookupError once it is gone
     with open(f'/proc/{pid}/cmdline', 'rb') as f:
-      alive = f.read().rstrip(b'\0').split(b'\0')[1:] == [c.encode() for c in command[1:]]
+      args = f.read().rstrip(b'\0').split(b'\0')
   except (OSError, ValueError):
     return
+  want = [c.encode() for c in command[1:]]
+  # Match the arguments only: the interpreter may show up as a symlink target or behind a wrapper.
+  alive = len(args) > len(want) and args[-len(want):] == want
   if alive:
     raise SweepError(f'{shlex.join(command[1:])} is still running (pid {pid}); wait for it to '
                      f'finish or stop it (kill -TERM {pid} saves a checkpoint), then rerun.')

@@ -3,9 +3,11 @@
 import dataclasses
 import json
 import os
+import pathlib
 import struct
 import subprocess
 import sys
+import time
 import zlib
 
 import numpy as np
@@ -294,8 +296,14 @@ def test_a_run_whose_trainer_still_runs_is_not_started_twice(tmp_path):
   orphan = subprocess.Popen(command)
   try:
     (tmp_path / 'train.pid').write_text(str(orphan.pid))
+    cmdline = pathlib.Path(f'/proc/{orphan.pid}/cmdline')
+    for _ in range(100):  # until the child has exec'd
+      if b'sleep' in cmdline.read_bytes():
+        break
+      time.sleep(0.05)
     with pytest.raises(scaling.SweepError, match='still running'):
       scaling.SubprocessRunner()(command, str(tmp_path / 'train.log'), print)
+      pytest.fail(f'not refused: child {orphan.poll()=} cmdline {cmdline.read_bytes()!r}')
   finally:
     orphan.kill()
     orphan.wait()
