@@ -1,17 +1,26 @@
-"""Times the jitted train step of an encoder-decoder on synthetic batches; the last line printed is one JSON object.
+"""Times the jitted train step on synthetic batches; the last line printed is one JSON object.
 
   python bench/train_step.py --gin_file=gin/models/t5_1_1/small.gin --batch_size=8 \
-      --inputs_length=512 --targets_length=114 --steps=5 --dtype=float32
+      --inputs_length=512 --targets_length=114 --steps=5 --dtype=float32 --compare=hf
 
-MFU is useful model FLOPs (per-layer count) / step time / peak, with the peak measured in the same
-run by a large jitted matmul on CPU (published figures on TPU/GPU).
+MFU is useful model FLOPs (the per-layer count of models/flops.py, 3x forward) / median step time /
+peak. On CPU the peak is measured in the same run by a large jitted matmul; on TPU/GPU it is the
+published figure. `--compare=hf` then times Hugging Face `transformers` (PyTorch eager, AdamW) on the
+same config, shapes and tokens in the same process, and reports ours/theirs. Both sides use AdamW
+unless `--optimizer` says otherwise (transformers has no T5X-style Adafactor). `--profile=DIR`
+writes a `jax.profiler` trace of one step and prints the ops that took the most time.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
+import gc
+import glob
 import json
+import os
+import re
 import statistics
 import sys
 import time
@@ -33,55 +42,174 @@ def synthetic_batch(rng, batch_size, inputs_length, targets_length, vocab_size):
           'decoder_target_tokens': tgt, 'decoder_loss_weights': np.ones_like(tgt, np.float32)}
 
 
+def time_calls(call, steps: int, warmup: int) -> tuple[list[float], float, object]:
+  """(seconds per timed call, seconds of the first call, last result). `call` blocks."""
+  t = time.perf_counter()
+  out = call()
+  first = time.perf_counter() - t
+  for _ in range(warmup - 1):
+    out = call()
+  times = []
+  for _ in range(steps):
+    t = time.perf_counter()
+    out = call()
+    times.append(time.perf_counter() - t)
+  return times, first, out
+
+
+def time_ours(config, batch, optimizer: str, steps: int, warmup: int, profile_dir: str | None,
+              compiler_options: dict | None):
+  mesh = partitioning.create_mesh({'data': -1})
+  rules = partitioning.logical_axis_rules()
+  tx = trainer.make_optimizer(trainer.learning_rate_schedule(), name=optimizer)
+  setup = trainer.setup_train_state(config, tx, 0, mesh, rules)
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    box = {'state': setup.init()}
+    step = jax.jit(trainer.make_train_step(setup.graphdef, setup.tx),
+                   in_shardings=(setup.shardings, None), out_shardings=(setup.shardings, None),
+                   donate_argnums=(0,), compiler_options=compiler_options)
+    batch = jax.device_put(batch)
+
+    def call():
+      box['state'], metrics = step(box['state'], batch)
+      return jax.block_until_ready(metrics)
+
+    times, first, metrics = time_calls(call, steps, warmup)
+    if profile_dir:
+      jax.profiler.start_trace(profile_dir)
+      call()
+      jax.profiler.stop_trace()
+  return times, first, float(metrics['loss'])
+
+
+def time_hf(config, batch, optimizer: str, dtype: str, steps: int, warmup: int):
+  """transformers' T5ForConditionalGeneration, eager, one optimizer step per call."""
+  # pylint: disable=import-outside-toplevel
+  import torch
+  import transformers
+  from t5x_lite import convert
+  torch.manual_seed(0)
+  model = transformers.T5ForConditionalGeneration(
+      transformers.T5Config(**convert.ours_to_hf_config(config)))
+  if not config.logits_via_embedding and model.lm_head.weight is model.shared.weight:
+    # transformers >= 5 ties the head whatever the config says: give it its own weights.
+    model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())
+  model = model.to(getattr(torch, dtype)).train()
+  if optimizer == 'adamw':
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0)
+  else:
+    opt = transformers.optimization.Adafactor(model.parameters(), lr=1e-3, relative_step=False)
+  tensors = {
+      'input_ids': torch.from_numpy(batch['encoder_input_tokens']).long(),
+      'decoder_input_ids': torch.from_numpy(batch['decoder_input_tokens']).long(),
+      'labels': torch.from_numpy(batch['decoder_target_tokens']).long(),
+  }
+
+  def call():
+    opt.zero_grad(set_to_none=True)
+    loss = model(**tensors).loss
+    loss.backward()
+    opt.step()
+    return float(loss)
+
+  times, first, loss = time_calls(call, steps, warmup)
+  return times, first, loss, torch.get_num_threads()
+
+
+def summarize_profile(profile_dir: str, top: int = 15) -> list[tuple[str, float]]:
+  """(op, seconds) summed over XLA's worker threads, largest first, from the newest trace."""
+  from tensorflow.tsl.profiler.protobuf import xplane_pb2  # pylint: disable=import-outside-toplevel
+  path = sorted(glob.glob(os.path.join(profile_dir, 'plugins/profile/*/*.xplane.pb')))[-1]
+  space = xplane_pb2.XSpace()
+  with open(path, 'rb') as f:
+    space.ParseFromString(f.read())
+  total = collections.Counter()
+  for plane in space.planes:
+    for line in plane.lines:
+      if not line.name.startswith('tf_XLA'):
+        continue
+      for event in line.events:
+        name = plane.event_metadata[event.metadata_id].name
+        if not name.startswith(('ThunkExecutor', 'SlinkyThreadPool')):
+          total[re.sub(r'\.\d+$', '', name)] += event.duration_ps / 1e12
+  return total.most_common(top)
+
+
 def main(argv=None) -> int:
   def run(rest):
     p = argparse.ArgumentParser(prog='bench/train_step.py')
     p.add_argument('--batch_size', type=int, default=8)
     p.add_argument('--inputs_length', type=int, default=512)
     p.add_argument('--targets_length', type=int, default=114)
-    p.add_argument('--steps', type=int, default=5)
+    p.add_argument('--steps', type=int, default=5, help='timed steps (median reported)')
+    p.add_argument('--warmup', type=int, default=1, help='untimed steps first (1 = the compile)')
     p.add_argument('--dtype', choices=('float32', 'bfloat16'), default='float32')
+    p.add_argument('--optimizer', choices=('adamw', 'adafactor'), default='adamw')
+    p.add_argument('--compare', choices=('hf',), default=None)
+    p.add_argument('--profile', default=None, metavar='DIR', help='trace one more step into DIR')
+    p.add_argument('--xla_defaults', action='store_true',
+                   help="compile with XLA's defaults instead of hardware.compiler_options()")
     args = p.parse_args(rest)
-    config = gin_utils.query_macro('MODEL_CONFIG')
-    config = dataclasses.replace(config, dtype=args.dtype)
-    mesh = partitioning.create_mesh({'data': -1})
-    rules = partitioning.logical_axis_rules()
-    tx = trainer.make_optimizer(trainer.learning_rate_schedule())
-    setup = trainer.setup_train_state(config, tx, 0, mesh, rules)
-    with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-      state = setup.init()
-      step = jax.jit(trainer.make_train_step(setup.graphdef, setup.tx),
-                     in_shardings=(setup.shardings, None), out_shardings=(setup.shardings, None),
-                     donate_argnums=(0,))
-      batch = jax.device_put(synthetic_batch(np.random.default_rng(0), args.batch_size,
-                                             args.inputs_length, args.targets_length,
-                                             config.vocab_size))
-      t = time.perf_counter()
-      state, m = step(state, batch)
-      jax.block_until_ready(m)
-      compile_s = time.perf_counter() - t
-      times = []
-      for _ in range(args.steps):
-        t = time.perf_counter()
-        state, m = step(state, batch)
-        jax.block_until_ready(m)
-        times.append(time.perf_counter() - t)
-    step_s = statistics.median(times)
-    model_flops = models.training_flops_per_example(
-        config, {'inputs': args.inputs_length, 'targets': args.targets_length}) * args.batch_size
+    if args.steps < 1 or args.warmup < 1:
+      raise gin_utils.UsageError('--steps and --warmup must be at least 1.')
+    config = dataclasses.replace(gin_utils.query_macro('MODEL_CONFIG'), dtype=args.dtype)
+    lengths = {'inputs': args.inputs_length, 'targets': args.targets_length}
+    if config.architecture != 'encoder_decoder':
+      raise gin_utils.UsageError('bench/train_step.py times encoder-decoder configs; '
+                                 f'{config.architecture!r} is not one.')
+    batch = synthetic_batch(np.random.default_rng(0), args.batch_size, args.inputs_length,
+                            args.targets_length, config.vocab_size)
+    tokens = args.batch_size * (args.inputs_length + args.targets_length)
+    model_flops = models.training_flops_per_example(config, lengths) * args.batch_size
     peak = hardware.peak_flops_per_device() * jax.device_count()
+    print(f'peak {peak / 1e9:.1f} GFLOP/s ({jax.devices()[0].device_kind}, '
+          f'{jax.device_count()} device(s)); useful {model_flops / 1e12:.3f} TFLOP per step',
+          flush=True)
+
+    options = None if args.xla_defaults else hardware.compiler_options()
+    times, first, loss = time_ours(config, batch, args.optimizer, args.steps, args.warmup,
+                                   args.profile, options)
+    step_s = statistics.median(times)
     result = {
         'step_s': step_s,
-        'compile_s': compile_s,
-        'tokens_per_s': args.batch_size * (args.inputs_length + args.targets_length) / step_s,
-        'model_tflops_per_step': model_flops / 1e12,
+        'tokens_per_s': tokens / step_s,
+        'mfu': model_flops / step_s / peak,
         'useful_gflops_per_s': model_flops / step_s / 1e9,
         'peak_gflops_per_s': peak / 1e9,
-        'mfu': model_flops / step_s / peak,
+        'compile_s': first,
+        'step_times_s': times,
+        'loss': loss,
+        'model_tflops_per_step': model_flops / 1e12,
         'device': jax.devices()[0].device_kind,
         'batch_size': args.batch_size, 'lengths': [args.inputs_length, args.targets_length],
-        'dtype': args.dtype, 'loss': float(m['loss']),
+        'dtype': args.dtype, 'optimizer': args.optimizer,
+        'xla_flags': os.environ.get('XLA_FLAGS', ''), 'compiler_options': options,
     }
+    print(f't5x_lite: {step_s:.3f} s/step, {tokens / step_s:,.0f} tokens/s, '
+          f'{model_flops / step_s / 1e9:.1f} useful GFLOP/s, MFU {result["mfu"]:.1%} '
+          f'(first call {first:.1f} s)', flush=True)
+    if args.profile:
+      print(f'profile: {args.profile} (op, thread-seconds over one step)')
+      for name, seconds in summarize_profile(args.profile):
+        print(f'  {seconds:8.3f}  {name}')
+    if args.compare == 'hf':
+      gc.collect()
+      hf_times, hf_first, hf_loss, threads = time_hf(config, batch, args.optimizer, args.dtype,
+                                                     args.steps, args.warmup)
+      hf_step = statistics.median(hf_times)
+      result.update({
+          'hf_step_s': hf_step,
+          'hf_tokens_per_s': tokens / hf_step,
+          'hf_mfu': model_flops / hf_step / peak,
+          'hf_step_times_s': hf_times,
+          'hf_first_step_s': hf_first,
+          'hf_loss': hf_loss,
+          'hf_torch_threads': threads,
+          'speedup_vs_hf': hf_step / step_s,
+      })
+      print(f'transformers: {hf_step:.3f} s/step, {tokens / hf_step:,.0f} tokens/s, MFU '
+            f'{result["hf_mfu"]:.1%} ({threads} torch threads); t5x_lite is '
+            f'{hf_step / step_s:.2f}x its tokens/s', flush=True)
     print(json.dumps(result))
   return gin_utils.run_main(run, argv)
 

@@ -41,10 +41,6 @@ from t5x_lite.models.config import REMAT_POLICIES
 
 HBM_HEADROOM = 0.10  # fraction of HBM left for XLA's workspace, fragmentation and the runtime
 
-# XLA:CPU expands the optimization barriers that jax.checkpoint places around recomputation and
-# then CSE merges the recomputed forward pass back into the original, so remat saves nothing on
-# CPU. Keeping the barriers makes the CPU's memory figures behave like TPU/GPU ones.
-CPU_COMPILER_OPTIONS = {'xla_disable_hlo_passes': 'cse_barrier_expander'}
 
 
 # ----------------------------------------------------------------------------- sharding helpers
@@ -457,13 +453,12 @@ def aot_analysis(model_config: T5Config, mesh_shape: Mapping[str, int], num_devi
                                                                          rules, mesh))
   batch = {k: jax.ShapeDtypeStruct((batch_size, n), jnp.int32, sharding=batch_sharding)
            for k, n in feature_lengths.items()}
-  cpu = devices[0].platform == 'cpu'
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     step = jax.jit(trainer.make_train_step(setup.graphdef, setup.tx),
                    in_shardings=(setup.shardings, batch_sharding),
                    out_shardings=(setup.shardings, None), donate_argnums=(0,))
     compiled = step.lower(setup.abstract_state, batch).compile(
-        compiler_options=CPU_COMPILER_OPTIONS if cpu else None)
+        compiler_options=hardware.compiler_options(devices[0].platform))
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost

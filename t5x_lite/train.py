@@ -155,7 +155,7 @@ def train(*,
     num_data_shards = batches.num_data_shards
     step_fn = jax.jit(trainer.make_train_step(setup.graphdef, setup.tx),
                       in_shardings=(setup.shardings, None), out_shardings=(setup.shardings, None),
-                      donate_argnums=(0,))
+                      donate_argnums=(0,), compiler_options=hardware.compiler_options())
 
     flops_per_step = models.training_flops_per_example(
         model_config, task_feature_lengths) * batch_size

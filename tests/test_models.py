@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from t5x_lite import partitioning
+from t5x_lite import hardware, partitioning
 from t5x_lite.models import (EncoderDecoder, T5Config, count_params, eager_rngs, flops,
                              forward_flops_per_example, training_flops_per_example)
 from t5x_lite.models import layers
@@ -147,6 +147,36 @@ def test_relative_position_bucket_landmarks():
   assert b(-128, True) == b(-10_000, True) == 15 and b(10_000, True) == 31
   # Decoder: the future collapses to bucket 0; the past has all 32 buckets.
   assert [b(5, False), b(-15, False), b(-16, False), b(-10_000, False)] == [0, 15, 16, 31]
+
+
+@pytest.mark.parametrize('num_in', [1, 2])
+def test_dense_gradient_matches_numpy(num_in):
+  """layers.dense has a hand-written backward (plain matrix products): check it with numpy."""
+  rng = np.random.default_rng(0)
+  x = rng.standard_normal((2, 3, *(4, 5)[:num_in])).astype(np.float32)
+  w = rng.standard_normal(((4, 5)[:num_in] + (6, 7))).astype(np.float32)
+  g = rng.standard_normal((2, 3, 6, 7)).astype(np.float32)
+  out, vjp = jax.vjp(lambda a, b: layers.dense(a, b, num_in), jnp.asarray(x), jnp.asarray(w))
+  k = x[0, 0].size
+  rows, w2, g2 = x.reshape(-1, k), w.reshape(k, -1), g.reshape(6, -1)
+  np.testing.assert_allclose(out, (rows @ w2).reshape(2, 3, 6, 7), rtol=1e-5, atol=1e-5)
+  dx, dw = vjp(jnp.asarray(g))
+  np.testing.assert_allclose(dx, (g2 @ w2.T).reshape(x.shape), rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(dw, (rows.T @ g2).reshape(w.shape), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('batch_dims', [(), (3,)])
+def test_relative_position_bias_gradient_is_a_per_bucket_sum(batch_dims):
+  """bias_from_buckets has a hand-written backward: check it against numpy's scatter-add."""
+  rng = np.random.default_rng(0)
+  table = rng.standard_normal((8, 4)).astype(np.float32)  # [buckets, heads]
+  buckets = rng.integers(0, 8, (*batch_dims, 5, 7))
+  cotangent = rng.standard_normal((*batch_dims, 4, 5, 7)).astype(np.float32)
+  out, vjp = jax.vjp(lambda t: layers.bias_from_buckets(t, jnp.asarray(buckets)), table)
+  np.testing.assert_array_equal(out, np.moveaxis(table[buckets], -1, -3))
+  want = np.zeros_like(table)
+  np.add.at(want, buckets.reshape(-1), np.moveaxis(cotangent, -3, -1).reshape(-1, 4))
+  np.testing.assert_allclose(vjp(jnp.asarray(cotangent))[0], want, rtol=1e-5, atol=1e-5)
 
 
 def test_rms_norm_matches_numpy_and_has_no_mean_or_bias():
@@ -484,7 +514,7 @@ def test_full_remat_shrinks_the_compiled_train_steps_temp_memory():
   """A memory figure from XLA's buffer assignment, not a timing, so it can be asserted.
 
   XLA:CPU would drop the remat barriers and merge the recomputation back into the forward pass
-  (see plan.CPU_COMPILER_OPTIONS); TPU and GPU keep them, so the test keeps them too."""
+  (see hardware.CPU_COMPILER_OPTIONS); TPU and GPU keep them, so the test keeps them too."""
   from t5x_lite import plan, trainer
   base = T5Config(vocab_size=128, d_model=64, num_heads=4, d_kv=16, d_ff=512,
                   num_encoder_layers=2, num_decoder_layers=2,
@@ -501,6 +531,6 @@ def test_full_remat_shrinks_the_compiled_train_steps_temp_memory():
     with jax.set_mesh(mesh), nnx.logical_axis_rules(partitioning.TWO_D_RULES):
       lowered = jax.jit(trainer.make_train_step(setup.graphdef, setup.tx)).lower(
           setup.abstract_state, batch)
-    return lowered.compile(plan.CPU_COMPILER_OPTIONS).memory_analysis().temp_size_in_bytes
+    return lowered.compile(hardware.compiler_options("cpu")).memory_analysis().temp_size_in_bytes
 
   assert temp_bytes('full') < temp_bytes('none') / 2

@@ -17,6 +17,7 @@ The numerics (bucketing, masks, attention) are pure functions so they can be tes
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable, Sequence
 
 import jax
@@ -192,6 +193,65 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
   return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
 
 
+@jax.custom_vjp
+def bias_from_buckets(table: jax.Array, buckets: jax.Array) -> jax.Array:
+  """table [num_buckets, heads] gathered at buckets [..., q, k] -> [..., heads, q, k].
+
+  The gradient is a custom rule: autodiff's scatter-add of [heads, q, k] into the table ran as a
+  strided, single-threaded loop on XLA:CPU (0.6 s of T5.1.1-small's 9.6 s train step); one fused
+  masked reduction per bucket reads the cotangent once and is as fast as the softmax around it.
+  """
+  return jnp.moveaxis(jnp.take(table, buckets, axis=0), -1, -3)
+
+
+def _bias_from_buckets_fwd(table, buckets):
+  return bias_from_buckets(table, buckets), (buckets, table.shape[0])
+
+
+def _bias_from_buckets_bwd(residuals, cotangent):
+  buckets, num_buckets = residuals
+  onehot = buckets[..., None, :, :, None] == jnp.arange(num_buckets)  # [..., 1, q, k, n], fused
+  summed = jnp.where(onehot, cotangent[..., None], 0.0)
+  axes = tuple(i for i in range(summed.ndim) if i not in (summed.ndim - 4, summed.ndim - 1))
+  return jnp.sum(summed, axis=axes).T, None  # [heads, n] -> [n, heads]
+
+
+bias_from_buckets.defvjp(_bias_from_buckets_fwd, _bias_from_buckets_bwd)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def dense(x: jax.Array, kernel: jax.Array, num_in: int, out_dtype=None) -> jax.Array:
+  """x [..., *in] · kernel [*in, *out] -> [..., *out], contracting the `num_in` trailing axes.
+
+  The backward pass is written as two plain matrix products, dx = g·Wᵀ and dW = xᵀ·g over the
+  flattened rows. Autodiff's form (a dot_general contracting the leading axes) made XLA:CPU
+  transpose the larger cotangent through a strided elementwise fusion for every weight gradient:
+  T5.1.1-small's train step went from 9.3 to 7.9 s on two cores with this form. The math, and the
+  sharding (rows stay split over 'batch'), are the same.
+  """
+  contract = (tuple(range(x.ndim - num_in, x.ndim)), tuple(range(num_in)))
+  return jax.lax.dot_general(x, kernel, (contract, ((), ())), preferred_element_type=out_dtype)
+
+
+def _dense_fwd(x, kernel, num_in, out_dtype):
+  return dense(x, kernel, num_in, out_dtype), (x, kernel)
+
+
+def _dense_bwd(num_in, out_dtype, residuals, cotangent):
+  del out_dtype
+  x, kernel = residuals
+  k = math.prod(kernel.shape[:num_in])
+  rows = x.reshape(-1, k)
+  g = cotangent.reshape(rows.shape[0], -1).astype(x.dtype)  # f32 logits' cotangent -> compute dtype
+  w = kernel.reshape(k, -1)
+  dx = jnp.dot(g, w.T, preferred_element_type=jnp.float32).astype(x.dtype).reshape(x.shape)
+  dw = jnp.dot(rows.T, g, preferred_element_type=jnp.float32)
+  return dx, dw.astype(kernel.dtype).reshape(kernel.shape)
+
+
+dense.defvjp(_dense_fwd, _dense_bwd)
+
+
 # ---------------------------------------------------------------------------------------------
 # Modules.
 # ---------------------------------------------------------------------------------------------
@@ -245,10 +305,8 @@ class DenseGeneral(nnx.Module):
     self.dtype = dtype
 
   def __call__(self, x: jax.Array, out_dtype=None) -> jax.Array:
-    n = self.num_in
-    contract = (tuple(range(x.ndim - n, x.ndim)), tuple(range(n)))
-    return jax.lax.dot_general(x.astype(self.dtype), self.kernel[...].astype(self.dtype),
-                               (contract, ((), ())), preferred_element_type=out_dtype)
+    return dense(x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.num_in,
+                 None if out_dtype is None else jnp.dtype(out_dtype))
 
 
 class MLP(nnx.Module):
@@ -315,9 +373,9 @@ class RelativePositionBias(nnx.Module):
                                        bidirectional=self.bidirectional,
                                        num_buckets=self.num_buckets,
                                        max_distance=self.max_distance)
-    bias = jnp.take(self.embedding[...].astype(jnp.float32), buckets, axis=0)  # [.., q, k, heads]
-    bias = jnp.moveaxis(bias, -1, -3)
+    bias = bias_from_buckets(self.embedding[...].astype(jnp.float32), buckets)
     return bias if offset.ndim else bias[None]
+
 
 
 class MultiHeadAttention(nnx.Module):
