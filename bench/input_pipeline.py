@@ -43,7 +43,8 @@ def main(argv=None) -> int:
     p.add_argument('--batch_size', type=int, default=8)
     p.add_argument('--inputs_length', type=int, default=512)
     p.add_argument('--targets_length', type=int, default=114)
-    p.add_argument('--batches', type=int, default=100, help='timed batches after the first')
+    p.add_argument('--batches', type=int, default=1000,
+                   help='timed batches after the first (enough that prefetch buffers do not hide the rate)')
     p.add_argument('--step_s', type=float, default=None,
                    help='train step seconds to compare with (default: time it here)')
     p.add_argument('--train_steps', type=int, default=2, help='timed train steps (median)')

@@ -110,10 +110,10 @@ def time_hf(config, batch, optimizer: str, dtype: str, steps: int, warmup: int):
     loss = model(**tensors).loss
     loss.backward()
     opt.step()
-    return float(loss)
+    return float(loss.detach())
 
   times, first, loss = time_calls(call, steps, warmup)
-  return times, first, loss, torch.get_num_threads()
+  return times, first, loss, torch.get_num_threads(), sum(p.numel() for p in model.parameters())
 
 
 def summarize_profile(profile_dir: str, top: int = 15) -> list[tuple[str, float]]:
@@ -180,6 +180,7 @@ def main(argv=None) -> int:
         'step_times_s': times,
         'loss': loss,
         'model_tflops_per_step': model_flops / 1e12,
+        'params': models.count_params(config),
         'device': jax.devices()[0].device_kind,
         'batch_size': args.batch_size, 'lengths': [args.inputs_length, args.targets_length],
         'dtype': args.dtype, 'optimizer': args.optimizer,
@@ -194,7 +195,7 @@ def main(argv=None) -> int:
         print(f'  {seconds:8.3f}  {name}')
     if args.compare == 'hf':
       gc.collect()
-      hf_times, hf_first, hf_loss, threads = time_hf(config, batch, args.optimizer, args.dtype,
+      hf_times, hf_first, hf_loss, threads, hf_params = time_hf(config, batch, args.optimizer, args.dtype,
                                                      args.steps, args.warmup)
       hf_step = statistics.median(hf_times)
       result.update({
@@ -205,6 +206,7 @@ def main(argv=None) -> int:
           'hf_first_step_s': hf_first,
           'hf_loss': hf_loss,
           'hf_torch_threads': threads,
+          'hf_params': hf_params,
           'speedup_vs_hf': hf_step / step_s,
       })
       print(f'transformers: {hf_step:.3f} s/step, {tokens / hf_step:,.0f} tokens/s, MFU '

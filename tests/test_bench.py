@@ -1,0 +1,56 @@
+"""bench/ scripts run end to end on a tiny config and print what their docstrings promise (no
+timing assertions: figures come from running them by hand, see README)."""
+
+import json
+import math
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'bench'))
+
+import input_pipeline  # noqa: E402
+import train_step  # noqa: E402
+
+TINY = [
+    '--gin_file=gin/models/t5_1_1/small.gin',
+    '--gin.t5x_lite.models.T5Config.d_model=32',
+    '--gin.t5x_lite.models.T5Config.num_heads=2',
+    '--gin.t5x_lite.models.T5Config.d_kv=8',
+    '--gin.t5x_lite.models.T5Config.d_ff=64',
+    '--gin.t5x_lite.models.T5Config.num_encoder_layers=1',
+    '--gin.t5x_lite.models.T5Config.num_decoder_layers=1',
+    '--gin.t5x_lite.models.T5Config.vocab_size=512',
+]
+
+
+def last_json(capsys):
+  return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_train_step_bench_times_ours_and_transformers_on_the_same_model(capsys, tmp_path):
+  assert train_step.main([*TINY, '--batch_size=2', '--inputs_length=16', '--targets_length=8',
+                          '--steps=2', '--compare=hf', f'--profile={tmp_path}']) == 0
+  out = capsys.readouterr().out
+  result = json.loads(out.strip().splitlines()[-1])
+  # transformers builds the same model: same parameter count, untied head included.
+  assert result['hf_params'] == result['params']
+  assert len(result['step_times_s']) == len(result['hf_step_times_s']) == 2
+  assert result['tokens_per_s'] == pytest.approx(2 * 24 / result['step_s'])
+  assert result['speedup_vs_hf'] == pytest.approx(result['hf_step_s'] / result['step_s'])
+  assert 0 < result['mfu'] < 1 and math.isfinite(result['loss'] + result['hf_loss'])
+  assert result['compiler_options'] and 'ynn' in json.dumps(result['compiler_options'])
+  # --profile prints the ops that took the most time from the trace it wrote.
+  profile_lines = out.split('profile:')[1].splitlines()[1:4]
+  assert all(float(line.split()[0]) >= 0 for line in profile_lines)
+
+
+def test_input_pipeline_bench_compares_with_the_train_step(capsys):
+  assert input_pipeline.main([*TINY, '--batch_size=4', '--inputs_length=64',
+                              '--targets_length=16', '--batches=5', '--step_s=2.0']) == 0
+  result = last_json(capsys)
+  assert result['train_rows_per_s'] == 2.0
+  assert result['ratio'] == pytest.approx(result['rows_per_s'] / 2.0)
+  # Span corruption packs at least one example per row, and most positions are real tokens.
+  assert result['examples_per_row'] >= 1 and 0.5 < result['fill'] <= 1
