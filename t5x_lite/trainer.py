@@ -253,10 +253,14 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, num_microbatches
 
 class MetricsWriter:
   """Writes each logged step to MODEL_DIR/metrics.jsonl and TensorBoard, and prints a progress line
-  (step, loss, tokens/s, MFU, ETA). Only process 0 writes."""
+  (step, loss, tokens/s, MFU, ETA). Only process 0 writes.
+
+  A training run passes `resume_step` (0 when it starts fresh): rows after it belong to steps it
+  will redo and are dropped. Other writers (standalone eval) leave every row in place.
+  """
 
   def __init__(self, model_dir: str, total_steps: int, enabled: bool = True,
-               resume_step: int = 0):
+               resume_step: int | None = None):
     self.enabled = enabled
     self.total_steps = total_steps
     self._jsonl = None
@@ -264,7 +268,8 @@ class MetricsWriter:
     if enabled:
       os.makedirs(model_dir, exist_ok=True)
       path = os.path.join(model_dir, 'metrics.jsonl')
-      _drop_rows_after(path, resume_step)
+      if resume_step is not None:
+        _drop_rows_after(path, resume_step)
       self._jsonl = open(path, 'a')
       import tensorboardX  # pylint: disable=import-outside-toplevel  (it imports torch if present)
       self._tb = tensorboardX.SummaryWriter(os.path.join(model_dir, 'train'))

@@ -1,5 +1,6 @@
 """Loss, schedule and optimizer against independent computations."""
 
+import json
 import math
 
 import jax
@@ -106,3 +107,20 @@ def test_gradient_accumulation_matches_one_big_batch():
     np.testing.assert_allclose(m2[k], m1[k], rtol=1e-5)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7),
                s2['params'], s1['params'])
+
+
+def test_metrics_writer_drops_redone_rows_on_resume_only(tmp_path):
+  """A resumed run drops the rows it will redo; a standalone eval writer keeps every row."""
+  def steps():
+    return [json.loads(line)['step'] for line in open(tmp_path / 'metrics.jsonl')]
+
+  writer = trainer.MetricsWriter(str(tmp_path), 5, resume_step=0)
+  for step in range(1, 6):
+    writer.write(step, {'loss': 1.0, 'accuracy': 0.5, 'learning_rate': 1e-3})
+  writer.close()
+  evaluator = trainer.MetricsWriter(str(tmp_path), 3)  # t5x_lite.eval on checkpoint 3
+  evaluator.write(3, {'eval/task/loss': 2.0})
+  evaluator.close()
+  assert steps() == [1, 2, 3, 4, 5, 3]
+  trainer.MetricsWriter(str(tmp_path), 5, resume_step=2).close()
+  assert steps() == [1, 2]
