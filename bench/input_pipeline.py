@@ -90,9 +90,9 @@ def main(argv=None) -> int:
       batch = train_step.synthetic_batch(np.random.default_rng(0), args.batch_size,
                                          args.inputs_length, args.targets_length,
                                          config.vocab_size)
-      step_times, _, _ = train_step.time_ours(config, batch, 'adafactor', args.train_steps, 1,
-                                              None, hardware.compiler_options())
-      step_s = statistics.median(step_times)
+      ours = train_step.time_ours(config, batch, 'adafactor', args.train_steps, 1, None,
+                                  hardware.compiler_options())
+      step_s = statistics.median(ours['times'])
     consumed = args.batch_size / step_s
     result.update({'train_step_s': step_s, 'train_rows_per_s': consumed,
                    'ratio': rows_per_s / consumed})

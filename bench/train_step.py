@@ -6,7 +6,8 @@
 MFU is useful model FLOPs (the per-layer count of models/flops.py, 3x forward) / median step time /
 peak. On CPU the peak is measured in the same run by a large jitted matmul; on TPU/GPU it is the
 published figure. `--compare=hf` then times Hugging Face `transformers` (PyTorch eager, AdamW) on the
-same config, shapes and tokens in the same process, and reports ours/theirs. Both sides use AdamW
+same config, shapes, tokens and initial weights (ours, converted) in the same process, checks that
+its first loss equals ours, and reports ours/theirs. Both sides use AdamW
 unless `--optimizer` says otherwise (transformers has no T5X-style Adafactor). `--profile=DIR`
 writes a `jax.profiler` trace of one step and prints the ops that took the most time.
 """
@@ -58,13 +59,15 @@ def time_calls(call, steps: int, warmup: int) -> tuple[list[float], float, objec
 
 
 def time_ours(config, batch, optimizer: str, steps: int, warmup: int, profile_dir: str | None,
-              compiler_options: dict | None):
+              compiler_options: dict | None) -> dict:
+  """Times our jitted step; also returns the initial params and the first step's cross-entropy."""
   mesh = partitioning.create_mesh({'data': -1})
   rules = partitioning.logical_axis_rules()
   tx = trainer.make_optimizer(trainer.learning_rate_schedule(), name=optimizer)
   setup = trainer.setup_train_state(config, tx, 0, mesh, rules)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     box = {'state': setup.init()}
+    init_params = jax.device_get(box['state']['params'])  # before the step donates them
     step = jax.jit(trainer.make_train_step(setup.graphdef, setup.tx),
                    in_shardings=(setup.shardings, None), out_shardings=(setup.shardings, None),
                    donate_argnums=(0,), compiler_options=compiler_options)
@@ -72,28 +75,39 @@ def time_ours(config, batch, optimizer: str, steps: int, warmup: int, profile_di
 
     def call():
       box['state'], metrics = step(box['state'], batch)
-      return jax.block_until_ready(metrics)
+      metrics = jax.block_until_ready(metrics)
+      box.setdefault('first_ce', float(metrics['loss'] - metrics['z_loss']))
+      return metrics
 
     times, first, metrics = time_calls(call, steps, warmup)
     if profile_dir:
       jax.profiler.start_trace(profile_dir)
       call()
       jax.profiler.stop_trace()
-  return times, first, float(metrics['loss'])
+  return {'times': times, 'first_s': first, 'loss': float(metrics['loss']),
+          'first_cross_entropy': box['first_ce'], 'init_params': init_params}
 
 
-def time_hf(config, batch, optimizer: str, dtype: str, steps: int, warmup: int):
-  """transformers' T5ForConditionalGeneration, eager, one optimizer step per call."""
+def time_hf(config, batch, init_params, optimizer: str, dtype: str, steps: int,
+            warmup: int) -> dict:
+  """transformers' T5ForConditionalGeneration from our initial params, eager, one optimizer step
+  per call; its first loss must equal our first cross-entropy (same model, same batch)."""
   # pylint: disable=import-outside-toplevel
   import torch
   import transformers
   from t5x_lite import convert
-  torch.manual_seed(0)
   model = transformers.T5ForConditionalGeneration(
       transformers.T5Config(**convert.ours_to_hf_config(config)))
   if not config.logits_via_embedding and model.lm_head.weight is model.shared.weight:
     # transformers >= 5 ties the head whatever the config says: give it its own weights.
     model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())
+  state = {k: torch.from_numpy(v) for k, v in convert.params_to_hf(init_params, config).items()}
+  missing, unexpected = model.load_state_dict(state, strict=False)
+  aliases = {'encoder.embed_tokens.weight', 'decoder.embed_tokens.weight'}  # = shared.weight
+  if config.logits_via_embedding:
+    aliases.add('lm_head.weight')
+  if unexpected or set(missing) - aliases:
+    raise RuntimeError(f'HF state dict mismatch: missing {missing}, unexpected {unexpected}')
   model = model.to(getattr(torch, dtype)).train()
   if optimizer == 'adamw':
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.95), weight_decay=0.0)
@@ -104,16 +118,19 @@ def time_hf(config, batch, optimizer: str, dtype: str, steps: int, warmup: int):
       'decoder_input_ids': torch.from_numpy(batch['decoder_input_tokens']).long(),
       'labels': torch.from_numpy(batch['decoder_target_tokens']).long(),
   }
+  losses = []
 
   def call():
     opt.zero_grad(set_to_none=True)
     loss = model(**tensors).loss
     loss.backward()
     opt.step()
-    return float(loss.detach())
+    losses.append(float(loss.detach()))
 
-  times, first, loss = time_calls(call, steps, warmup)
-  return times, first, loss, torch.get_num_threads(), sum(p.numel() for p in model.parameters())
+  times, first, _ = time_calls(call, steps, warmup)
+  return {'times': times, 'first_s': first, 'loss': losses[-1], 'first_loss': losses[0],
+          'threads': torch.get_num_threads(),
+          'params': sum(p.numel() for p in model.parameters())}
 
 
 def summarize_profile(profile_dir: str, top: int = 15) -> list[tuple[str, float]]:
@@ -167,18 +184,18 @@ def main(argv=None) -> int:
           flush=True)
 
     options = None if args.xla_defaults else hardware.compiler_options()
-    times, first, loss = time_ours(config, batch, args.optimizer, args.steps, args.warmup,
-                                   args.profile, options)
-    step_s = statistics.median(times)
+    ours = time_ours(config, batch, args.optimizer, args.steps, args.warmup, args.profile, options)
+    step_s = statistics.median(ours['times'])
     result = {
         'step_s': step_s,
         'tokens_per_s': tokens / step_s,
         'mfu': model_flops / step_s / peak,
         'useful_gflops_per_s': model_flops / step_s / 1e9,
         'peak_gflops_per_s': peak / 1e9,
-        'compile_s': first,
-        'step_times_s': times,
-        'loss': loss,
+        'compile_s': ours['first_s'],
+        'step_times_s': ours['times'],
+        'first_cross_entropy': ours['first_cross_entropy'],
+        'loss': ours['loss'],
         'model_tflops_per_step': model_flops / 1e12,
         'params': models.count_params(config),
         'device': jax.devices()[0].device_kind,
@@ -188,29 +205,33 @@ def main(argv=None) -> int:
     }
     print(f't5x_lite: {step_s:.3f} s/step, {tokens / step_s:,.0f} tokens/s, '
           f'{model_flops / step_s / 1e9:.1f} useful GFLOP/s, MFU {result["mfu"]:.1%} '
-          f'(first call {first:.1f} s)', flush=True)
+          f'(first call {ours["first_s"]:.1f} s)', flush=True)
     if args.profile:
       print(f'profile: {args.profile} (op, thread-seconds over one step)')
       for name, seconds in summarize_profile(args.profile):
         print(f'  {seconds:8.3f}  {name}')
     if args.compare == 'hf':
+      init_params = ours.pop('init_params')
+      del ours
       gc.collect()
-      hf_times, hf_first, hf_loss, threads, hf_params = time_hf(config, batch, args.optimizer, args.dtype,
-                                                     args.steps, args.warmup)
-      hf_step = statistics.median(hf_times)
+      hf = time_hf(config, batch, init_params, args.optimizer, args.dtype, args.steps,
+                   args.warmup)
+      hf_step = statistics.median(hf['times'])
       result.update({
           'hf_step_s': hf_step,
           'hf_tokens_per_s': tokens / hf_step,
           'hf_mfu': model_flops / hf_step / peak,
-          'hf_step_times_s': hf_times,
-          'hf_first_step_s': hf_first,
-          'hf_loss': hf_loss,
-          'hf_torch_threads': threads,
-          'hf_params': hf_params,
+          'hf_step_times_s': hf['times'],
+          'hf_first_step_s': hf['first_s'],
+          'hf_first_loss': hf['first_loss'],
+          'hf_loss': hf['loss'],
+          'hf_torch_threads': hf['threads'],
+          'hf_params': hf['params'],
           'speedup_vs_hf': hf_step / step_s,
       })
       print(f'transformers: {hf_step:.3f} s/step, {tokens / hf_step:,.0f} tokens/s, MFU '
-            f'{result["hf_mfu"]:.1%} ({threads} torch threads); t5x_lite is '
+            f'{result["hf_mfu"]:.1%} ({hf["threads"]} torch threads); first-step loss '
+            f'{hf["first_loss"]:.5f} vs ours {result["first_cross_entropy"]:.5f}; t5x_lite is '
             f'{hf_step / step_s:.2f}x its tokens/s', flush=True)
     print(json.dumps(result))
   return gin_utils.run_main(run, argv)

@@ -34,8 +34,10 @@ def test_train_step_bench_times_ours_and_transformers_on_the_same_model(capsys, 
                           '--steps=2', '--compare=hf', f'--profile={tmp_path}']) == 0
   out = capsys.readouterr().out
   result = json.loads(out.strip().splitlines()[-1])
-  # transformers builds the same model: same parameter count, untied head included.
+  # transformers runs the same model from the same weights: same parameter count (untied head
+  # included) and the same loss on the first batch.
   assert result['hf_params'] == result['params']
+  assert result['hf_first_loss'] == pytest.approx(result['first_cross_entropy'], abs=1e-4)
   assert len(result['step_times_s']) == len(result['hf_step_times_s']) == 2
   assert result['tokens_per_s'] == pytest.approx(2 * 24 / result['step_s'])
   assert result['speedup_vs_hf'] == pytest.approx(result['hf_step_s'] / result['step_s'])
