@@ -45,6 +45,11 @@ def learning_rate_schedule(kind: str = 'rsqrt', base_learning_rate: float = 1.0,
       raise gin_utils.UsageError(
           'learning_rate_schedule.total_steps must be set for linear_warmup_cosine '
           '(e.g. --gin.learning_rate_schedule.total_steps=%TRAIN_STEPS).')
+    if total_steps <= warmup_steps:
+      raise gin_utils.UsageError(
+          f'learning_rate_schedule.total_steps ({total_steps}) must be larger than warmup_steps '
+          f'({warmup_steps}) for linear_warmup_cosine; lower '
+          '--gin.learning_rate_schedule.warmup_steps or train longer.')
     return optax.warmup_cosine_decay_schedule(0.0, base_learning_rate, warmup_steps, total_steps,
                                               base_learning_rate * final_fraction)
   raise gin_utils.UsageError(f"Unknown learning_rate_schedule.kind {kind!r}; choose 'rsqrt', "

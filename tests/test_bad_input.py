@@ -216,6 +216,10 @@ CASES: list[Case] = [
     Case('cosine_schedule_without_total_steps',
          ("--gin.learning_rate_schedule.kind='linear_warmup_cosine'",),
          r'total_steps must be set .*--gin\.learning_rate_schedule\.total_steps=%TRAIN_STEPS'),
+    Case('cosine_schedule_shorter_than_its_warmup',
+         ("--gin.learning_rate_schedule.kind='linear_warmup_cosine'",
+          '--gin.learning_rate_schedule.total_steps=5', '--gin.learning_rate_schedule.warmup_steps=10'),
+         r'total_steps \(5\) must be larger than warmup_steps \(10\).*warmup_steps or train longer'),
     # vocabulary
     Case('vocab_size_smaller_than_vocabulary', ('--gin.VOCAB_SIZE=1000',),
          r'vocab_size 1000 is smaller than the vocabulary \(28100 ids.*raise VOCAB_SIZE'),
