@@ -101,7 +101,8 @@ def time_hf(config, batch, init_params, optimizer: str, dtype: str, steps: int,
   if not config.logits_via_embedding and model.lm_head.weight is model.shared.weight:
     # transformers >= 5 ties the head whatever the config says: give it its own weights.
     model.lm_head.weight = torch.nn.Parameter(model.shared.weight.detach().clone())
-  state = {k: torch.from_numpy(v) for k, v in convert.params_to_hf(init_params, config).items()}
+  state = {k: torch.from_numpy(np.array(v))  # writable copies
+           for k, v in convert.params_to_hf(init_params, config).items()}
   missing, unexpected = model.load_state_dict(state, strict=False)
   aliases = {'encoder.embed_tokens.weight', 'decoder.embed_tokens.weight'}  # = shared.weight
   if config.logits_via_embedding:
