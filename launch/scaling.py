@@ -28,7 +28,8 @@ The loss fitted is the validation loss: after training, each run's last checkpoi
 task's whole validation split (the same packed examples for every size), in nats per target
 token without z-loss; it is logged to metrics.jsonl as `eval/<task>/loss`. A run without it
 falls back to the mean training cross-entropy of its last logged steps (the CSV says which).
-Outputs in OUT_DIR: results.csv, scaling.png (points, fit, residuals), report.md.
+Outputs in OUT_DIR: results.csv, scaling.png (points, fit, residuals), report.md. The fits are
+in launch/scaling_fit.py, the plot and report.md in launch/scaling_report.py.
 """
 
 from __future__ import annotations
@@ -37,24 +38,24 @@ import argparse
 import csv
 import dataclasses
 import json
-import math
 import os
 import re
 import shlex
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import time
-import zlib
 from typing import Callable, Sequence
 
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
-  sys.path.insert(0, REPO)  # `python launch/scaling.py` imports launch.slurm / launch.tpu
+  sys.path.insert(0, REPO)  # `python launch/scaling.py` imports launch.* and t5x_lite
+
+from launch.scaling_fit import fit_rows  # noqa: E402  (after the path above)
+from launch.scaling_report import format_seconds, plot, report_markdown, si  # noqa: E402
 
 BASE_GIN = 'gin/runs/scaling.gin'
 DEFAULT_SIZES = (32, 64, 96, 128, 192)  # d_model: 36x in non-embedding params at fixed depth
@@ -442,13 +443,6 @@ class TimeModel:
     return self.startup_seconds() + steps * self.step_seconds(spec.flops_per_step)
 
 
-def format_seconds(s: float) -> str:
-  s = int(round(max(s, 0)))
-  h, rem = divmod(s, 3600)
-  m, sec = divmod(rem, 60)
-  return f'{h}:{m:02d}:{sec:02d}' if h else f'{m}:{sec:02d}'
-
-
 class SubprocessRunner:
   """Runs one command with its output appended to a log file and each line passed on; the
   process gets its own session so that the sweep decides how it is stopped."""
@@ -579,7 +573,7 @@ class Sweep:
     if meta is None:
       raise SweepError(f'{run_dir}/run.json is missing; run `launch/scaling.py run` to write it.')
     start_step = last_train_step(run_dir)
-    head = (f'[{index}/{len(self.specs)} {spec.name} N={_si(spec.non_embedding_params)}]')
+    head = (f'[{index}/{len(self.specs)} {spec.name} N={si(spec.non_embedding_params)}]')
     resumed = f', resuming near step {start_step}' if start_step else ''
     say(f'{head} d_model {spec.d_model}, {spec.params:,} params '
         f'({spec.non_embedding_params:,} non-embedding), {spec.steps} steps, {spec.tokens:,} '
@@ -799,375 +793,7 @@ def collect(out_dir: str, last_k: int = LAST_K) -> list[dict]:
   return rows
 
 
-# ------------------------------------------------------------------------------- fitting
-
-
-def r_squared(y, predicted) -> float:
-  """1 - SS_res / SS_tot, on the losses themselves."""
-  y, predicted = np.asarray(y, float), np.asarray(predicted, float)
-  return float(1.0 - np.sum((y - predicted) ** 2) / np.sum((y - y.mean()) ** 2))
-
-
-def _nonnegative_lstsq(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
-  """Least squares with every coefficient >= 0, exact for a few columns: the best of the
-  unconstrained fits over column subsets whose coefficients all come out non-negative."""
-  k = x.shape[1]
-  coef, *_ = np.linalg.lstsq(x, y, rcond=None)
-  if np.all(coef >= 0):  # the unconstrained optimum is feasible, hence the constrained one
-    return coef, float(np.sum((x @ coef - y) ** 2))
-  best, best_sse = np.zeros(k), float(np.sum(y ** 2))
-  for mask in range(1, (1 << k) - 1):
-    cols = [j for j in range(k) if mask >> j & 1]
-    coef, *_ = np.linalg.lstsq(x[:, cols], y, rcond=None)
-    if np.all(coef >= 0):
-      full = np.zeros(k)
-      full[cols] = coef
-      sse = float(np.sum((x @ full - y) ** 2))
-      if sse < best_sse:
-        best, best_sse = full, sse
-  return best, best_sse
-
-
-def _refine(model, x, y, p0, lower):
-  """scipy's curve_fit from the grid optimum, when scipy is there: (params, standard errors)."""
-  try:
-    from scipy import optimize  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    return np.asarray(p0, float), None
-  import warnings  # pylint: disable=import-outside-toplevel
-  with warnings.catch_warnings():
-    warnings.simplefilter('ignore')
-    try:
-      p, cov = optimize.curve_fit(model, x, y, p0=p0, bounds=(lower, np.inf), maxfev=20000)
-    except (RuntimeError, ValueError):
-      return np.asarray(p0, float), None
-  sse0 = np.sum((model(x, *p0) - y) ** 2)
-  if np.sum((model(x, *p) - y) ** 2) > sse0:
-    return np.asarray(p0, float), None
-  errors = np.sqrt(np.diag(cov)) if len(y) > len(p0) and np.all(np.isfinite(cov)) else None
-  return p, errors
-
-
-def fit_power_law(n, loss) -> dict:
-  """L(N) = E + A·N^(-α) by least squares on the losses, with E, A, α >= 0.
-
-  For fixed α the model is linear in (E, A): a grid over α with a non-negative linear fit finds
-  the global optimum's neighbourhood, then curve_fit refines all three (and gives standard
-  errors). N is scaled by its geometric mean inside, which keeps the columns well conditioned.
-
-  The same grid is the profile of the squared error over α, which gives `alpha_range`: the α
-  whose best (E, A) fit is within a 68% F-test of the optimum (Bates & Watts 1988, profile
-  intervals). A few points over a small loss range often fit a whole range of α, trading E
-  against A; the range says so where one number would not.
-  """
-  n, loss = np.asarray(n, float), np.asarray(loss, float)
-  if len(np.unique(n)) < 3:
-    raise ValueError(f'fitting E + A·N^-α needs at least 3 distinct sizes, got {len(np.unique(n))}.')
-  scale = float(np.exp(np.mean(np.log(n))))
-  x = n / scale
-  alphas = np.geomspace(1e-3, 3.0, 800)
-  fits = [_nonnegative_lstsq(np.stack([np.ones_like(x), x ** -a], 1), loss) for a in alphas]
-  profile = np.array([sse for _, sse in fits])
-  best = int(np.argmin(profile))
-  (e, a_scaled), alpha = fits[best][0], alphas[best]
-  model = lambda x_, e_, a_, alpha_: e_ + a_ * x_ ** -alpha_
-  (e, a_scaled, alpha), errors = _refine(model, x, loss, [e, a_scaled, alpha], [0, 0, 0])
-  predicted = model(x, e, a_scaled, alpha)
-  sse = float(np.sum((loss - predicted) ** 2))
-  return {'E': float(e), 'A': float(a_scaled * scale ** alpha), 'alpha': float(alpha),
-          'E_err': None if errors is None else float(errors[0]),
-          'alpha_err': None if errors is None else float(errors[2]),
-          'alpha_range': _profile_range(alphas, profile, min(sse, profile.min()), len(loss) - 3),
-          'r2': r_squared(loss, predicted), 'predicted': predicted, 'residuals': loss - predicted,
-          'points': len(loss), 'method': 'grid + curve_fit' if errors is not None else 'grid'}
-
-
-def _profile_range(values, profile, sse_min: float, dof: int):
-  """(low, high) of the grid values whose profiled error passes a 68% F-test, or None."""
-  try:
-    from scipy import stats  # pylint: disable=import-outside-toplevel
-  except ImportError:
-    return None
-  if dof < 1:
-    return None
-  threshold = sse_min * (1 + stats.t.ppf(0.84, dof) ** 2 / dof)
-  inside = values[profile <= threshold]
-  return (float(inside.min()), float(inside.max())) if len(inside) else None
-
-
-def fit_joint(n, d, loss) -> dict:
-  """L(N, D) = E + A·N^(-α) + B·D^(-β) (Hoffmann et al. 2022), as fit_power_law: a grid over
-  (α, β) with a non-negative linear fit of (E, A, B), then curve_fit."""
-  n, d, loss = (np.asarray(v, float) for v in (n, d, loss))
-  if len(loss) < 6 or len(np.unique(n)) < 2 or len(np.unique(d)) < 2:
-    raise ValueError('fitting L(N, D) needs at least 6 runs over 2+ sizes and 2+ token budgets.')
-  sn, sd = (float(np.exp(np.mean(np.log(v)))) for v in (n, d))
-  xn, xd = n / sn, d / sd
-  best = None
-  grid = np.linspace(0.02, 2.0, 100)
-  for alpha in grid:
-    for beta in grid:
-      x = np.stack([np.ones_like(xn), xn ** -alpha, xd ** -beta], 1)
-      coef, sse = _nonnegative_lstsq(x, loss)
-      if best is None or sse < best[0]:
-        best = (sse, *coef, alpha, beta)
-  xs = np.stack([xn, xd])
-  model = lambda x_, e_, a_, b_, alpha_, beta_: e_ + a_ * x_[0] ** -alpha_ + b_ * x_[1] ** -beta_
-  p, errors = _refine(model, xs, loss, list(best[1:]), [0] * 5)
-  e, a, b, alpha, beta = p
-  predicted = model(xs, *p)
-  return {'E': float(e), 'A': float(a * sn ** alpha), 'B': float(b * sd ** beta),
-          'alpha': float(alpha), 'beta': float(beta),
-          'alpha_err': None if errors is None else float(errors[3]),
-          'beta_err': None if errors is None else float(errors[4]),
-          'r2': r_squared(loss, predicted), 'predicted': predicted, 'residuals': loss - predicted,
-          'points': len(loss), 'method': 'grid + curve_fit' if errors is not None else 'grid'}
-
-
-def fit_rows(rows: Sequence[dict]) -> dict:
-  """L(N) per budget group whose runs share D (3+ sizes), and L(N, D) when D varies."""
-  done = [r for r in rows if r['complete'] and math.isfinite(r['loss'])]
-  fits = {'groups': {}, 'joint': None}
-  for group in sorted({r['budget'] for r in done}, key=_budget_order):
-    members = [r for r in done if r['budget'] == group]
-    if len({r['tokens'] for r in members}) == 1 and len({r['non_embedding_params']
-                                                         for r in members}) >= 3:
-      members.sort(key=lambda r: r['non_embedding_params'])
-      fit = fit_power_law([r['non_embedding_params'] for r in members], [r['loss'] for r in members])
-      fits['groups'][group] = {**fit, 'names': [r['name'] for r in members]}
-  if len({r['tokens'] for r in done}) >= 2 and len(done) >= 6:
-    try:
-      fit = fit_joint([r['non_embedding_params'] for r in done], [r['tokens'] for r in done],
-                      [r['loss'] for r in done])
-      fits['joint'] = {**fit, 'names': [r['name'] for r in done]}
-    except ValueError:
-      pass
-  return fits
-
-
-def _budget_order(group: str) -> tuple:
-  kind, value = group.split('=')
-  return kind, float(value)
-
-
-# ------------------------------------------------------------------------------- PNG plot
-
-# A 5x7 bitmap font (rows top to bottom, 5 bits each, as 14 hex digits): matplotlib is not a
-# dependency of this repository, so the plot is drawn with numpy and written with zlib.
-_FONT = {
-    '0': '0E11131519110E', '1': '040C040404040E', '2': '0E11010204081F', '3': '1F02040201110E',
-    '4': '02060A121F0202', '5': '1F101E0101110E', '6': '0608101E11110E', '7': '1F010204080808',
-    '8': '0E11110E11110E', '9': '0E11110F01020C', 'A': '0E1111111F1111', 'B': '1E11111E11111E',
-    'C': '0E11101010110E', 'D': '1C12111111121C', 'E': '1F10101E10101F', 'F': '1F10101E101010',
-    'G': '0E111017111111', 'H': '1111111F111111', 'I': '0E04040404040E', 'J': '0702020202120C',
-    'K': '11121418141211', 'L': '1010101010101F', 'M': '111B1515111111', 'N': '11111915131111',
-    'O': '0E11111111110E', 'P': '1E11111E101010', 'Q': '0E11111115120D', 'R': '1E11111E141211',
-    'S': '0F10100E01011E', 'T': '1F040404040404', 'U': '1111111111110E', 'V': '11111111110A04',
-    'W': '1111111515150A', 'X': '11110A040A1111', 'Y': '1111110A040404', 'Z': '1F01020408101F',
-    ' ': '00000000000000', '.': '00000000000C0C', ',': '000000000C0408', '-': '0000001F000000',
-    '+': '0004041F040400', '=': '00001F001F0000', '(': '02040808080402', ')': '08040202020408',
-    ':': '000C0C000C0C00', '/': '00010204081000', '^': '040A1100000000', '*': '0004150E150400',
-    '%': '18190204081303', '_': '0000000000001F', '[': '0E08080808080E', ']': '0E02020202020E',
-    '<': '02040810080402', '>': '08040201020408', "'": '04040800000000', '#': '0A0A1F0A1F0A0A',
-    '·': '00000C0C000000', '²': '0C1204081E0000', '×': '00110A040A1100', '±': '04041F0404001F',
-    'α': '00000D12121D00', 'β': '0E111E11111E10', '?': '0E110102040004',
-}
-_COLORS = [(31, 119, 180), (214, 39, 40), (44, 160, 44), (148, 103, 189), (255, 127, 14),
-           (140, 86, 75), (227, 119, 194), (23, 190, 207)]
-
-
-def _glyph(ch: str) -> np.ndarray:
-  code = _FONT.get(ch) or _FONT.get(ch.upper()) or _FONT['?']
-  rows = [int(code[i:i + 2], 16) for i in range(0, 14, 2)]
-  return np.array([[(r >> (4 - c)) & 1 for c in range(5)] + [0] for r in rows], bool)
-
-
-class Canvas:
-  """An RGB image with just what a scaling plot needs: lines, dots, boxes and text."""
-
-  def __init__(self, width: int, height: int):
-    self.pixels = np.full((height, width, 3), 255, np.uint8)
-
-  def _paint(self, ys, xs, color):
-    h, w, _ = self.pixels.shape
-    keep = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
-    self.pixels[ys[keep], xs[keep]] = color
-
-  def line(self, points, color, width: int = 1, dash: int = 0):
-    """A polyline through (x, y) pixel points; `dash` > 0 draws dashes of that length."""
-    for (x0, y0), (x1, y1) in zip(points[:-1], points[1:]):
-      n = int(max(abs(x1 - x0), abs(y1 - y0)) * 2) + 2
-      t = np.linspace(0, 1, n)
-      xs, ys = x0 + (x1 - x0) * t, y0 + (y1 - y0) * t
-      if dash:
-        along = np.hypot(xs - x0, ys - y0)
-        xs, ys = xs[(along // dash) % 2 == 0], ys[(along // dash) % 2 == 0]
-      for ox in range(width):
-        for oy in range(width):
-          self._paint(np.round(ys).astype(int) + oy - width // 2,
-                      np.round(xs).astype(int) + ox - width // 2, color)
-
-  def dot(self, x, y, radius, color):
-    r = int(math.ceil(radius))
-    oy, ox = np.mgrid[-r:r + 1, -r:r + 1]
-    inside = ox ** 2 + oy ** 2 <= radius ** 2
-    self._paint(int(round(y)) + oy[inside], int(round(x)) + ox[inside], color)
-
-  def box(self, x0, y0, x1, y1, color):
-    self.line([(x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0)], color)
-
-  def text(self, x, y, s: str, color=(0, 0, 0), scale: int = 2, align: str = 'left',
-           vertical: bool = False):
-    """Text whose middle line is at y; `align` places x at its left, center or right end.
-    `vertical` turns it to read bottom to top (a y-axis label)."""
-    bitmap = np.hstack([_glyph(ch) for ch in s]) if s else np.zeros((7, 0), bool)
-    bitmap = np.kron(bitmap, np.ones((scale, scale), bool))
-    if vertical:
-      bitmap = np.rot90(bitmap)
-    h, w = bitmap.shape
-    left = {'left': 0, 'center': w // 2, 'right': w}[align] if not vertical else w // 2
-    top = h // 2 if not vertical else {'left': 0, 'center': h // 2, 'right': h}[align]
-    ys, xs = np.nonzero(bitmap)
-    self._paint(ys + int(y) - top, xs + int(x) - left, color)
-
-  def png(self) -> bytes:
-    """The image as PNG bytes: 8-bit RGB, filter 0 on every row, one zlib IDAT chunk."""
-    h, w, _ = self.pixels.shape
-    raw = np.hstack([np.zeros((h, 1), np.uint8), self.pixels.reshape(h, w * 3)]).tobytes()
-
-    def chunk(tag: bytes, data: bytes) -> bytes:
-      return (struct.pack('>I', len(data)) + tag + data
-              + struct.pack('>I', zlib.crc32(tag + data) & 0xffffffff))
-
-    return (b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 2, 0, 0, 0))
-            + chunk(b'IDAT', zlib.compress(raw, 9)) + chunk(b'IEND', b''))
-
-
-def _si(n: float) -> str:
-  for unit, div in (('B', 1e9), ('M', 1e6), ('K', 1e3)):
-    if abs(n) >= div:
-      return f'{n / div:.3g}{unit}'
-  return f'{n:.3g}'
-
-
-def _nice_ticks(lo: float, hi: float, count: int = 5) -> list[float]:
-  raw = (hi - lo) / count
-  mag = 10 ** math.floor(math.log10(raw))
-  step = min((s * mag for s in (1, 2, 2.5, 5, 10) if s * mag >= raw), default=10 * mag)
-  return [t for t in np.arange(math.ceil(lo / step) * step, hi + step * 1e-9, step)]
-
-
-class _Panel:
-  """Maps data to pixels in one box: x is log10 of N, y linear."""
-
-  def __init__(self, canvas: Canvas, box, xlim, ylim):
-    self.canvas, self.box, self.xlim, self.ylim = canvas, box, xlim, ylim
-
-  def at(self, n, y):
-    x0, y0, x1, y1 = self.box
-    fx = (math.log10(n) - self.xlim[0]) / (self.xlim[1] - self.xlim[0])
-    fy = (y - self.ylim[0]) / (self.ylim[1] - self.ylim[0])
-    return x0 + fx * (x1 - x0), y1 - fy * (y1 - y0)
-
-  def axes(self, ylabel: str, xlabel: str | None, y_decimals: int):
-    c, (x0, y0, x1, y1) = self.canvas, self.box
-    c.box(x0, y0, x1, y1, (0, 0, 0))
-    lo, hi = self.xlim
-    for k in range(math.floor(lo), math.ceil(hi) + 1):
-      for m in (1, 2, 5):
-        e = k + math.log10(m)
-        if lo <= e <= hi:
-          x, _ = self.at(10 ** e, self.ylim[0])
-          c.line([(x, y1), (x, y1 - (7 if m == 1 else 4))], (0, 0, 0))
-          c.line([(x, y0 + 1), (x, y1 - 1)], (235, 235, 235))
-          if xlabel is not None:
-            c.text(x, y1 + 14, _si(10 ** e), align='center')
-    for t in _nice_ticks(*self.ylim):
-      _, y = self.at(10 ** lo, t)
-      c.line([(x0, y), (x0 + 6, y)], (0, 0, 0))
-      c.line([(x0 + 7, y), (x1 - 1, y)], (235, 235, 235))
-      c.text(x0 - 8, y, f'{t:.{y_decimals}f}', align='right')
-    c.text(x0 - 96, (y0 + y1) / 2, ylabel, align='center', vertical=True)
-    if xlabel:
-      c.text((x0 + x1) / 2, y1 + 40, xlabel, align='center')
-
-
-def plot(rows: Sequence[dict], fits: dict, path: str, title: str) -> None:
-  """scaling.png: loss vs N (log x) with each group's fitted curve, and the residuals below."""
-  done = [r for r in rows if r['complete'] and math.isfinite(r['loss'])]
-  if not done:
-    return
-  canvas = Canvas(960, 780)
-  groups = sorted({r['budget'] for r in done}, key=_budget_order)
-  color = {g: _COLORS[i % len(_COLORS)] for i, g in enumerate(groups)}
-  n_all = np.array([r['non_embedding_params'] for r in done], float)
-  xlim = (math.log10(n_all.min()) - 0.15, math.log10(n_all.max()) + 0.15)
-  losses = np.array([r['loss'] for r in done])
-  curves = {}
-  for g, fit in fits['groups'].items():
-    n = np.logspace(*xlim, 200)
-    curves[g] = (n, fit['E'] + fit['A'] * n ** -fit['alpha'])
-  joint = fits.get('joint')
-  residual_of = {}
-  for g, fit in fits['groups'].items():
-    residual_of.update(zip(fit['names'], fit['residuals']))
-  if joint:
-    for name, res in zip(joint['names'], joint['residuals']):
-      residual_of.setdefault(name, res)
-    for g in groups:  # groups without their own fit: the joint model along their (N, D) path
-      if g in curves:
-        continue
-      members = sorted((r for r in done if r['budget'] == g), key=lambda r: r['non_embedding_params'])
-      if len(members) >= 2:
-        ln = np.log10([r['non_embedding_params'] for r in members])
-        ld = np.log10([r['tokens'] for r in members])
-        grid = np.linspace(ln[0], ln[-1], 100)
-        n, dd = 10 ** grid, 10 ** np.interp(grid, ln, ld)
-        curves[g] = (n, joint['E'] + joint['A'] * n ** -joint['alpha'] + joint['B'] * dd ** -joint['beta'])
-  visible = np.concatenate([losses] + [c[1] for c in curves.values()])
-  pad = 0.08 * (np.ptp(losses) or 1.0)
-  ylim = (min(losses.min(), visible[np.isfinite(visible)].min()) - pad, losses.max() + pad)
-  ylim = (max(ylim[0], losses.min() - 1.5 * np.ptp(losses) - pad), ylim[1])
-  # Title and one legend line per group (with its fit) above the panels.
-  canvas.text(130, 20, title)
-  legend = []
-  for g in groups:
-    fit = fits['groups'].get(g)
-    legend.append((color[g], f'{g}: α = {fit["alpha"]:.3f}, E = {fit["E"]:.3f}, '
-                             f'A = {fit["A"]:.3g}, R² = {fit["r2"]:.4f}' if fit else g))
-  if joint:
-    legend.append(((0, 0, 0), f'L(N,D): α = {joint["alpha"]:.3f}, β = {joint["beta"]:.3f}, '
-                              f'E = {joint["E"]:.3f}, R² = {joint["r2"]:.4f}'))
-  for i, (c, label) in enumerate(legend):
-    canvas.dot(136, 48 + 20 * i, 5, c)
-    canvas.text(148, 48 + 20 * i, label)
-  top_y = 70 + 20 * len(legend)
-  top = _Panel(canvas, (130, top_y, 930, 500), xlim, ylim)
-  top.axes('LOSS (NATS/TOKEN)', None, 2)
-  for g in groups:
-    if g in curves:
-      n, y = curves[g]
-      keep = (y >= ylim[0]) & (y <= ylim[1])
-      if keep.sum() > 1:
-        top.canvas.line([top.at(a, b) for a, b in zip(n[keep], y[keep])], color[g], width=2)
-    for r in done:
-      if r['budget'] == g:
-        top.canvas.dot(*top.at(r['non_embedding_params'], r['loss']), 6, color[g])
-  res = np.array([residual_of.get(r['name'], np.nan) for r in done])
-  span = float(np.nanmax(np.abs(res))) if np.isfinite(res).any() else 0.01
-  span = max(span, 1e-3) * 1.3
-  bottom = _Panel(canvas, (130, 560, 930, 710), xlim, (-span, span))
-  bottom.axes('RESIDUAL', 'N (NON-EMBEDDING PARAMETERS)', 3)
-  canvas.text(530, 545, 'RESIDUALS: LOSS - FIT', align='center')
-  bottom.canvas.line([bottom.at(10 ** xlim[0], 0), bottom.at(10 ** xlim[1], 0)], (0, 0, 0), dash=6)
-  for r, e in zip(done, res):
-    if math.isfinite(e):
-      bottom.canvas.dot(*bottom.at(r['non_embedding_params'], e), 5, color[r['budget']])
-  with open(path, 'wb') as f:
-    f.write(canvas.png())
-
-
-# ------------------------------------------------------------------------------- report
+# ------------------------------------------------------------------------------- report files
 
 
 def write_csv(rows: Sequence[dict], path: str) -> None:
@@ -1178,74 +804,8 @@ def write_csv(rows: Sequence[dict], path: str) -> None:
       writer.writerow({k: r[k] for k in CSV_FIELDS})
 
 
-def _pm(value: float, error: float | None, fmt: str) -> str:
-  return f'{value:{fmt}}' + (f' ± {error:{fmt}}' if error is not None else '')
-
-
-def report_markdown(rows: Sequence[dict], fits: dict, sweep: dict) -> str:
-  """report.md: what ran, the table, the fits with R² and residuals, and how long it took."""
-  done = [r for r in rows if r['complete']]
-  sources = sorted({r['loss_source'] for r in done})
-  lines = [f"# Scaling sweep: {sweep.get('family', '?')} on {sweep.get('task', '?')}", '',
-           f"Command: `{sweep.get('command', '?')}`", '',
-           f"{len(done)} of {len(rows)} runs complete. Loss = {', '.join(sources) or '-'} "
-           'cross-entropy in nats per target token (validation: the whole validation split, '
-           'packed as in training, the same examples for every size; no z-loss). '
-           'N = non-embedding parameters (token embedding, output layer and relative-position '
-           'tables excluded, as in Kaplan et al. 2020); D = training tokens (inputs + targets).', '',
-           '| run | d_model | layers | N | params | steps | D tokens | FLOPs | train loss | '
-           'val loss | s/step | wall |', '|' + '---|' * 12]
-  for r in rows:
-    lines.append(
-        f"| {r['name']} | {r['d_model']} | {r['num_layers']} | {r['non_embedding_params']:,} | "
-        f"{r['params']:,} | {r['step_reached']}/{r['steps']} | {r['tokens']:,} | "
-        f"{r['flops']:.3g} | {r['train_loss']:.4f} | {r['eval_loss']:.4f} | "
-        f"{r['seconds_per_step']:.3f} | {format_seconds(r['wall_s']) if math.isfinite(r['wall_s']) else '-'} |")
-  lines += ['', '## Fits', '']
-  if not fits['groups'] and not fits['joint']:
-    lines.append('No fit yet: L(N) needs 3+ complete sizes that share a token budget.')
-  for g, fit in fits['groups'].items():
-    low_high = fit.get('alpha_range')
-    profile = (f' (68% profile range {low_high[0]:.3g} to {low_high[1]:.3g})' if low_high else '')
-    at_bound = fit['E'] < 1e-3 * float(np.min(fit['predicted']))
-    bound_note = (' (at its bound E ≥ 0: the losses bend too little over this range of N to '
-                  'separate E from A and α; standard errors at a bound mean nothing, the profile '
-                  'range of α says what the points do pin down)' if at_bound else '')
-    lines += [f'**L(N) = E + A·N^(-α), {g}** ({fit["points"]} runs, {fit["method"]}):', '',
-              f'- α = {_pm(fit["alpha"], None if at_bound else fit["alpha_err"], ".4f")}{profile}',
-              f'- E = {_pm(fit["E"], None if at_bound else fit["E_err"], ".4f")} nats{bound_note}',
-              f'- A = {fit["A"]:.4g}',
-              f'- R² = {fit["r2"]:.4f} (on the losses)',
-              '- residuals (loss − fit): ' + ', '.join(
-                  f'{n} {res:+.4f}' for n, res in zip(fit['names'], fit['residuals'])), '']
-  joint = fits['joint']
-  if joint:
-    lines += [f'**L(N, D) = E + A·N^(-α) + B·D^(-β)** ({joint["points"]} runs, {joint["method"]}):',
-              '', f'- α = {_pm(joint["alpha"], joint["alpha_err"], ".4f")}, '
-              f'β = {_pm(joint["beta"], joint["beta_err"], ".4f")}',
-              f'- E = {joint["E"]:.4f}, A = {joint["A"]:.4g}, B = {joint["B"]:.4g}',
-              f'- R² = {joint["r2"]:.4f}', '- residuals: ' + ', '.join(
-                  f'{n} {res:+.4f}' for n, res in zip(joint['names'], joint['residuals'])), '']
-  if len(fits['groups']) and any(f['points'] <= 3 for f in fits['groups'].values()):
-    lines += ['(3 points and 3 parameters: R² is 1 by construction; add sizes.)', '']
-  timing = sweep.get('timing')
-  walls = [r['wall_s'] for r in rows if math.isfinite(r['wall_s'])]
-  if timing or walls:
-    lines += ['## Time', '']
-  if timing:
-    lines.append(f"Last `run` that trained: {format_seconds(timing['total_s'])} wall in all "
-                 f"(training {format_seconds(timing['train_s'])}, validation "
-                 f"{format_seconds(timing['eval_s'])}, the rest setup, fit and plot).")
-  if walls:
-    lines.append(f'Training runs, summed over every invocation: {format_seconds(sum(walls))} '
-                 f'for {len(walls)} runs.')
-  if timing or walls:
-    lines.append('')
-  lines += ['![scaling](scaling.png)', '']
-  return '\n'.join(lines)
-
-
 def write_report(out_dir: str, last_k: int = LAST_K) -> dict:
+  """Collects OUT_DIR's runs, fits them and writes results.csv, scaling.png and report.md."""
   rows = collect(out_dir, last_k)
   if not rows:
     raise UsageError(f'no runs in {out_dir}/runs; start one with `launch/scaling.py run`.')
@@ -1278,10 +838,10 @@ def plan_table(specs: Sequence[RunSpec], times: TimeModel) -> str:
   for s in specs:
     lines.append(f"{s.name:<20} {s.d_model:>7} {s.fields['num_decoder_layers']:>6} "
                  f"{s.fields['num_heads']:>5} {s.fields['d_ff']:>5} "
-                 f"{_si(s.non_embedding_params):>9} {_si(s.params):>9} {s.steps:>6} "
+                 f"{si(s.non_embedding_params):>9} {si(s.params):>9} {s.steps:>6} "
                  f"{s.tokens:>10,} {s.flops:>9.3g} {format_seconds(times.run_seconds(s)):>7}")
   n = [s.non_embedding_params for s in specs]
-  lines.append(f'{len(specs)} runs, N from {_si(min(n))} to {_si(max(n))} '
+  lines.append(f'{len(specs)} runs, N from {si(min(n))} to {si(max(n))} '
                f'({max(n) / min(n):.0f}x); estimated '
                f'{format_seconds(sum(times.run_seconds(s) for s in specs))} of training here.')
   return '\n'.join(lines)

@@ -1,4 +1,5 @@
-"""launch/scaling.py: the size grid, the fits, collecting metrics, resuming a sweep, cluster jobs."""
+"""launch/scaling.py (the size grid, collecting metrics, resuming a sweep, cluster jobs), the
+fits of launch/scaling_fit.py and the plot and report of launch/scaling_report.py."""
 
 import dataclasses
 import json
@@ -14,7 +15,7 @@ import numpy as np
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from launch import scaling  # noqa: E402  (launch/ is not an installed package)
+from launch import scaling, scaling_fit, scaling_report  # noqa: E402  (launch/ is not installed)
 
 
 @pytest.fixture(scope='module')
@@ -105,9 +106,9 @@ def test_r_squared_matches_numpy_reference():
   x = rng.uniform(0, 1, 20)
   y = 2 * x + rng.normal(0, 0.3, 20)
   line = np.polyval(np.polyfit(x, y, 1), x)
-  assert scaling.r_squared(y, line) == pytest.approx(np.corrcoef(x, y)[0, 1] ** 2, rel=1e-12)
-  assert scaling.r_squared(y, y) == 1.0
-  assert scaling.r_squared(y, np.full_like(y, y.mean())) == pytest.approx(0.0, abs=1e-12)
+  assert scaling_fit.r_squared(y, line) == pytest.approx(np.corrcoef(x, y)[0, 1] ** 2, rel=1e-12)
+  assert scaling_fit.r_squared(y, y) == 1.0
+  assert scaling_fit.r_squared(y, np.full_like(y, y.mean())) == pytest.approx(0.0, abs=1e-12)
 
 
 N = np.logspace(4.5, 7, 7)
@@ -115,7 +116,7 @@ E, A, ALPHA = 1.8, 30.0, 0.35
 
 
 def test_power_law_fit_recovers_exact_parameters():
-  fit = scaling.fit_power_law(N, E + A * N ** -ALPHA)
+  fit = scaling_fit.fit_power_law(N, E + A * N ** -ALPHA)
   assert fit['alpha'] == pytest.approx(ALPHA, rel=1e-4)
   assert fit['E'] == pytest.approx(E, rel=1e-4)
   assert fit['A'] == pytest.approx(A, rel=1e-3)
@@ -128,7 +129,7 @@ def test_power_law_fit_recovers_parameters_from_noisy_losses(scipy_available, mo
     monkeypatch.setitem(sys.modules, 'scipy', None)  # `from scipy import ...` raises ImportError
   rng = np.random.default_rng(1)
   loss = E + A * N ** -ALPHA + rng.normal(0, 0.004, len(N))
-  fit = scaling.fit_power_law(N, loss)
+  fit = scaling_fit.fit_power_law(N, loss)
   assert fit['method'] == ('grid + curve_fit' if scipy_available else 'grid')
   assert abs(fit['alpha'] - ALPHA) < 0.03
   if scipy_available:
@@ -146,14 +147,14 @@ def test_points_that_barely_bend_give_a_wide_alpha_range():
   profile range must cover both rather than report one α as if it were pinned down."""
   n = np.logspace(5, 6.5, 5)
   loss = 5.5 * n ** -0.01 + np.array([0.004, -0.004, 0.003, -0.003, 0.0])
-  low, high = scaling.fit_power_law(n, loss)['alpha_range']
+  low, high = scaling_fit.fit_power_law(n, loss)['alpha_range']
   assert low <= 0.012 and high >= 0.05
 
 
 def test_joint_fit_recovers_n_and_d_exponents():
   n, d = (v.ravel() for v in np.meshgrid(np.logspace(5, 7, 4), np.logspace(6, 8, 3)))
   loss = 1.7 + 20 * n ** -0.3 + 300 * d ** -0.4
-  fit = scaling.fit_joint(n, d, loss)
+  fit = scaling_fit.fit_joint(n, d, loss)
   assert fit['alpha'] == pytest.approx(0.3, rel=1e-3)
   assert fit['beta'] == pytest.approx(0.4, rel=1e-3)
   assert fit['E'] == pytest.approx(1.7, rel=1e-3)
@@ -162,7 +163,7 @@ def test_joint_fit_recovers_n_and_d_exponents():
 
 def test_fit_needs_three_sizes():
   with pytest.raises(ValueError, match='3 distinct sizes'):
-    scaling.fit_power_law([1e5, 1e5, 1e6], [3.0, 3.1, 2.5])
+    scaling_fit.fit_power_law([1e5, 1e5, 1e6], [3.0, 3.1, 2.5])
 
 
 # --- sweep state: run files, collect, resume --------------------------------------------------
@@ -325,21 +326,14 @@ def test_eta_model_learns_step_time_from_finished_runs():
 
 # --- plot and report --------------------------------------------------------------------------
 
-def _decode_png(data):
-  """Minimal PNG reader for what Canvas writes (8-bit RGB, filter 0, one IDAT)."""
+def _png_size(path):
+  """(width, height) from a PNG's IHDR chunk, after checking the signature and the chunk's CRC."""
+  data = open(path, 'rb').read()
   assert data[:8] == b'\x89PNG\r\n\x1a\n'
-  pos, chunks = 8, {}
-  while pos < len(data):
-    (length,), tag = struct.unpack('>I', data[pos:pos + 4]), data[pos + 4:pos + 8]
-    body = data[pos + 8:pos + 8 + length]
-    assert struct.unpack('>I', data[pos + 8 + length:pos + 12 + length])[0] == zlib.crc32(tag + body)
-    chunks[tag] = body
-    pos += 12 + length
-  w, h, depth, color_type = struct.unpack('>IIBB', chunks[b'IHDR'][:10])
-  assert (depth, color_type) == (8, 2)
-  raw = np.frombuffer(zlib.decompress(chunks[b'IDAT']), np.uint8).reshape(h, 1 + 3 * w)
-  assert not raw[:, 0].any()
-  return raw[:, 1:].reshape(h, w, 3)
+  length, tag = struct.unpack('>I4s', data[8:16])
+  assert (tag, length) == (b'IHDR', 13)
+  assert struct.unpack('>I', data[29:33])[0] == zlib.crc32(data[12:29])
+  return struct.unpack('>II', data[16:24])
 
 
 def test_report_writes_csv_png_and_markdown(tmp_path):
@@ -357,10 +351,70 @@ def test_report_writes_csv_png_and_markdown(tmp_path):
   assert lines[0].split(',') == list(scaling.CSV_FIELDS) and len(lines) == 6
   report = open(os.path.join(out, 'report.md')).read()
   assert 'α = 0.3000' in report and 'R² = 1.0000' in report
-  image = _decode_png(open(os.path.join(out, 'scaling.png'), 'rb').read())
-  assert image.shape == (780, 960, 3)
-  blue = np.all(image == scaling._COLORS[0], axis=-1)  # the points and the fitted curve
-  assert blue.sum() > 1000
+  png = os.path.join(out, 'scaling.png')
+  assert os.path.getsize(png) > 10_000  # a drawn plot, not an empty canvas
+  assert _png_size(png) == (960, 780) == tuple(
+      round(inches * scaling_report.DPI) for inches in scaling_report.FIGSIZE)
+
+
+def _row(name, budget, n, tokens, loss, complete=True):
+  return {'name': name, 'budget': budget, 'non_embedding_params': n, 'tokens': tokens,
+          'loss': loss, 'complete': complete}
+
+
+def test_plot_draws_each_group_its_points_curve_and_residuals():
+  """Two token budgets: one with its own L(N) fit, one with 2 sizes drawn along the L(N, D)
+  fit; each group's points and residuals are one scatter in its own colour."""
+  law = lambda n, d: 1.7 + 20 * n ** -0.3 + 300 * d ** -0.4
+  wiggle = iter([0.01, -0.01, 0.005, -0.005, 0.008, -0.008])
+  rows = [_row(f'n{n:.0e}_d{d:.0e}', f'tokens={d:g}', n, d, law(n, d) + next(wiggle))
+          for d, sizes in ((1e6, (1e5, 3e5, 1e6, 3e6)), (4e6, (1e5, 1e6)))
+          for n in sizes]
+  rows.append(_row('unfinished', 'tokens=4e+06', 3e5, 4e6, 9.0, complete=False))
+  fits = scaling_fit.fit_rows(rows)
+  assert set(fits['groups']) == {'tokens=1e+06'} and fits['joint'] is not None
+  fig = scaling_report.figure(rows, fits, 'title')
+  top, bottom = fig.axes
+  assert top.get_xscale() == 'log' and fig.legends[0].get_title().get_text() == 'title'
+  legend = [t.get_text() for t in fig.legends[0].get_texts()]
+  assert legend[0].startswith('tokens=1e+06: α = ') and 'R² = ' in legend[0]
+  assert legend[1] == 'tokens=4e+06' and legend[2].startswith('L(N,D) = ')
+  points = {c.get_label(): c for c in top.collections}
+  residuals = {c.get_label(): c for c in bottom.collections}
+  assert set(points) == set(residuals) == {'tokens=1e+06', 'tokens=4e+06'}
+  colors = {g: tuple(c.get_facecolor()[0]) for g, c in points.items()}
+  assert colors['tokens=1e+06'] != colors['tokens=4e+06']
+  own = fits['groups']['tokens=1e+06']
+  joint_residual = dict(zip(fits['joint']['names'], fits['joint']['residuals']))
+  for g, expected in (('tokens=1e+06', dict(zip(own['names'], own['residuals']))),
+                      ('tokens=4e+06', joint_residual)):
+    members = [r for r in rows if r['budget'] == g and r['complete']]
+    assert np.array_equal(points[g].get_offsets(),
+                          [(r['non_embedding_params'], r['loss']) for r in members])
+    assert np.allclose(residuals[g].get_offsets(),
+                       [(r['non_embedding_params'], expected[r['name']]) for r in members])
+    assert tuple(residuals[g].get_facecolor()[0]) == colors[g]
+  curves = {line.get_label(): line for line in top.get_lines()}
+  assert set(curves) == {'tokens=1e+06 fit', 'tokens=4e+06 fit'}
+  n, y = curves['tokens=1e+06 fit'].get_data()
+  assert np.allclose(y, own['E'] + own['A'] * n ** -own['alpha'])
+  n, y = curves['tokens=4e+06 fit'].get_data()  # the joint fit at D = 4e6 along its N range
+  j = fits['joint']
+  assert n[0] == pytest.approx(1e5) and n[-1] == pytest.approx(1e6)
+  assert np.allclose(y, j['E'] + j['A'] * n ** -j['alpha'] + j['B'] * 4e6 ** -j['beta'])
+  assert [tuple(line.get_ydata()) for line in bottom.get_lines()] == [(0.0, 0.0)]  # zero line
+  # A residual is loss - fit: check it against the joint model's own prediction too.
+  r = rows[4]
+  n = r['non_embedding_params']
+  predicted = j['E'] + j['A'] * n ** -j['alpha'] + j['B'] * 4e6 ** -j['beta']
+  assert joint_residual[r['name']] == pytest.approx(r['loss'] - predicted, abs=1e-9)
+
+
+def test_plot_without_a_complete_run_writes_nothing(tmp_path):
+  path = tmp_path / 'scaling.png'
+  scaling_report.plot([_row('a', 'steps=20', 1e5, 1e6, 3.0, complete=False)],
+                      {'groups': {}, 'joint': None}, str(path), 'title')
+  assert not path.exists()
 
 
 # --- command line -----------------------------------------------------------------------------

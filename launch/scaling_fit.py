@@ -1,0 +1,162 @@
+"""The fits behind launch/scaling.py's report: L(N) = E + A·N^(-α) per token budget and
+L(N, D) = E + A·N^(-α) + B·D^(-β) across budgets, with R² and profile ranges.
+
+Apart from the sweep (numpy and, when there, scipy; no training code) so that a fit can be
+checked on any set of (N, D, loss) points.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+
+def r_squared(y, predicted) -> float:
+  """1 - SS_res / SS_tot, on the losses themselves."""
+  y, predicted = np.asarray(y, float), np.asarray(predicted, float)
+  return float(1.0 - np.sum((y - predicted) ** 2) / np.sum((y - y.mean()) ** 2))
+
+
+def _nonnegative_lstsq(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, float]:
+  """Least squares with every coefficient >= 0, exact for a few columns: the best of the
+  unconstrained fits over column subsets whose coefficients all come out non-negative."""
+  k = x.shape[1]
+  coef, *_ = np.linalg.lstsq(x, y, rcond=None)
+  if np.all(coef >= 0):  # the unconstrained optimum is feasible, hence the constrained one
+    return coef, float(np.sum((x @ coef - y) ** 2))
+  best, best_sse = np.zeros(k), float(np.sum(y ** 2))
+  for mask in range(1, (1 << k) - 1):
+    cols = [j for j in range(k) if mask >> j & 1]
+    coef, *_ = np.linalg.lstsq(x[:, cols], y, rcond=None)
+    if np.all(coef >= 0):
+      full = np.zeros(k)
+      full[cols] = coef
+      sse = float(np.sum((x @ full - y) ** 2))
+      if sse < best_sse:
+        best, best_sse = full, sse
+  return best, best_sse
+
+
+def _refine(model, x, y, p0, lower):
+  """scipy's curve_fit from the grid optimum, when scipy is there: (params, standard errors)."""
+  try:
+    from scipy import optimize  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return np.asarray(p0, float), None
+  import warnings  # pylint: disable=import-outside-toplevel
+  with warnings.catch_warnings():
+    warnings.simplefilter('ignore')
+    try:
+      p, cov = optimize.curve_fit(model, x, y, p0=p0, bounds=(lower, np.inf), maxfev=20000)
+    except (RuntimeError, ValueError):
+      return np.asarray(p0, float), None
+  sse0 = np.sum((model(x, *p0) - y) ** 2)
+  if np.sum((model(x, *p) - y) ** 2) > sse0:
+    return np.asarray(p0, float), None
+  errors = np.sqrt(np.diag(cov)) if len(y) > len(p0) and np.all(np.isfinite(cov)) else None
+  return p, errors
+
+
+def fit_power_law(n, loss) -> dict:
+  """L(N) = E + A·N^(-α) by least squares on the losses, with E, A, α >= 0.
+
+  For fixed α the model is linear in (E, A): a grid over α with a non-negative linear fit finds
+  the global optimum's neighbourhood, then curve_fit refines all three (and gives standard
+  errors). N is scaled by its geometric mean inside, which keeps the columns well conditioned.
+
+  The same grid is the profile of the squared error over α, which gives `alpha_range`: the α
+  whose best (E, A) fit is within a 68% F-test of the optimum (Bates & Watts 1988, profile
+  intervals). A few points over a small loss range often fit a whole range of α, trading E
+  against A; the range says so where one number would not.
+  """
+  n, loss = np.asarray(n, float), np.asarray(loss, float)
+  if len(np.unique(n)) < 3:
+    raise ValueError(f'fitting E + A·N^-α needs at least 3 distinct sizes, got {len(np.unique(n))}.')
+  scale = float(np.exp(np.mean(np.log(n))))
+  x = n / scale
+  alphas = np.geomspace(1e-3, 3.0, 800)
+  fits = [_nonnegative_lstsq(np.stack([np.ones_like(x), x ** -a], 1), loss) for a in alphas]
+  profile = np.array([sse for _, sse in fits])
+  best = int(np.argmin(profile))
+  (e, a_scaled), alpha = fits[best][0], alphas[best]
+  model = lambda x_, e_, a_, alpha_: e_ + a_ * x_ ** -alpha_
+  (e, a_scaled, alpha), errors = _refine(model, x, loss, [e, a_scaled, alpha], [0, 0, 0])
+  predicted = model(x, e, a_scaled, alpha)
+  sse = float(np.sum((loss - predicted) ** 2))
+  return {'E': float(e), 'A': float(a_scaled * scale ** alpha), 'alpha': float(alpha),
+          'E_err': None if errors is None else float(errors[0]),
+          'alpha_err': None if errors is None else float(errors[2]),
+          'alpha_range': _profile_range(alphas, profile, min(sse, profile.min()), len(loss) - 3),
+          'r2': r_squared(loss, predicted), 'predicted': predicted, 'residuals': loss - predicted,
+          'points': len(loss), 'method': 'grid + curve_fit' if errors is not None else 'grid'}
+
+
+def _profile_range(values, profile, sse_min: float, dof: int):
+  """(low, high) of the grid values whose profiled error passes a 68% F-test, or None."""
+  try:
+    from scipy import stats  # pylint: disable=import-outside-toplevel
+  except ImportError:
+    return None
+  if dof < 1:
+    return None
+  threshold = sse_min * (1 + stats.t.ppf(0.84, dof) ** 2 / dof)
+  inside = values[profile <= threshold]
+  return (float(inside.min()), float(inside.max())) if len(inside) else None
+
+
+def fit_joint(n, d, loss) -> dict:
+  """L(N, D) = E + A·N^(-α) + B·D^(-β) (Hoffmann et al. 2022), as fit_power_law: a grid over
+  (α, β) with a non-negative linear fit of (E, A, B), then curve_fit."""
+  n, d, loss = (np.asarray(v, float) for v in (n, d, loss))
+  if len(loss) < 6 or len(np.unique(n)) < 2 or len(np.unique(d)) < 2:
+    raise ValueError('fitting L(N, D) needs at least 6 runs over 2+ sizes and 2+ token budgets.')
+  sn, sd = (float(np.exp(np.mean(np.log(v)))) for v in (n, d))
+  xn, xd = n / sn, d / sd
+  best = None
+  grid = np.linspace(0.02, 2.0, 100)
+  for alpha in grid:
+    for beta in grid:
+      x = np.stack([np.ones_like(xn), xn ** -alpha, xd ** -beta], 1)
+      coef, sse = _nonnegative_lstsq(x, loss)
+      if best is None or sse < best[0]:
+        best = (sse, *coef, alpha, beta)
+  xs = np.stack([xn, xd])
+  model = lambda x_, e_, a_, b_, alpha_, beta_: e_ + a_ * x_[0] ** -alpha_ + b_ * x_[1] ** -beta_
+  p, errors = _refine(model, xs, loss, list(best[1:]), [0] * 5)
+  e, a, b, alpha, beta = p
+  predicted = model(xs, *p)
+  return {'E': float(e), 'A': float(a * sn ** alpha), 'B': float(b * sd ** beta),
+          'alpha': float(alpha), 'beta': float(beta),
+          'alpha_err': None if errors is None else float(errors[3]),
+          'beta_err': None if errors is None else float(errors[4]),
+          'r2': r_squared(loss, predicted), 'predicted': predicted, 'residuals': loss - predicted,
+          'points': len(loss), 'method': 'grid + curve_fit' if errors is not None else 'grid'}
+
+
+def fit_rows(rows: Sequence[dict]) -> dict:
+  """L(N) per budget group whose runs share D (3+ sizes), and L(N, D) when D varies."""
+  done = [r for r in rows if r['complete'] and math.isfinite(r['loss'])]
+  fits = {'groups': {}, 'joint': None}
+  for group in sorted({r['budget'] for r in done}, key=budget_order):
+    members = [r for r in done if r['budget'] == group]
+    if len({r['tokens'] for r in members}) == 1 and len({r['non_embedding_params']
+                                                         for r in members}) >= 3:
+      members.sort(key=lambda r: r['non_embedding_params'])
+      fit = fit_power_law([r['non_embedding_params'] for r in members], [r['loss'] for r in members])
+      fits['groups'][group] = {**fit, 'names': [r['name'] for r in members]}
+  if len({r['tokens'] for r in done}) >= 2 and len(done) >= 6:
+    try:
+      fit = fit_joint([r['non_embedding_params'] for r in done], [r['tokens'] for r in done],
+                      [r['loss'] for r in done])
+      fits['joint'] = {**fit, 'names': [r['name'] for r in done]}
+    except ValueError:
+      pass
+  return fits
+
+
+def budget_order(group: str) -> tuple:
+  """Sort key of a budget group such as 'tokens=2e5': by kind, then by value as a number."""
+  kind, value = group.split('=')
+  return kind, float(value)

@@ -1,0 +1,191 @@
+"""What a scaling sweep shows people: scaling.png (matplotlib) and report.md, from the rows
+launch/scaling.py collects and the fits of launch/scaling_fit.py.
+
+Apart from the sweep so that drawing stays out of training and fitting: matplotlib is imported
+only when a plot is drawn (`plan` and `run --dry_run` never load it).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+
+from launch.scaling_fit import budget_order
+
+FIGSIZE = (8.0, 6.5)  # inches; at DPI, a 960 x 780 pixel PNG
+DPI = 120
+
+
+def si(n: float) -> str:
+  """A count in three digits and K, M or B: the plan table, progress lines and the N axis."""
+  for unit, div in (('B', 1e9), ('M', 1e6), ('K', 1e3)):
+    if abs(n) >= div:
+      return f'{n / div:.3g}{unit}'
+  return f'{n:.3g}'
+
+
+def format_seconds(s: float) -> str:
+  """h:mm:ss (m:ss under an hour): ETAs, run times and the report's Time section."""
+  s = int(round(max(s, 0)))
+  h, rem = divmod(s, 3600)
+  m, sec = divmod(rem, 60)
+  return f'{h}:{m:02d}:{sec:02d}' if h else f'{m}:{sec:02d}'
+
+
+def _pm(value: float, error: float | None, fmt: str) -> str:
+  return f'{value:{fmt}}' + (f' ± {error:{fmt}}' if error is not None else '')
+
+
+def report_markdown(rows: Sequence[dict], fits: dict, sweep: dict) -> str:
+  """report.md: what ran, the table, the fits with R² and residuals, and how long it took."""
+  done = [r for r in rows if r['complete']]
+  sources = sorted({r['loss_source'] for r in done})
+  lines = [f"# Scaling sweep: {sweep.get('family', '?')} on {sweep.get('task', '?')}", '',
+           f"Command: `{sweep.get('command', '?')}`", '',
+           f"{len(done)} of {len(rows)} runs complete. Loss = {', '.join(sources) or '-'} "
+           'cross-entropy in nats per target token (validation: the whole validation split, '
+           'packed as in training, the same examples for every size; no z-loss). '
+           'N = non-embedding parameters (token embedding, output layer and relative-position '
+           'tables excluded, as in Kaplan et al. 2020); D = training tokens (inputs + targets).', '',
+           '| run | d_model | layers | N | params | steps | D tokens | FLOPs | train loss | '
+           'val loss | s/step | wall |', '|' + '---|' * 12]
+  for r in rows:
+    lines.append(
+        f"| {r['name']} | {r['d_model']} | {r['num_layers']} | {r['non_embedding_params']:,} | "
+        f"{r['params']:,} | {r['step_reached']}/{r['steps']} | {r['tokens']:,} | "
+        f"{r['flops']:.3g} | {r['train_loss']:.4f} | {r['eval_loss']:.4f} | "
+        f"{r['seconds_per_step']:.3f} | {format_seconds(r['wall_s']) if math.isfinite(r['wall_s']) else '-'} |")
+  lines += ['', '## Fits', '']
+  if not fits['groups'] and not fits['joint']:
+    lines.append('No fit yet: L(N) needs 3+ complete sizes that share a token budget.')
+  for g, fit in fits['groups'].items():
+    low_high = fit.get('alpha_range')
+    profile = (f' (68% profile range {low_high[0]:.3g} to {low_high[1]:.3g})' if low_high else '')
+    at_bound = fit['E'] < 1e-3 * float(np.min(fit['predicted']))
+    bound_note = (' (at its bound E ≥ 0: the losses bend too little over this range of N to '
+                  'separate E from A and α; standard errors at a bound mean nothing, the profile '
+                  'range of α says what the points do pin down)' if at_bound else '')
+    lines += [f'**L(N) = E + A·N^(-α), {g}** ({fit["points"]} runs, {fit["method"]}):', '',
+              f'- α = {_pm(fit["alpha"], None if at_bound else fit["alpha_err"], ".4f")}{profile}',
+              f'- E = {_pm(fit["E"], None if at_bound else fit["E_err"], ".4f")} nats{bound_note}',
+              f'- A = {fit["A"]:.4g}',
+              f'- R² = {fit["r2"]:.4f} (on the losses)',
+              '- residuals (loss − fit): ' + ', '.join(
+                  f'{n} {res:+.4f}' for n, res in zip(fit['names'], fit['residuals'])), '']
+  joint = fits['joint']
+  if joint:
+    lines += [f'**L(N, D) = E + A·N^(-α) + B·D^(-β)** ({joint["points"]} runs, {joint["method"]}):',
+              '', f'- α = {_pm(joint["alpha"], joint["alpha_err"], ".4f")}, '
+              f'β = {_pm(joint["beta"], joint["beta_err"], ".4f")}',
+              f'- E = {joint["E"]:.4f}, A = {joint["A"]:.4g}, B = {joint["B"]:.4g}',
+              f'- R² = {joint["r2"]:.4f}', '- residuals: ' + ', '.join(
+                  f'{n} {res:+.4f}' for n, res in zip(joint['names'], joint['residuals'])), '']
+  if len(fits['groups']) and any(f['points'] <= 3 for f in fits['groups'].values()):
+    lines += ['(3 points and 3 parameters: R² is 1 by construction; add sizes.)', '']
+  timing = sweep.get('timing')
+  walls = [r['wall_s'] for r in rows if math.isfinite(r['wall_s'])]
+  if timing or walls:
+    lines += ['## Time', '']
+  if timing:
+    lines.append(f"Last `run` that trained: {format_seconds(timing['total_s'])} wall in all "
+                 f"(training {format_seconds(timing['train_s'])}, validation "
+                 f"{format_seconds(timing['eval_s'])}, the rest setup, fit and plot).")
+  if walls:
+    lines.append(f'Training runs, summed over every invocation: {format_seconds(sum(walls))} '
+                 f'for {len(walls)} runs.')
+  if timing or walls:
+    lines.append('')
+  lines += ['![scaling](scaling.png)', '']
+  return '\n'.join(lines)
+
+
+def figure(rows: Sequence[dict], fits: dict, title: str):
+  """The plot as a matplotlib Figure, or None without a complete run: loss vs N (log x) with
+  each budget group's points and fitted curve in its own colour, and the residuals (loss - fit)
+  below. Each group's points are one scatter labelled with the group in both panels."""
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  from matplotlib import ticker  # pylint: disable=import-outside-toplevel
+  from matplotlib.lines import Line2D  # pylint: disable=import-outside-toplevel
+  done = [r for r in rows if r['complete'] and math.isfinite(r['loss'])]
+  if not done:
+    return None
+  groups = sorted({r['budget'] for r in done}, key=budget_order)
+  color = {g: f'C{i % 10}' for i, g in enumerate(groups)}
+  n_all = np.array([r['non_embedding_params'] for r in done], float)
+  xlim = (math.log10(n_all.min()) - 0.15, math.log10(n_all.max()) + 0.15)
+  losses = np.array([r['loss'] for r in done])
+  curves = {}
+  for g, fit in fits['groups'].items():
+    n = np.logspace(*xlim, 200)
+    curves[g] = (n, fit['E'] + fit['A'] * n ** -fit['alpha'])
+  joint = fits.get('joint')
+  residual_of = {}
+  for fit in fits['groups'].values():
+    residual_of.update(zip(fit['names'], fit['residuals']))
+  if joint:
+    for name, res in zip(joint['names'], joint['residuals']):
+      residual_of.setdefault(name, res)
+    for g in groups:  # groups without their own fit: the joint model along their (N, D) path
+      members = sorted((r for r in done if r['budget'] == g),
+                       key=lambda r: r['non_embedding_params'])
+      if g not in curves and len(members) >= 2:
+        ln = np.log10([r['non_embedding_params'] for r in members])
+        ld = np.log10([r['tokens'] for r in members])
+        grid = np.linspace(ln[0], ln[-1], 100)
+        n, d = 10 ** grid, 10 ** np.interp(grid, ln, ld)
+        curves[g] = (n, joint['E'] + joint['A'] * n ** -joint['alpha']
+                     + joint['B'] * d ** -joint['beta'])
+  # The loss axis follows the points; a curve that dives far below them is cut off.
+  visible = np.concatenate([losses] + [c[1] for c in curves.values()])
+  pad = 0.08 * (np.ptp(losses) or 1.0)
+  low = min(losses.min(), visible[np.isfinite(visible)].min()) - pad
+  ylim = (max(low, losses.min() - 1.5 * np.ptp(losses) - pad), losses.max() + pad)
+
+  fig = Figure(figsize=FIGSIZE, dpi=DPI, layout='constrained')
+  top, bottom = fig.subplots(2, 1, sharex=True, height_ratios=(3, 1))
+  handles, labels = [], []
+  for g in groups:
+    members = [r for r in done if r['budget'] == g]
+    n = [r['non_embedding_params'] for r in members]
+    if g in curves:
+      top.plot(*curves[g], color=color[g], linewidth=1.5, label=f'{g} fit')
+    handles.append(top.scatter(n, [r['loss'] for r in members], s=30, color=color[g], zorder=3,
+                               label=g))
+    fit = fits['groups'].get(g)
+    labels.append(f'{g}: α = {fit["alpha"]:.3f}, E = {fit["E"]:.3f}, A = {fit["A"]:.3g}, '
+                  f'R² = {fit["r2"]:.4f}' if fit else g)
+    res = [(x, residual_of[r['name']]) for x, r in zip(n, members) if r['name'] in residual_of]
+    if res:
+      bottom.scatter(*zip(*res), s=22, color=color[g], zorder=3, label=g)
+  if joint:
+    handles.append(Line2D([], [], linestyle='none'))  # a text-only legend line
+    labels.append(f'L(N,D) = E + A·N^-α + B·D^-β: α = {joint["alpha"]:.3f}, '
+                  f'β = {joint["beta"]:.3f}, E = {joint["E"]:.3f}, R² = {joint["r2"]:.4f}')
+  # The title heads the legend (one line per group with its fit) above the panels, as one block.
+  fig.legend(handles, labels, loc='outside upper left', title=title, alignment='left',
+             fontsize=9, title_fontsize=11, frameon=False)
+  top.set_xscale('log')
+  top.set_xlim(10 ** xlim[0], 10 ** xlim[1])
+  top.set_ylim(*ylim)
+  top.set_ylabel('loss (nats/token)')
+  span = max(max((abs(v) for v in residual_of.values()), default=0.01), 1e-3) * 1.3
+  bottom.axhline(0.0, color='black', linestyle='--', linewidth=0.8)
+  bottom.set_ylim(-span, span)
+  bottom.set_ylabel('residual')
+  bottom.set_title('residuals: loss − fit', fontsize=9)
+  bottom.set_xlabel('N (non-embedding parameters)')
+  bottom.xaxis.set_major_locator(ticker.LogLocator(subs=(1.0, 2.0, 5.0)))
+  bottom.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: si(v)))
+  bottom.xaxis.set_minor_formatter(ticker.NullFormatter())
+  for ax in (top, bottom):
+    ax.grid(True, color='0.92')
+  return fig
+
+
+def plot(rows: Sequence[dict], fits: dict, path: str, title: str) -> None:
+  """Writes figure() to `path` as a PNG (Agg, FIGSIZE at DPI); nothing without a complete run."""
+  fig = figure(rows, fits, title)
+  if fig is not None:
+    fig.savefig(path, format='png')
