@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import train_step  # noqa: E402  (bench/ is not a package)
-from t5x_lite import gin_utils, hardware, models, vocab  # noqa: E402
+from t5x_lite import gin_utils, models, vocab  # noqa: E402
 from t5x_lite.data import pipeline  # noqa: E402
 
 
@@ -90,8 +90,7 @@ def main(argv=None) -> int:
       batch = train_step.synthetic_batch(np.random.default_rng(0), args.batch_size,
                                          args.inputs_length, args.targets_length,
                                          config.vocab_size)
-      ours = train_step.time_ours(config, batch, 'adafactor', args.train_steps, 1, None,
-                                  hardware.compiler_options())
+      ours = train_step.time_ours(config, batch, 'adafactor', args.train_steps, 1, None)
       step_s = statistics.median(ours['times'])
     consumed = args.batch_size / step_s
     result.update({'train_step_s': step_s, 'train_rows_per_s': consumed,

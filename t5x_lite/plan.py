@@ -454,11 +454,8 @@ def aot_analysis(model_config: T5Config, mesh_shape: Mapping[str, int], num_devi
   batch = {k: jax.ShapeDtypeStruct((batch_size, n), jnp.int32, sharding=batch_sharding)
            for k, n in feature_lengths.items()}
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    step = jax.jit(trainer.make_train_step(setup.graphdef, setup.tx),
-                   in_shardings=(setup.shardings, batch_sharding),
-                   out_shardings=(setup.shardings, None), donate_argnums=(0,))
-    compiled = step.lower(setup.abstract_state, batch).compile(
-        compiler_options=hardware.compiler_options(devices[0].platform))
+    compiled = trainer.jit_train_step(setup, batch_sharding).lower(
+        setup.abstract_state, batch).compile()
   memory = compiled.memory_analysis()
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost

@@ -153,9 +153,7 @@ def train(*,
       log(f'Resumed from step {start_step} in {ckpt.directory} '
           f"(data position: batch {data_state.get('batch', start_step)})")
     num_data_shards = batches.num_data_shards
-    step_fn = jax.jit(trainer.make_train_step(setup.graphdef, setup.tx),
-                      in_shardings=(setup.shardings, None), out_shardings=(setup.shardings, None),
-                      donate_argnums=(0,), compiler_options=hardware.compiler_options())
+    step_fn = trainer.jit_train_step(setup)
 
     flops_per_step = models.training_flops_per_example(
         model_config, task_feature_lengths) * batch_size

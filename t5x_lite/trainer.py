@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from t5x_lite import checkpoints, gin_utils, models, partitioning
+from t5x_lite import checkpoints, gin_utils, hardware, models, partitioning
 
 TrainState = dict  # {'step': int32[], 'params': pytree, 'opt_state': pytree, 'rng': key data}
 
@@ -254,6 +254,16 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, num_microbatches
 
 
 # ----------------------------------------------------------------------------- metrics
+
+
+def jit_train_step(setup: StateSetup, batch_sharding=None, *, xla_defaults: bool = False):
+  """The train step as every caller jits it: state sharded by `setup` and donated, metrics
+  replicated, and this platform's XLA options (`hardware.compiler_options`) unless
+  `xla_defaults`."""
+  return jax.jit(make_train_step(setup.graphdef, setup.tx),
+                 in_shardings=(setup.shardings, batch_sharding),
+                 out_shardings=(setup.shardings, None), donate_argnums=(0,),
+                 compiler_options=None if xla_defaults else hardware.compiler_options())
 
 
 class MetricsWriter:
