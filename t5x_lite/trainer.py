@@ -226,19 +226,22 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, num_microbatches
       (grads, sums), _ = jax.lax.scan(body, zeros, jnp.arange(num_microbatches))
     denom = jnp.maximum(sums['weight_sum'], 1.0)
     grads = jax.tree.map(lambda g: g / denom, grads)
-    updates, opt_state = tx.update(grads, state['opt_state'], params)
     loss = (sums['cross_ent_sum'] + sums['z_loss_sum']) / denom
     grad_norm = optax.tree.norm(grads)
     # A NaN/Inf loss or gradient must not reach the params: such a step keeps the old params and
-    # optimizer state (the caller decides whether to stop or go on).
+    # optimizer state (the caller decides whether to stop or go on). A cond, not a select between
+    # old and new: the select kept both alive, so XLA copied every donated optimizer buffer first.
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    keep_if_bad = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    new_state = {
-        'step': state['step'] + 1,
-        'params': keep_if_bad(optax.apply_updates(params, updates), params),
-        'opt_state': keep_if_bad(opt_state, state['opt_state']),
-        'rng': state['rng'],
-    }
+
+    def apply_update(operands):
+      params, opt_state, grads = operands
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
+
+    params, opt_state = jax.lax.cond(finite, apply_update, lambda operands: operands[:2],
+                                     (params, state['opt_state'], grads))
+    new_state = {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state,
+                 'rng': state['rng']}
     metrics = {
         'loss': loss,
         'cross_ent_loss': sums['cross_ent_sum'] / denom,

@@ -176,6 +176,7 @@ def write_kv_cache(cache: dict[str, jax.Array], key: jax.Array, value: jax.Array
           for name in ('key', 'value')}
 
 
+@jax.custom_vjp
 def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
                           mask: jax.Array | None = None,
                           bias: jax.Array | None = None) -> jax.Array:
@@ -183,14 +184,62 @@ def dot_product_attention(query: jax.Array, key: jax.Array, value: jax.Array,
 
   query [b, q, h, d], key/value [b, k, h, d], mask bool broadcastable to [b, h, q, k],
   bias broadcastable to [b, h, q, k]. Returns [b, q, h, d] in the query's dtype.
+
+  Forward and backward are written by hand to touch the [b, h, q, k] arrays as few times as
+  possible: the softmax's normaliser is applied to the [b, q, h, d] output instead of the weights,
+  and the backward pass never forms the normalised weights either. Autodiff's version also
+  contracted the big cotangent over its query axis for the key and value gradients, a form XLA:CPU
+  runs outside YNNPACK at a third of the matmul peak. T5.1.1-small's train step: 8.29 -> 7.63 s.
   """
+  return _attention_fwd(query, key, value, mask, bias)[0]
+
+
+def _attention_fwd(query, key, value, mask, bias):
   logits = jnp.einsum('bqhd,bkhd->bhqk', query, key, preferred_element_type=jnp.float32)
   if bias is not None:
     logits = logits + bias.astype(jnp.float32)
   if mask is not None:
     logits = jnp.where(mask, logits, MASKED_LOGIT)
-  weights = jax.nn.softmax(logits, axis=-1).astype(value.dtype)
-  return jnp.einsum('bhqk,bkhd->bqhd', weights, value)
+  e = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True)).astype(value.dtype)
+  inv_total = 1.0 / jnp.sum(e, axis=-1, dtype=jnp.float32)  # [b, h, q]
+  out = jnp.einsum('bhqk,bkhd->bqhd', e, value, preferred_element_type=jnp.float32)
+  out = out * _per_query(inv_total)
+  return out.astype(query.dtype), (query, key, value, mask, bias, e, inv_total)
+
+
+def _per_query(x: jax.Array) -> jax.Array:
+  """[b, h, q] -> [b, q, h, 1], to scale a [b, q, h, d] array row by row."""
+  return jnp.swapaxes(x, 1, 2)[..., None]
+
+
+def _attention_bwd(residuals, d_out):
+  """With w = e/total and d_out' = d_out/total (per query): d_logits = w·(dw - Σ_k dw·w) =
+  e·(d_out'·vᵀ) - e·Σ_k(e·(d_out'·vᵀ))/total, and dv = wᵀ·d_out = eᵀ·d_out'."""
+  query, key, value, mask, bias, e, inv_total = residuals
+  d_out = (d_out.astype(jnp.float32) * _per_query(inv_total)).astype(value.dtype)
+  dw = jnp.einsum('bqhd,bkhd->bhqk', d_out, value, preferred_element_type=jnp.float32)
+  ef = e.astype(jnp.float32)
+  d_logits = ef * (dw - jnp.sum(ef * dw, axis=-1, keepdims=True) * inv_total[..., None])
+  if mask is not None:  # fully masked (padding) rows have a uniform softmax that depends on nothing
+    d_logits = jnp.where(mask, d_logits, 0.0)
+  dl = d_logits.astype(query.dtype)
+  d_query = jnp.einsum('bhqk,bkhd->bqhd', dl, key)
+  # dkᵀ = qᵀ·dl and dvᵀ = d_outᵀ·e keep the big operand on the right in its stored layout; the
+  # barrier stops XLA from folding the small transposes back into the products.
+  heads_last = lambda x: jax.lax.optimization_barrier(jnp.transpose(x, (0, 2, 3, 1)))
+  per_head = (((3,), (2,)), ((0, 1), (0, 1)))  # [b,h,d,q]·[b,h,q,k] -> [b,h,d,k]
+  d_key = jax.lax.dot_general(heads_last(query), dl, per_head)
+  d_value = jax.lax.dot_general(heads_last(d_out), e, per_head)
+  d_bias = None
+  if bias is not None:  # sum over the axes the bias was broadcast along
+    d_bias = jnp.sum(d_logits, axis=tuple(range(d_logits.ndim - bias.ndim)))
+    axes = tuple(i for i, (n, m) in enumerate(zip(bias.shape, d_bias.shape)) if n == 1 < m)
+    d_bias = jnp.sum(d_bias, axis=axes, keepdims=True).astype(bias.dtype)
+  to_keys = lambda x, like: jnp.transpose(x, (0, 3, 1, 2)).astype(like.dtype)  # -> [b,k,h,d]
+  return d_query, to_keys(d_key, key), to_keys(d_value, value), None, d_bias
+
+
+dot_product_attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 @jax.custom_vjp
