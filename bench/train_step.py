@@ -188,9 +188,10 @@ def main(argv=None) -> int:
     tokens = args.batch_size * (args.inputs_length + args.targets_length)
     model_flops = models.training_flops_per_example(config, lengths) * args.batch_size
     peak = hardware.peak_flops_per_device() * jax.device_count()
+    memory = hardware.measured_memory_bandwidth()
     print(f'peak {peak / 1e9:.1f} GFLOP/s ({jax.devices()[0].device_kind}, '
-          f'{jax.device_count()} device(s)); useful {model_flops / 1e12:.3f} TFLOP per step',
-          flush=True)
+          f'{jax.device_count()} device(s)), memory {memory / 1e9:.1f} GB/s (elementwise pass '
+          f'on one device); useful {model_flops / 1e12:.3f} TFLOP per step', flush=True)
 
     options = None if args.xla_defaults else hardware.compiler_options()
     ours = time_ours(config, batch, args.optimizer, args.steps, args.warmup, args.profile,
@@ -202,6 +203,7 @@ def main(argv=None) -> int:
         'mfu': model_flops / step_s / peak,
         'useful_gflops_per_s': model_flops / step_s / 1e9,
         'peak_gflops_per_s': peak / 1e9,
+        'memory_gbytes_per_s': memory / 1e9,
         'compile_s': ours['first_s'],
         'step_times_s': ours['times'],
         'first_cross_entropy': ours['first_cross_entropy'],

@@ -103,6 +103,22 @@ def measured_matmul_flops(n: int = 2048, dtype: str = 'float32', repeats: int = 
   return 2 * n**3 / best
 
 
+@functools.lru_cache(maxsize=None)
+def measured_memory_bandwidth(mib: int = 256, repeats: int = 5) -> float:
+  """Bytes/s read plus written by a jitted elementwise pass over a `mib` MiB float32 array (best
+  of `repeats`) on the default device: what bounds every pass over activations that a dot does
+  not hide, e.g. the softmax over [batch, heads, q, k] logits."""
+  x = jnp.ones((mib * 2**20 // 4,), jnp.float32)
+  f = jax.jit(lambda v: v * 1.5 + 1.0)
+  f(x).block_until_ready()
+  best = float('inf')
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(x).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * x.nbytes / best
+
+
 def peak_flops_per_device(device: jax.Device | None = None) -> float:
   """Published peak for known accelerators; measured matmul FLOP/s otherwise (CPU)."""
   device = device or jax.devices()[0]

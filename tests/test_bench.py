@@ -45,6 +45,7 @@ def test_train_step_bench_times_ours_and_transformers_on_the_same_model(capsys, 
   assert result['tokens_per_s'] == pytest.approx(2 * 24 / result['step_s'])
   assert result['speedup_vs_hf'] == pytest.approx(result['hf_step_s'] / result['step_s'])
   assert 0 < result['mfu'] < 1 and math.isfinite(result['loss'] + result['hf_loss'])
+  assert result['memory_gbytes_per_s'] > 0 and result['peak_gflops_per_s'] > 0
   assert result['compiler_options'] and 'ynn' in json.dumps(result['compiler_options'])
   # --profile prints the ops that took the most time from the trace it wrote.
   profile_lines = out.split('profile:')[1].splitlines()[1:4]
