@@ -89,18 +89,22 @@ def chip_for_device(device: jax.Device) -> str | None:
   return None
 
 
-@functools.lru_cache(maxsize=None)
-def measured_matmul_flops(n: int = 2048, dtype: str = 'float32', repeats: int = 5) -> float:
-  """FLOP/s of a jitted n×n matmul on the default device (best of `repeats`)."""
-  a = jnp.ones((n, n), dtype)
-  f = jax.jit(lambda x: x @ x)
-  f(a).block_until_ready()
+def _best_seconds(fn, x: jax.Array, repeats: int) -> float:
+  """Fastest of `repeats` timed calls of jitted `fn(x)`, after one call that compiles it."""
+  f = jax.jit(fn)
+  f(x).block_until_ready()
   best = float('inf')
   for _ in range(repeats):
     t = time.perf_counter()
-    f(a).block_until_ready()
+    f(x).block_until_ready()
     best = min(best, time.perf_counter() - t)
-  return 2 * n**3 / best
+  return best
+
+
+@functools.lru_cache(maxsize=None)
+def measured_matmul_flops(n: int = 2048, dtype: str = 'float32', repeats: int = 5) -> float:
+  """FLOP/s of a jitted n×n matmul on the default device (best of `repeats`)."""
+  return 2 * n**3 / _best_seconds(lambda x: x @ x, jnp.ones((n, n), dtype), repeats)
 
 
 @functools.lru_cache(maxsize=None)
@@ -109,14 +113,7 @@ def measured_memory_bandwidth(mib: int = 256, repeats: int = 5) -> float:
   of `repeats`) on the default device: what bounds every pass over activations that a dot does
   not hide, e.g. the softmax over [batch, heads, q, k] logits."""
   x = jnp.ones((mib * 2**20 // 4,), jnp.float32)
-  f = jax.jit(lambda v: v * 1.5 + 1.0)
-  f(x).block_until_ready()
-  best = float('inf')
-  for _ in range(repeats):
-    t = time.perf_counter()
-    f(x).block_until_ready()
-    best = min(best, time.perf_counter() - t)
-  return 2 * x.nbytes / best
+  return 2 * x.nbytes / _best_seconds(lambda v: v * 1.5 + 1.0, x, repeats)
 
 
 def peak_flops_per_device(device: jax.Device | None = None) -> float:

@@ -231,10 +231,11 @@ def _attention_bwd(residuals, d_out):
   d_key = jax.lax.dot_general(heads_last(query), dl, per_head)
   d_value = jax.lax.dot_general(heads_last(d_out), e, per_head)
   d_bias = None
-  if bias is not None:  # sum over the axes the bias was broadcast along
-    d_bias = jnp.sum(d_logits, axis=tuple(range(d_logits.ndim - bias.ndim)))
-    axes = tuple(i for i, (n, m) in enumerate(zip(bias.shape, d_bias.shape)) if n == 1 < m)
-    d_bias = jnp.sum(d_bias, axis=axes, keepdims=True).astype(bias.dtype)
+  if bias is not None:  # sum over the axes the bias was broadcast along, in one reduction
+    lead = d_logits.ndim - bias.ndim
+    axes = tuple(range(lead)) + tuple(lead + i for i, n in enumerate(bias.shape)
+                                      if n == 1 < d_logits.shape[lead + i])
+    d_bias = jnp.sum(d_logits, axis=axes, keepdims=True).reshape(bias.shape).astype(bias.dtype)
   to_keys = lambda x, like: jnp.transpose(x, (0, 3, 1, 2)).astype(like.dtype)  # -> [b,k,h,d]
   return d_query, to_keys(d_key, key), to_keys(d_value, value), None, d_bias
 
