@@ -692,9 +692,8 @@ def evaluate_run(run_dir: str, max_batches: int = 0) -> dict:
   batch_size = int(gin_utils.query_macro('BATCH_SIZE'))
   import tasks  # registers the tasks with the gin-configured vocabulary
   tasks.register_all(vocab.get_vocabulary())
-  step_dir = checkpoints.find_step_dir(run_dir)
   graphdef, abstract, _ = trainer.abstract_params_and_axes(config)
-  params = checkpoints.load_params(str(step_dir), abstract)
+  params, step_dir = checkpoints.load_params(run_dir, abstract)
   model = nnx.merge(graphdef, jax.tree.map(jnp.asarray, params))
   batches = pipeline.get_dataset(task, lengths, batch_size, split='validation', shuffle=False,
                                  num_epochs=1, feature_converter=models.feature_converter(config))

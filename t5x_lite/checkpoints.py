@@ -14,12 +14,14 @@ not corruption. Old steps are deleted only after a newer save has been committed
 from __future__ import annotations
 
 import dataclasses
+import errno
 import logging
 import re
 import time
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -66,6 +68,9 @@ class Checkpointer:
     self.directory = epath.Path(directory).absolute()
     self.keep = keep
     self._pending = None  # the step of a save not yet known to be committed
+    # The newest step known to restore: the one restored at start, then each committed save (a
+    # saved state is finite: the train step never keeps a non-finite one). Never pruned.
+    self.last_good_step = None
     options = ocp.CheckpointManagerOptions(
         max_to_keep=None,  # pruned here, once a newer save is known to be committed
         create=True,
@@ -87,6 +92,10 @@ class Checkpointer:
         if self.directory.is_dir() else []
     return max(steps, default=None)
 
+  def saving(self) -> bool:
+    """A save has been started and is not yet known to be committed."""
+    return self._pending is not None
+
   def save(self, step: int, state: Any, data: dict, iterator: Any = None) -> None:
     """Starts an async save of `state` (device arrays), `data` (JSON-able) and `iterator`'s
     position (written before this returns, so the caller may advance it at once).
@@ -103,7 +112,7 @@ class Checkpointer:
     try:
       self._manager.save(step, args=ocp.args.Composite(**items), force=True)
     except Exception as e:  # pylint: disable=broad-except
-      raise OSError(f'step {step}: {_cause(e)}') from e
+      raise _save_error(step, e) from e
 
   def wait(self) -> None:
     """Blocks until pending saves are committed, then prunes to keep-N. OSError when the pending
@@ -112,15 +121,19 @@ class Checkpointer:
       self._manager.wait_until_finished()
       self._manager.check_for_errors()
     except Exception as e:  # pylint: disable=broad-except
-      raise OSError(f'step {self._pending}: {_cause(e)}') from e
+      raise _save_error(self._pending, e) from e
     if (self._pending is not None and jax.process_index() == 0
         and not (self.directory / str(self._pending)).is_dir()):
-      raise OSError(f'step {self._pending}: not committed (see the log above)')
+      raise OSError(f'step {self._pending}: not committed (see the log above; did another run '
+                    'write to or clean this directory?)')
+    if self._pending is not None:
+      self.last_good_step = self._pending
     self._pending = None
     steps = self.all_steps()
     if self.keep and jax.process_index() == 0:
       for s in steps[:-self.keep]:
-        self._manager.delete(s)
+        if s != self.last_good_step:
+          self._manager.delete(s)
 
   def restore(self, abstract_state: Any,
               make_iterator: Callable[[dict], Any] | None = None) -> Restored | None:
@@ -153,7 +166,7 @@ class Checkpointer:
         if iterator is not None and has_position:
           items['iterator'] = DataIteratorRestore(iterator)
         state = self._manager.restore(s, args=ocp.args.Composite(**items))['state']
-        _check_finite(state['params'])
+        check_finite(state)
       except UsageError:
         raise
       except Exception as e:  # pylint: disable=broad-except
@@ -163,8 +176,9 @@ class Checkpointer:
         log.debug('checkpoint step %d not restorable', s, exc_info=e)
         failed.append((s, cause))
         continue
-      for bad, _ in failed:
-        self._set_aside(bad)
+      for bad, cause in failed:
+        self._set_aside(bad, cause)
+      self.last_good_step = s
       if iterator is not None and not has_position:
         batches = int(data.get('batch', s))
         print(f'WARNING: checkpoint step {s} holds no input position; replaying {batches} '
@@ -180,14 +194,23 @@ class Checkpointer:
           'start fresh.')
     return None
 
-  def _set_aside(self, step: int) -> None:
+  def _set_aside(self, step: int, cause: str) -> None:
     """Moves a step that does not restore (when an older one does) out of Orbax's view, so the
-    run can save that step again; kept for inspection, not deleted."""
+    run can save that step again; kept for inspection, not deleted. UsageError if it cannot be
+    moved: training on would save over it or next to it."""
     aside = self.directory.parent / 'corrupt_checkpoints' / f'{step}.{time.strftime("%Y%m%d-%H%M%S")}'
-    print(f'WARNING: moved checkpoint step {step} to {aside}', flush=True)
     if jax.process_index() == 0:
-      aside.parent.mkdir(parents=True, exist_ok=True)
-      (self.directory / str(step)).rename(aside)
+      try:
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        (self.directory / str(step)).rename(aside)
+      except OSError as e:
+        self._manager.close()
+        raise UsageError(
+            f'checkpoint step {step} in {self.directory} could not be restored ({cause}) nor '
+            f'moved aside to {aside.parent} ({type(e).__name__}: {e.strerror or e}); move '
+            f'{self.directory / str(step)} out of the way yourself (or fix the permissions of '
+            'MODEL_DIR) and rerun the same command.') from e
+      print(f'WARNING: moved checkpoint step {step} to {aside}', flush=True)
     if jax.process_count() > 1:
       from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
       multihost_utils.sync_global_devices(f'set_aside_{step}')
@@ -198,6 +221,42 @@ class Checkpointer:
     self._manager.close()
 
 
+def _save_error(step: int | None, error: Exception) -> OSError:
+  """An OSError saying which step failed and why, carrying the OS errno when there is one (the
+  advice depends on it)."""
+  out = OSError(f'step {step}: {_cause(error)}')
+  out.errno = _errno(error)
+  return out
+
+
+def _errno(error: BaseException | None) -> int | None:
+  seen = set()
+  while error is not None and id(error) not in seen:
+    seen.add(id(error))
+    if isinstance(error, OSError) and error.errno:
+      return error.errno
+    found = re.findall(r"os_error_code='(\d+)'", str(error))
+    if found:
+      return int(found[-1])
+    if 'already exists' in str(error):
+      return errno.EEXIST
+    error = error.__cause__ or error.__context__
+  return None
+
+
+def save_failure_advice(error: OSError) -> str:
+  """What to do about a failed save, by its cause: only a full disk is fixed by freeing space."""
+  code = getattr(error, 'errno', None)
+  if code in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+    return 'Free space on that disk (or move MODEL_DIR)'
+  if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+    return 'Make MODEL_DIR writable (or set --gin.MODEL_DIR to a directory you can write)'
+  if code in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOENT) or 'another run' in str(error):
+    return ('Another run may be writing to this MODEL_DIR: stop it (one trainer per MODEL_DIR) '
+            'or use another MODEL_DIR')
+  return 'Fix the cause above'
+
+
 def _cause(error: Exception) -> str:
   """The OS reason inside a TensorStore/Orbax error ('File too large', 'No space left on
   device'), else its first line."""
@@ -206,16 +265,23 @@ def _cause(error: Exception) -> str:
   return f'{found[-1][0].strip()} (errno {found[-1][1]})' if found else text[:300]
 
 
-def _check_finite(params: Any) -> None:
-  bad = [k for k, v in _flat(params).items() if not bool(np.all(np.isfinite(np.asarray(v))))] \
-      if jax.process_count() == 1 else []
+def check_finite(tree: Any) -> None:
+  """ValueError naming the first leaf of `tree` with a NaN or Inf (one device reduction per leaf,
+  so sharded arrays of any process count work)."""
+  flags = jax.device_get({k: jnp.all(jnp.isfinite(v)) for k, v in _flat(tree).items()
+                          if jnp.issubdtype(v.dtype, jnp.inexact)})
+  bad = [k for k, ok in flags.items() if not ok]
   if bad:
-    raise ValueError(f'non-finite values in params/{bad[0]}')
+    raise ValueError(f'non-finite values in {bad[0]}')
 
 
 def _saved_tree(state_dir: epath.Path) -> Any:
   with ocp.PyTreeCheckpointer() as ckptr:
-    return ckptr.metadata(state_dir).item_metadata.tree
+    metadata = ckptr.metadata(state_dir)
+  tree = getattr(getattr(metadata, 'item_metadata', None), 'tree', None)
+  if tree is None:
+    raise FileNotFoundError(f'{state_dir} has no readable array metadata')
+  return tree
 
 
 def _check_matches(saved_tree: Any, abstract: Any, what: str, fix: str) -> None:
@@ -241,30 +307,52 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
-def find_step_dir(path: str) -> epath.Path:
-  """The step directory `path` names: a step dir itself (holding `state/`), or the newest step of a
-  checkpoints dir or of a MODEL_DIR (its `checkpoints/`)."""
+def step_dirs(path: str) -> list[epath.Path]:
+  """The step directories `path` names, newest first: the step dir itself (holding `state/`), or
+  every step of a checkpoints dir or of a MODEL_DIR (its `checkpoints/`)."""
   p = epath.Path(path)
   if (p / 'state').is_dir():
-    return p
+    return [p]
   for root in (p / 'checkpoints', p):
     steps = sorted((int(d.name) for d in root.iterdir()
                     if d.name.isdigit() and (d / 'state').is_dir()),
                    reverse=True) if root.is_dir() else []
     if steps:
-      return root / str(steps[0])
+      return [root / str(s) for s in steps]
   raise FileNotFoundError(
       f'no checkpoint at {path}: expected a step directory (with state/), a checkpoints/ '
       'directory of steps, or a MODEL_DIR holding one.')
 
 
-def load_params(path: str, abstract_params: Any) -> Any:
-  """Only the `params` of the train state checkpointed at `path` (see `find_step_dir`): what
-  fine-tuning and conversion start from. Leaves of `abstract_params` with a sharding come back as
-  arrays placed on it, others as numpy. The checkpoint's names and shapes must match exactly (Orbax's
-  partial restore would silently leave a missing param as a placeholder): ValueError otherwise.
+def load_params(path: str, abstract_params: Any) -> tuple[Any, epath.Path]:
+  """(params, the step directory they came from) of the train state checkpointed at `path`: what
+  fine-tuning, evaluation, inference and conversion start from.
+
+  A directory of steps falls back as training's resume does: a step that does not load or holds
+  non-finite params is reported and the next older one tried (nothing is moved: readers leave the
+  directory as it is). Leaves of `abstract_params` with a sharding come back as arrays placed on
+  it, others as numpy. The checkpoint's names and shapes must match exactly (Orbax's partial
+  restore would silently leave a missing param as a placeholder): ValueError otherwise, and when
+  no step loads.
   """
-  step_dir = find_step_dir(path)
+  candidates = step_dirs(path)
+  failed = []
+  for step_dir in candidates:
+    try:
+      return _load_step_params(step_dir, abstract_params), step_dir
+    except UsageError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      cause = f'{type(e).__name__}: {(str(e).splitlines() or [""])[0]}'[:300]
+      if len(candidates) == 1:
+        raise ValueError(f'checkpoint {step_dir} cannot be read ({cause}).') from e
+      print(f'WARNING: checkpoint {step_dir} could not be read ({cause}); trying an older one',
+            flush=True)
+      failed.append(f'step {step_dir.name}: {cause}')
+  raise ValueError(f'no checkpoint in {candidates[0].parent} could be read ({"; ".join(failed)}).')
+
+
+def _load_step_params(step_dir: epath.Path, abstract_params: Any) -> Any:
   state_dir = (step_dir / 'state').absolute()
   saved_tree = _saved_tree(state_dir)
   if 'params' not in saved_tree:
@@ -278,6 +366,7 @@ def load_params(path: str, abstract_params: Any) -> Any:
                    else ocp.RestoreArgs(restore_type=np.ndarray)), target)
     restored = ckptr.restore(state_dir, args=ocp.args.PyTreeRestore(
         item=target, restore_args=restore_args, partial_restore=True))
+  check_finite(restored)
   return restored['params']
 
 

@@ -118,8 +118,8 @@ def hf_config_to_ours(hf_config: Mapping[str, Any]) -> T5Config:
         relative_attention_num_buckets=cfg['relative_attention_num_buckets'],
         relative_attention_max_distance=cfg['relative_attention_max_distance'],
         layer_norm_epsilon=float(cfg['layer_norm_epsilon']))
-  except ValueError as e:
-    raise UsageError(f'config.json does not give a valid T5Config: {e}') from e
+  except (ValueError, TypeError, KeyError) as e:
+    raise UsageError(f'config.json does not give a valid T5Config: {type(e).__name__}: {e}') from e
 
 
 def ours_to_hf_config(config: T5Config) -> dict[str, Any]:
@@ -320,24 +320,39 @@ def read_hf_config(hf_dir: str) -> dict[str, Any]:
   path = os.path.join(hf_dir, 'config.json')
   if not os.path.isfile(path):
     raise UsageError(f'{hf_dir} has no config.json; it is not a transformers model directory.')
-  with open(path) as f:
-    return json.load(f)
+  try:
+    with open(path, encoding='utf-8') as f:
+      config = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+    raise UsageError(f'{path} cannot be read as JSON ({e}); re-save the model with '
+                     'save_pretrained or fix the file.') from e
+  if not isinstance(config, dict):
+    raise UsageError(f'{path} holds a JSON {type(config).__name__}, not an object of config '
+                     'fields; it is not a transformers config.json.')
+  return config
 
 
 def read_hf_weights(hf_dir: str) -> dict[str, np.ndarray]:
   """model.safetensors, sharded safetensors (an index.json) or, with torch, pytorch_model.bin."""
-  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
   single = os.path.join(hf_dir, 'model.safetensors')
   index = os.path.join(hf_dir, 'model.safetensors.index.json')
   legacy = os.path.join(hf_dir, 'pytorch_model.bin')
   if os.path.isfile(single):
-    return dict(load_file(single))
+    return _read_safetensors(single)
   if os.path.isfile(index):
-    with open(index) as f:
-      shards = sorted(set(json.load(f)['weight_map'].values()))
+    try:
+      with open(index, encoding='utf-8') as f:
+        shards = sorted(set(json.load(f)['weight_map'].values()))
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as e:
+      raise UsageError(f'{index} is not a valid safetensors index (a JSON object whose '
+                       f'"weight_map" maps tensor names to shard files): {e}.') from e
     out = {}
     for shard in shards:
-      out.update(load_file(os.path.join(hf_dir, shard)))
+      path = os.path.join(hf_dir, shard)
+      if not os.path.isfile(path):
+        raise UsageError(f'{path} is missing ({index} lists it); copy every shard of the model '
+                         'into the directory.')
+      out.update(_read_safetensors(path))
     return out
   if os.path.isfile(legacy):
     try:
@@ -349,6 +364,16 @@ def read_hf_weights(hf_dir: str) -> dict[str, np.ndarray]:
     return {k: v.float().numpy() for k, v in state.items()}
   raise UsageError(f'{hf_dir} has no model.safetensors, model.safetensors.index.json or '
                    'pytorch_model.bin.')
+
+
+def _read_safetensors(path: str) -> dict[str, np.ndarray]:
+  from safetensors.numpy import load_file  # pylint: disable=import-outside-toplevel
+  try:
+    return dict(load_file(path))
+  except Exception as e:  # pylint: disable=broad-except  (SafetensorError has no public base)
+    raise UsageError(f'{path} is not a readable safetensors file ({type(e).__name__}: '
+                     f'{(str(e).splitlines() or [""])[0][:200]}); it is truncated or corrupt: copy '
+                     'or save it again.') from e
 
 
 def save_train_state(model_dir: str, config: T5Config, params: Any, seed: int = 0,
@@ -376,7 +401,7 @@ def load_params(checkpoint: str, config: T5Config) -> dict:
   numpy arrays; a missing, extra or misshapen param is a UsageError naming it."""
   _, abstract, _ = trainer.abstract_params_and_axes(config)
   try:
-    return checkpoints.load_params(checkpoint, abstract)
+    return checkpoints.load_params(checkpoint, abstract)[0]
   except (FileNotFoundError, ValueError) as e:
     raise UsageError(str(e)) from e
 

@@ -111,11 +111,10 @@ def evaluate(*,
   if not has_metrics(mixture_or_task_name):
     raise gin_utils.UsageError(f'{mixture_or_task_name!r} has no metric functions to evaluate '
                                '(pretraining tasks have none); pick a fine-tuning task.')
-  source = checkpoints.find_step_dir(checkpoint_dir or model_dir)
   graphdef, abstract, _ = trainer.abstract_params_and_axes(model_config)
   try:
-    params = checkpoints.load_params(str(source), abstract)
-  except ValueError as e:
+    params, source = checkpoints.load_params(checkpoint_dir or model_dir, abstract)
+  except (FileNotFoundError, ValueError) as e:
     raise gin_utils.UsageError(str(e)) from e
   model = nnx.merge(graphdef, jax.tree.map(jnp.asarray, params))
   evaluator = Evaluator(mixture_or_task_name, task_feature_lengths, model_config)

@@ -25,6 +25,28 @@ class MissingFileError(UsageError, FileNotFoundError):
   FileNotFoundError also catches."""
 
 
+def check_int(name: str, value, minimum: int | None = None, fix: str = '') -> int:
+  """`value` as the integer gin meant, or a UsageError: gin passes `2.5`, `8.0` or `'abc'` through
+  unchecked, and a float step count would train past TRAIN_STEPS without ever saving."""
+  if isinstance(value, bool) or not isinstance(value, int):
+    raise UsageError(f'{name} must be an integer, got {value!r} ({type(value).__name__}); '
+                     f'{fix or f"set --gin.{name}=N"}.')
+  if minimum is not None and value < minimum:
+    raise UsageError(f'{name} must be {"positive" if minimum == 1 else f">= {minimum}"}, got '
+                     f'{value}; {fix or f"set --gin.{name}=N"}.')
+  return value
+
+
+def check_number(name: str, value, minimum: float | None = None) -> float:
+  """A finite real number (ints allowed), or a UsageError naming the gin binding."""
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
+      or value in (float('inf'), float('-inf')):
+    raise UsageError(f'{name} must be a finite number, got {value!r}; set --gin.{name}=X.')
+  if minimum is not None and value < minimum:
+    raise UsageError(f'{name} must be >= {minimum}, got {value}; set --gin.{name}=X.')
+  return value
+
+
 def split_flags(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
   """(gin files, gin bindings, remaining args) from argv."""
   files, bindings, rest = [], [], []
@@ -46,12 +68,18 @@ def split_flags(argv: list[str]) -> tuple[list[str], list[str], list[str]]:
 
 
 def _binding(name: str, value: str) -> str:
-  """`NAME = VALUE`; a bare word that is not a gin literal (a path, say) is quoted for the user."""
+  """`NAME = VALUE`; a bare word that is not a gin literal (a path, say) is quoted for the user,
+  but a value that starts a dict, list, tuple or string and does not parse is an error (quoting
+  it would hand the trainer a string where it expects a dict)."""
   try:
     gin.config_parser.ConfigParser(f'{name} = {value}', gin.config.ParserDelegate(skip_unknown=True)
                                    ).parse_statement()
     return f'{name} = {value}'
-  except (SyntaxError, ValueError, tokenize.TokenError):
+  except (SyntaxError, ValueError, tokenize.TokenError) as e:
+    if value.strip()[:1] in ('{', '[', '(', '"', "'"):
+      reason = e.args[0] if e.args and isinstance(e.args[0], str) else type(e).__name__
+      raise UsageError(f'--gin.{name}={value}: not a gin value ({reason}); close every bracket '
+                       'and quote, e.g. "--gin.MESH_SHAPE={\'data\': -1}".') from e
     return f'{name} = {value!r}'
 
 
@@ -73,9 +101,9 @@ def parse(files: list[str], bindings: list[str]) -> None:
   resolved = [resolve_gin_file(f) for f in files]
   try:
     gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=False)
-  except (ValueError, SyntaxError, KeyError, ImportError) as e:
-    raise UsageError(f'gin: {str(e).splitlines()[0]} — check the gin files and --gin.* overrides '
-                     '(names are configurable.parameter or MACRO).') from e
+  except (ValueError, SyntaxError, KeyError, ImportError, OSError) as e:
+    raise UsageError(f'gin: {str(e).splitlines()[0]} — check the gin files, their includes and '
+                     'the --gin.* overrides (names are configurable.parameter or MACRO).') from e
   _check_references()
 
 

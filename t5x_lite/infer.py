@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import functools
 import json
+import os
 import sys
 from typing import Any, Mapping, Sequence
 
@@ -124,6 +125,10 @@ def read_lines(path: str, fields: Sequence[str]) -> list[dict[str, Any]]:
       text = f.read()
   except OSError as e:
     raise UsageError(f'cannot read --input_file {path}: {e.strerror}.') from e
+  except UnicodeDecodeError as e:
+    line = e.object[:e.start].count(b'\n') + 1
+    raise UsageError(f'{path}:{line}: not UTF-8 text (byte 0x{e.object[e.start]:02x} at offset '
+                     f'{e.start}); convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8).') from e
   lines = []
   for number, line in enumerate(text.splitlines(), 1):
     if not line.strip():
@@ -191,6 +196,37 @@ def fit(rows: list[list[int]], numbers: list[int], length: int | None, field: st
     raise UsageError(f'{path}:{number}: {field!r} is {n} tokens long, more than '
                      f'--{field}_length={length}; raise --{field}_length or pass --truncate.')
   return [r[:length] for r in rows], length
+
+
+def check_fits(config, batch_size: int, inputs_length: int, targets_length: int) -> None:
+  """Refuses a batch whose attention scores alone would not fit this device's memory.
+
+  Scores are [batch, heads, queries, keys] in float32, held with their softmax and one temporary:
+  a single long line padded into a full batch asked for 102 GB before this check."""
+  if config.architecture == 'encoder_decoder':
+    pairs = inputs_length * inputs_length + targets_length * (inputs_length + targets_length)
+  else:
+    pairs = (inputs_length + targets_length) ** 2
+  need = 3 * 4 * batch_size * config.num_heads * pairs
+  have = _free_memory_bytes()
+  if need > have // 2:
+    raise UsageError(
+        f'{batch_size} line(s) padded to {inputs_length} input tokens need about '
+        f'{need / 2**30:.1f} GiB for attention scores, more than half of the '
+        f'{have / 2**30:.1f} GiB free on {jax.devices()[0].platform}; lower --batch_size, or cut '
+        'lines with --inputs_length=N --truncate.')
+
+
+def _free_memory_bytes() -> int:
+  """Free memory of the first device: the accelerator's allocator limit, or the host's RAM."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if 'bytes_limit' in stats:
+    return int(stats['bytes_limit']) - int(stats.get('bytes_in_use', 0))
+  try:  # MemAvailable counts reclaimable page cache, which SC_AVPHYS_PAGES does not
+    with open('/proc/meminfo') as f:
+      return next(int(line.split()[1]) * 1024 for line in f if line.startswith('MemAvailable:'))
+  except (OSError, StopIteration, ValueError):
+    return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
 
 
 def _batches(n: int, batch_size: int):
@@ -296,11 +332,14 @@ def run(argv: list[str]) -> int:
     targets, targets_length = fit(ids['targets'], numbers, args.targets_length, 'targets',
                                   args.truncate, args.input_file)
 
+  batch_size = min(args.batch_size, len(lines))  # no rows of padding beyond the file's own
+  check_fits(config, batch_size, inputs_length,
+             targets_length if args.mode == 'score' else decode_options['max_decode_length'])
   model = convert.model_with_params(config, convert.load_params(args.checkpoint_dir, config))
   if args.mode == 'score':
-    results = score(model, inputs, targets, inputs_length, targets_length, args.batch_size)
+    results = score(model, inputs, targets, inputs_length, targets_length, batch_size)
   else:
-    tokens = predict(model, inputs, inputs_length, args.batch_size,
+    tokens = predict(model, inputs, inputs_length, batch_size,
                      rng=jax.random.key(args.seed), **decode_options)
     results = [tokenizer.prediction(t, isinstance(line['example']['inputs'], str))
                for t, line in zip(tokens, lines)]

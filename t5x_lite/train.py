@@ -15,12 +15,13 @@ if __name__ == '__main__':
   sys.exit(_module.main())
 
 import hashlib
+import math
 import os
 import signal
 import sys
 import threading
 import time
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import gin
 import jax
@@ -78,10 +79,11 @@ def train(*,
   """
   if on_nonfinite not in ('stop', 'skip'):
     raise gin_utils.UsageError(f"train.on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}.")
-  if train_steps <= 0:
-    raise gin_utils.UsageError(f'TRAIN_STEPS must be positive, got {train_steps}.')
-  if batch_size <= 0:
-    raise gin_utils.UsageError(f'BATCH_SIZE must be positive, got {batch_size}.')
+  _check_settings(train_steps=train_steps, batch_size=batch_size,
+                  checkpoint_period=checkpoint_period, keep_checkpoints=keep_checkpoints,
+                  log_period=log_period, seed=seed, num_data_shards=num_data_shards,
+                  eval_period=eval_period, mesh_shape=mesh_shape,
+                  task_feature_lengths=task_feature_lengths)
   if '://' in str(model_dir):
     raise gin_utils.UsageError(
         f'MODEL_DIR {model_dir!r} is a URL; metrics and TensorBoard files are written with local '
@@ -142,11 +144,11 @@ def train(*,
       state, start_step = setup.init(), 0
       if initial_checkpoint_path:
         try:
-          state['params'] = checkpoints.load_params(initial_checkpoint_path,
-                                                    setup.abstract_state['params'])
+          state['params'], source = checkpoints.load_params(initial_checkpoint_path,
+                                                            setup.abstract_state['params'])
         except (FileNotFoundError, ValueError) as e:
           raise gin_utils.UsageError(f'INITIAL_CHECKPOINT_PATH: {e}') from e
-        log(f'Initialized params from {checkpoints.find_step_dir(initial_checkpoint_path)}')
+        log(f'Initialized params from {source}')
     else:
       start_step, state, data_state, batches = restored
       skipped = int(data_state.get('skipped_steps', 0))
@@ -180,25 +182,28 @@ def train(*,
       if bool(jax.device_get(metrics['finite'])):
         return
       loss, gnorm = (float(x) for x in jax.device_get((metrics['loss'], metrics['grad_norm'])))
+      what = f'loss {loss}, grad norm {gnorm}, learning rate {float(schedule(step - 1)):.3g}'
+      if math.isfinite(loss) and math.isfinite(gnorm):
+        what += ' (the updated params or optimizer state are not finite)'
       if on_nonfinite == 'skip':
         skipped += 1
-        log(f'WARNING: step {step}: loss {loss}, grad norm {gnorm}; update skipped '
-            f'({skipped} skipped so far)')
+        log(f'WARNING: step {step}: {what}; update skipped ({skipped} skipped so far)')
         return
       _close(ckpt, writer)
+      good = ckpt.last_good_step
       raise gin_utils.UsageError(
-          f'loss {loss}, grad norm {gnorm} at step {step}: training stopped before applying it. '
-          + (f'The last good checkpoint is step {ckpt.committed_step()} in {ckpt.directory}. '
-             if ckpt.committed_step() is not None else 'No checkpoint has been saved yet. ')
-          + 'Lower the '
-          'learning rate or clip gradients (--gin.make_optimizer.grad_clip_norm=1.0), or skip such '
-          "steps with --gin.train.on_nonfinite='skip'; then rerun the same command to resume.")
+          f'{what} at step {step}: training stopped before applying it. '
+          + (f'The last good checkpoint is step {good} in {ckpt.directory}. ' if good is not None
+             else 'No checkpoint has been saved yet. ')
+          + 'Lower the learning rate (check learning_rate_schedule) or clip gradients '
+          '(--gin.make_optimizer.grad_clip_norm=1.0), or skip such steps with '
+          "--gin.train.on_nonfinite='skip'; then rerun the same command to resume.")
 
     last = {}
     evaluator = None
     step = start_step
     unchecked = None  # (step, metrics) whose finiteness is read one step later, without a stall
-    stop = _StopSignals()
+    stop = _StopSignals(saving=ckpt.saving)
     t_start = time.perf_counter()
     with stop:
       while step < train_steps:
@@ -247,25 +252,50 @@ def train(*,
           save(step)
         if stopping:
           break
-    try:
-      _close(ckpt, writer)
-    except OSError as e:
-      raise _save_failed(ckpt, e) from e
-    if stop.signal_name:
-      log(f'{stop.signal_name} received: stopped after step {step} and saved checkpoint step '
-          f'{step} to {ckpt.directory}. Rerun the same command to resume.')
-      return last
-    if step > start_step:
-      log(f'Saved checkpoint step {step} to {ckpt.directory}')
-    else:
-      log(f'{ckpt.directory} is already at step {step} = TRAIN_STEPS; nothing to train '
-          '(raise --gin.TRAIN_STEPS to continue).')
-    if decode_sample and jax.process_count() > 1:
-      log('(no decoded sample: sample decoding runs in single-process jobs)')
-    elif decode_sample and model_config.architecture == 'encoder_decoder':
-      show_sample(setup.graphdef, state['params'], mixture_or_task_name, task_feature_lengths,
-                  vocabulary)
+      try:
+        _close(ckpt, writer)
+      except OSError as e:
+        raise _save_failed(ckpt, e) from e
+      if stop.signal_name:
+        log(f'{stop.signal_name} received: stopped after step {step} and saved checkpoint step '
+            f'{step} to {ckpt.directory}. Rerun the same command to resume.')
+        return last
+      if step > start_step:
+        log(f'Saved checkpoint step {step} to {ckpt.directory}')
+      else:
+        log(f'{ckpt.directory} is already at step {step} = TRAIN_STEPS; nothing to train '
+            '(raise --gin.TRAIN_STEPS to continue).')
+      if decode_sample and jax.process_count() > 1:
+        log('(no decoded sample: sample decoding runs in single-process jobs)')
+      elif decode_sample and model_config.architecture == 'encoder_decoder':
+        show_sample(setup.graphdef, state['params'], mixture_or_task_name, task_feature_lengths,
+                    vocabulary)
   return last
+
+
+# Each integer setting: (the name users set it by, its smallest value).
+_INT_SETTINGS = {'train_steps': ('TRAIN_STEPS', 1), 'batch_size': ('BATCH_SIZE', 1),
+                 'checkpoint_period': ('CHECKPOINT_PERIOD', 1),
+                 'keep_checkpoints': ('train.keep_checkpoints', 0),
+                 'log_period': ('train.log_period', 1), 'seed': ('train.seed', 0),
+                 'num_data_shards': ('train.num_data_shards', 1),
+                 'eval_period': ('train.eval_period', 0)}
+
+
+def _check_settings(*, mesh_shape, task_feature_lengths, **ints) -> None:
+  """gin hands values through untyped: check them here, before anything compiles or is written."""
+  for key, value in ints.items():
+    name, minimum = _INT_SETTINGS[key]
+    if value is not None or key != 'num_data_shards':
+      gin_utils.check_int(name, value, minimum)
+  for name, mapping in (('MESH_SHAPE', mesh_shape), ('TASK_FEATURE_LENGTHS', task_feature_lengths)):
+    example = "{'data': -1, 'model': 1}" if name == 'MESH_SHAPE' else "{'inputs': 512, 'targets': 114}"
+    if not isinstance(mapping, Mapping) or not all(isinstance(k, str) for k in mapping):
+      raise gin_utils.UsageError(f'{name} must be a dict of names to sizes, got {mapping!r}; '
+                                 f'e.g. "--gin.{name}={example}".')
+    for key, value in mapping.items():
+      gin_utils.check_int(f'{name}[{key!r}]', value, -1 if name == 'MESH_SHAPE' else 1,
+                          fix=f'e.g. "--gin.{name}={example}"')
 
 
 def log(message: str) -> None:
@@ -304,9 +334,9 @@ def _check_same_data(saved: Mapping, current: Mapping, model_dir: str) -> None:
 
 def _save_failed(ckpt: checkpoints.Checkpointer, error: OSError) -> gin_utils.UsageError:
   return gin_utils.UsageError(
-      f'could not write a checkpoint to {ckpt.directory} ({error}); '
-      f'the last complete checkpoint is step {ckpt.committed_step()}. Free space on that disk '
-      '(or move MODEL_DIR) and rerun the same command to resume.')
+      f'could not write a checkpoint to {ckpt.directory} ({error}); the last complete checkpoint '
+      f'is step {ckpt.last_good_step}. {checkpoints.save_failure_advice(error)}, then rerun the '
+      'same command to resume.')
 
 
 def _close(ckpt: checkpoints.Checkpointer, writer: trainer.MetricsWriter) -> None:
@@ -317,12 +347,15 @@ def _close(ckpt: checkpoints.Checkpointer, writer: trainer.MetricsWriter) -> Non
 class _StopSignals:
   """SIGTERM/SIGINT (preemption, Ctrl-C) ask the loop to save and stop after the current step.
 
-  Multi-process jobs use JAX's preemption service instead, which agrees on one step across hosts.
-  A second Ctrl-C interrupts at once.
+  The handlers stay installed until the last checkpoint is committed, and a repeated signal never
+  cuts a save: while one is in flight (`saving()`) it is only acknowledged. A second Ctrl-C with no
+  save in flight interrupts at once (the last committed checkpoint stays). Multi-process jobs use
+  JAX's preemption service instead, which agrees on one step across hosts.
   """
 
-  def __init__(self):
+  def __init__(self, saving: Callable[[], bool] = lambda: False):
     self.signal_name = None
+    self._saving = saving
     self._previous = {}
 
   def __enter__(self):
@@ -332,10 +365,16 @@ class _StopSignals:
     return self
 
   def _handle(self, signum, frame):
-    if self.signal_name and signum == signal.SIGINT:
+    name = signal.Signals(signum).name
+    if self.signal_name is None:
+      self.signal_name = name
+      _say(f'{name} received: finishing step and saving a checkpoint ...')
+    elif self._saving():
+      _say(f'{name} received again: a checkpoint is being committed; exiting when it is.')
+    elif signum == signal.SIGINT:
       raise KeyboardInterrupt
-    self.signal_name = signal.Signals(signum).name
-    log(f'{self.signal_name} received: finishing step and saving a checkpoint ...')
+    else:
+      _say(f'{name} received again: stopping after this step.')
 
   def requested(self, step: int) -> bool:
     if jax.process_count() > 1:
@@ -350,6 +389,15 @@ class _StopSignals:
   def __exit__(self, *exc):
     for sig, handler in self._previous.items():
       signal.signal(sig, handler)
+
+
+def _say(message: str) -> None:
+  """A line from a signal handler: os.write, since print may be mid-write (a reentrant call)."""
+  if jax.process_index() == 0:
+    try:
+      os.write(sys.stdout.fileno(), (message + '\n').encode())
+    except (AttributeError, ValueError, OSError):  # stdout is not a file (captured)
+      pass
 
 
 def _resumed_data_shards(configured: int | None, data_state: Mapping) -> int | None:

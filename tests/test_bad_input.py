@@ -1,4 +1,4 @@
-"""Bad input to `python -m t5x_lite.train` gets one line naming the cause and what to do, exit
+"""Bad input to `python -m t5x_lite.train` (and to `infer` and `convert`) gets one line naming the cause and what to do, exit
 status 2, no traceback (`--verbose` shows it), and loses no data: each case in `CASES` is a claim.
 
 A case is flags + an optional setup that makes files under the case's own directory + what the one
@@ -46,6 +46,7 @@ class Case:
   status: int = 2
   base: tuple[str, ...] = RUN
   xfail: str = ''  # why the case cannot pass yet: it is not run (it may train) until removed
+  module: str = 't5x_lite.train'  # the entry point run as `python -m MODULE`
 
 
 # ---------------------------------------------------------------------------------- setups
@@ -151,6 +152,44 @@ def _every_checkpoint_corrupt(tmp: Path) -> None:
     data_file.unlink()
 
 
+def _damaged_newest_step_that_cannot_be_moved(tmp: Path) -> None:
+  """Steps 1 and 2, step 2's arrays gone, and a file where corrupt_checkpoints/ would go."""
+  _checkpointed(tmp)
+  steps = tmp / 'model_dir' / 'checkpoints'
+  shutil.copytree(steps / '1', steps / '2')
+  for data_file in (steps / '2' / 'state').rglob('d/*'):
+    data_file.unlink()
+  (tmp / 'model_dir' / 'corrupt_checkpoints').write_text('a file of the user\'s\n')
+
+
+def _infer_input(content: bytes) -> Callable[[Path], None]:
+  """A checkpointed model_dir and the input file `content` for `infer`."""
+  def setup(tmp: Path) -> None:
+    _checkpointed(tmp)
+    (tmp / 'in.jsonl').write_bytes(content)
+  return setup
+
+
+def _hf_dir(config: str | None = None, weights: Mapping[str, bytes] | None = None):
+  """An HF model directory: `config` as config.json (default: a valid tiny T5's) and `weights`."""
+  def setup(tmp: Path) -> None:
+    import json  # pylint: disable=import-outside-toplevel
+    from t5x_lite import convert, models  # pylint: disable=import-outside-toplevel
+    (tmp / 'hf').mkdir()
+    valid = convert.ours_to_hf_config(models.T5Config(
+        vocab_size=128, d_model=16, num_heads=2, d_kv=8, d_ff=32, num_encoder_layers=1,
+        num_decoder_layers=1, mlp_activations=('gelu', 'linear'), logits_via_embedding=False))
+    (tmp / 'hf' / 'config.json').write_text(json.dumps(valid) if config is None else config)
+    for name, content in (weights or {}).items():
+      (tmp / 'hf' / name).write_bytes(content)
+  return setup
+
+
+INFER = ('--mode=predict', *MICRO[:-2], '--checkpoint_dir={tmp}/model_dir',
+         '--input_file={tmp}/in.jsonl', '--output_file={tmp}/out.jsonl')
+CONVERT = ('--from_hf={tmp}/hf', '--out_dir={tmp}/out')
+LONG_LINE = b'{"inputs": [' + b', '.join([b'5'] * 10_000) + b']}\n'
+
 # ---------------------------------------------------------------------------------- the cases
 
 CASES: list[Case] = [
@@ -166,6 +205,9 @@ CASES: list[Case] = [
     Case('undefined_macro', ('--gin.TRAIN_STEPS=%NOT_DEFINED',),
          r'gin macro NOT_DEFINED \(used by TRAIN_STEPS\) is never set.*--gin\.NOT_DEFINED='),
     Case('override_without_value', ('--gin.TRAIN_STEPS',), r'--gin\.NAME=VALUE'),
+    Case('gin_include_missing', ('--gin_file={tmp}/includes.gin',),
+         r'gin: Unable to open file: no_such_include\.gin.*check the gin files, their includes',
+         _writes('includes.gin', "include 'no_such_include.gin'\n")),
     Case('required_value_not_given', (),
          r"MODEL_DIR is gin\.REQUIRED and no gin file or flag sets it; set it with "
          r"--gin\.MODEL_DIR=",
@@ -180,6 +222,16 @@ CASES: list[Case] = [
          r"No seqio task or mixture named 'wiki_span_corruptoin'\. Did you mean "
          r"\['wiki_span_corruption'"),
     Case('train_steps_zero', ('--gin.TRAIN_STEPS=0',), r'TRAIN_STEPS must be positive, got 0'),
+    Case('train_steps_not_a_whole_number', ('--gin.TRAIN_STEPS=2.5',),
+         r'TRAIN_STEPS must be an integer, got 2\.5 \(float\); set --gin\.TRAIN_STEPS=N'),
+    Case('train_steps_text', ("--gin.TRAIN_STEPS='abc'",),
+         r"TRAIN_STEPS must be an integer, got 'abc' \(str\)"),
+    Case('batch_size_float', ('--gin.BATCH_SIZE=8.0',),
+         r'BATCH_SIZE must be an integer, got 8\.0 \(float\)'),
+    Case('checkpoint_period_zero', ('--gin.CHECKPOINT_PERIOD=0',),
+         r'CHECKPOINT_PERIOD must be positive, got 0; set --gin\.CHECKPOINT_PERIOD=N'),
+    Case('log_period_zero', ('--gin.train.log_period=0',),
+         r'train\.log_period must be positive, got 0'),
     Case('train_steps_negative', ('--gin.TRAIN_STEPS=-5',),
          r'TRAIN_STEPS must be positive, got -5'),
     Case('batch_size_zero', ('--gin.BATCH_SIZE=0',), r'BATCH_SIZE must be positive, got 0'),
@@ -192,6 +244,11 @@ CASES: list[Case] = [
     Case('mesh_two_rest_axes', ("--gin.MESH_SHAPE={'data': -1, 'model': -1}",),
          r'MESH_SHAPE .* more than one -1 .*give all but one axis a size'),
     Case('mesh_zero_axis', ("--gin.MESH_SHAPE={'data': 0}",), r'MESH_SHAPE .* 0 or below -1'),
+    Case('mesh_size_text', ("--gin.MESH_SHAPE={'data': 'all'}",),
+         r"MESH_SHAPE\['data'\] must be an integer, got 'all' \(str\); e\.g\. \"--gin\.MESH_SHAPE="),
+    Case('mesh_shape_unclosed', ("--gin.MESH_SHAPE={'data': 1",),
+         r"--gin\.MESH_SHAPE=\{'data': 1: not a gin value \(EOF in multi-line statement\); close "
+         r'every bracket and quote'),
     Case('mesh_axis_unknown_to_rules', ("--gin.MESH_SHAPE={'dta': -1}",),
          r"MESH_SHAPE axis 'dta' is not one logical_axis_rules shard over .* Fix its name"),
     Case('unknown_rules_preset', ("--gin.logical_axis_rules.preset='3d'",),
@@ -248,12 +305,16 @@ CASES: list[Case] = [
          r'holds a run with task wiki_span_corruption.*INITIAL_CHECKPOINT_PATH', _checkpointed),
     Case('resume_with_another_batch_size', ('--gin.BATCH_SIZE=4', '--gin.TRAIN_STEPS=2'),
          r'holds a run with batch_size 8, and this config has 4', _checkpointed),
+    Case('damaged_newest_step_cannot_be_moved_aside', ('--gin.TRAIN_STEPS=3',),
+         r'checkpoint step 2 in .* could not be restored \(.*\) nor moved aside to '
+         r'.*corrupt_checkpoints \(FileExistsError.*\); move .*checkpoints/2 out of the way yourself',
+         _damaged_newest_step_that_cannot_be_moved),
     Case('every_checkpoint_corrupt', ('--gin.TRAIN_STEPS=2',),
          r'no checkpoint in .* could be restored \(step 1: .*\)\. Nothing was changed',
          _every_checkpoint_corrupt),
     Case('nan_loss', ('--gin.cross_entropy_loss.z_loss=1e300', '--gin.TRAIN_STEPS=2'),
-         r'loss (inf|nan), grad norm \w+ at step 2: training stopped before applying it\. The last '
-         r'good checkpoint is step 1 .*grad_clip_norm.*on_nonfinite', _checkpointed),
+         r'loss (inf|nan), grad norm \w+, learning rate 0\.01 at step 2: training stopped before '
+         r'applying it\. The last good checkpoint is step 1 .*grad_clip_norm.*on_nonfinite', _checkpointed),
     Case('initial_checkpoint_of_another_model',
          ("--gin.train.initial_checkpoint_path='{tmp}/pretrained'",
           '--gin.t5x_lite.models.T5Config.d_ff=96'),
@@ -261,6 +322,30 @@ CASES: list[Case] = [
          _checkpoint_elsewhere),
     Case('initial_checkpoint_missing', ("--gin.train.initial_checkpoint_path='{tmp}/no_ckpt'",),
          r'INITIAL_CHECKPOINT_PATH: no checkpoint at .*no_ckpt'),
+    # infer
+    Case('infer_input_not_utf8', (), r'in\.jsonl:2: not UTF-8 text \(byte 0xe9 at offset \d+\); '
+         r'convert the file to UTF-8', _infer_input(b'{"inputs": "cafe"}\n{"inputs": "caf\xe9"}\n'),
+         base=INFER, module='t5x_lite.infer'),
+    Case('infer_lines_too_long_for_memory', (),
+         r'32 line\(s\) padded to 10000 input tokens need about \d+\.\d GiB for attention scores, '
+         r'more than half of the .* GiB free on cpu; lower --batch_size, or cut lines with '
+         r'--inputs_length=N --truncate', _infer_input(LONG_LINE * 40), base=INFER,
+         module='t5x_lite.infer'),
+    # convert
+    Case('convert_config_not_json', (), r'hf/config\.json cannot be read as JSON \(.*\); re-save',
+         _hf_dir('{"d_model": 64,'), base=CONVERT, module='t5x_lite.convert'),
+    Case('convert_config_is_a_list', (),
+         r'hf/config\.json holds a JSON list, not an object of config fields',
+         _hf_dir('[1, 2]'), base=CONVERT, module='t5x_lite.convert'),
+    Case('convert_corrupt_safetensors', (),
+         r'hf/model\.safetensors is not a readable safetensors file \(.*\); it is truncated or '
+         r'corrupt', _hf_dir(weights={'model.safetensors': b'\x10\x00' + b'garbage' * 20}),
+         base=CONVERT, module='t5x_lite.convert'),
+    Case('convert_missing_shard', (),
+         r'hf/model-00002-of-00002\.safetensors is missing \(.*index\.json lists it\)',
+         _hf_dir(weights={'model.safetensors.index.json':
+                          b'{"weight_map": {"shared.weight": "model-00002-of-00002.safetensors"}}'}),
+         base=CONVERT, module='t5x_lite.convert'),
     # the bundled corpus
     Case('corpus_source_missing', (),
          r'bundled Wikipedia sample is missing: .*enwiki.*`pip install -e \.`', _no_corpus_source),
@@ -318,11 +403,12 @@ def lost(before: Mapping[str, str], root: Path) -> list[str]:
   return sorted(name for name, digest in before.items() if after.get(name) != digest)
 
 
-def run_subprocess(argv: list[str], env: Mapping[str, str]) -> subprocess.CompletedProcess:
+def run_subprocess(argv: list[str], env: Mapping[str, str],
+                   module: str = 't5x_lite.train') -> subprocess.CompletedProcess:
   full_env = dict(os.environ, **env)
   if 'PYTHONPATH' in env and os.environ.get('PYTHONPATH'):
     full_env['PYTHONPATH'] = env['PYTHONPATH'] + os.pathsep + os.environ['PYTHONPATH']
-  return subprocess.run([sys.executable, '-m', 't5x_lite.train', *argv], cwd=REPO, env=full_env,
+  return subprocess.run([sys.executable, '-m', module, *argv], cwd=REPO, env=full_env,
                         capture_output=True, text=True, timeout=600)
 
 
@@ -339,12 +425,12 @@ def _params():
   return [pytest.param(case, id=case.name, marks=xfail(case)) for case in CASES]
 
 
-def _run_in_process(argv: list[str]) -> int:
+def _run_in_process(argv: list[str], module: str = 't5x_lite.train') -> int:
+  import importlib  # pylint: disable=import-outside-toplevel
   import gin  # pylint: disable=import-outside-toplevel
-  from t5x_lite import train  # pylint: disable=import-outside-toplevel
   gin.clear_config()
   try:
-    return train.main(argv)
+    return importlib.import_module(module).main(argv)
   finally:
     gin.clear_config()
     if 'tasks' in sys.modules:  # a case may have registered the tasks on its own data dir
@@ -367,7 +453,7 @@ def test_bad_input_is_one_line_exit_2_and_loses_nothing(case, tmp_path, monkeypa
   capsys.readouterr()
   with monkeypatch.context() as m:
     _apply_env(env, m)
-    code = _run_in_process(argv)
+    code = _run_in_process(argv, case.module)
     err = capsys.readouterr().err
   assert 'Traceback' not in err
   lines = err.strip().splitlines()
@@ -407,15 +493,16 @@ def table(cases: list[Case]) -> str:
       tmp = Path(d)
       argv, env = prepare(case, tmp)
       before = snapshot(tmp)
-      proc = run_subprocess(argv, env)
+      proc = run_subprocess(argv, env, case.module)
       errors = error_lines(proc.stderr)
       printed = errors[-1] if errors else '(no error line)'
       if 'Traceback' in proc.stderr:  # the exception line: the last unindented one after it
         tail = proc.stderr.rsplit('Traceback', 1)[1].splitlines()[1:]
         exception = [line for line in tail if line and not line[0].isspace()]
         printed = 'TRACEBACK, ' + (exception[-1] if exception else '?')
+      base = {RUN: (), INFER: ('(a checkpointed model_dir)',)}.get(case.base, case.base)
       shown = [*(f'{k}={v}' for k, v in env.items()),
-               *(case.base if case.base != RUN else ()), *case.flags]
+               *([case.module] if case.module != 't5x_lite.train' else []), *base, *case.flags]
       flags = ' '.join(shown).replace('{tmp}', '$TMP').replace(str(tmp), '$TMP') or '(none)'
       gone = lost(before, tmp)
       intact = f'NO: {gone}' if gone else 'yes'
