@@ -17,6 +17,7 @@ import dataclasses
 import errno
 import logging
 import re
+import sys
 import time
 from typing import Any, Callable, NamedTuple
 
@@ -146,6 +147,7 @@ class Checkpointer:
     checkpoint holds a different model or optimizer (shapes or names differ).
     """
     failed = []
+    _quiet_abandoned_reads()
     for s in sorted(self.all_steps(), reverse=True):
       step_dir = self.directory / str(s)
       try:
@@ -219,6 +221,27 @@ class Checkpointer:
   def close(self):
     self.wait()
     self._manager.close()
+
+
+def _quiet_abandoned_reads() -> None:
+  """When a step fails to restore (which the caller reports in one line), TensorStore still
+  completes the reads Orbax abandoned and reports each to the closed asyncio loop: an 'Event loop is
+  closed' traceback and a 'Task exception was never retrieved' log per array, even after the run
+  went on. Drop exactly those two (installed before the first read, since they can come before the
+  failure reaches us); every other unraisable error and asyncio log still shows."""
+  if getattr(sys.unraisablehook, 'quiets_abandoned_reads', False):
+    return
+  previous = sys.unraisablehook
+
+  def hook(unraisable):
+    if not (isinstance(unraisable.exc_value, RuntimeError)
+            and str(unraisable.exc_value) == 'Event loop is closed'):
+      previous(unraisable)
+
+  hook.quiets_abandoned_reads = True
+  sys.unraisablehook = hook
+  logging.getLogger('asyncio').addFilter(
+      lambda record: 'Task exception was never retrieved' not in record.getMessage())
 
 
 def _save_error(step: int | None, error: Exception) -> OSError:
@@ -337,6 +360,7 @@ def load_params(path: str, abstract_params: Any) -> tuple[Any, epath.Path]:
   """
   candidates = step_dirs(path)
   failed = []
+  _quiet_abandoned_reads()
   for step_dir in candidates:
     try:
       return _load_step_params(step_dir, abstract_params), step_dir

@@ -1,10 +1,12 @@
 """Orbax checkpoints: round trip, keep-N, restore onto another sharding, fall back past a broken step."""
 
+import errno
 import shutil
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from t5x_lite import checkpoints, partitioning
@@ -54,3 +56,69 @@ def test_a_step_with_missing_files_falls_back_to_the_previous_one(tmp_path, caps
   assert step == 1 and data['batch'] == 1
   assert float(state['params']['w'][0, 0]) == 1.0
   assert 'step 2' in capsys.readouterr().out
+
+
+def test_the_last_good_step_is_the_newest_committed_save(tmp_path):
+  ckpt = checkpoints.Checkpointer(str(tmp_path), keep=1)
+  assert ckpt.last_good_step is None
+  ckpt.save(1, _state(1), {'batch': 1})
+  assert ckpt.last_good_step is None  # in flight: not yet known to be on disk
+  ckpt.wait()
+  assert ckpt.last_good_step == 1
+  ckpt.save(2, _state(2), {'batch': 2})
+  ckpt.close()
+  assert ckpt.last_good_step == 2 and ckpt.all_steps() == [2]
+
+
+def test_a_step_whose_optimizer_state_is_not_finite_is_not_restored(tmp_path, capsys):
+  ckpt = checkpoints.Checkpointer(str(tmp_path), keep=3)
+  bad = {**_state(2), 'opt_state': {'mu': jnp.full((4, 8), jnp.nan)}}
+  ckpt.save(1, {**_state(1), 'opt_state': {'mu': jnp.zeros((4, 8))}}, {'batch': 1})
+  ckpt.save(2, bad, {'batch': 2})
+  ckpt.close()
+  mesh = partitioning.create_mesh({'data': -1})
+  abstract = {**_abstract(mesh), 'opt_state': _abstract(mesh)['params']}
+  abstract['opt_state'] = {'mu': abstract['opt_state']['w']}
+  ckpt = checkpoints.Checkpointer(str(tmp_path), keep=3)
+  step, _, _, _ = ckpt.restore(abstract)
+  ckpt.close()
+  assert step == 1 and ckpt.last_good_step == 1
+  assert 'non-finite values in opt_state/mu' in capsys.readouterr().out
+
+
+def test_readers_fall_back_past_a_damaged_step_and_move_nothing(tmp_path, capsys):
+  ckpt = checkpoints.Checkpointer(str(tmp_path / 'checkpoints'), keep=3)
+  for step in (1, 2):
+    ckpt.save(step, _state(step), {'batch': step})
+  ckpt.close()
+  shutil.rmtree(tmp_path / 'checkpoints' / '2' / 'state' / 'd')
+  abstract = {'w': jax.ShapeDtypeStruct((4, 8), jnp.float32)}
+  params, source = checkpoints.load_params(str(tmp_path), abstract)
+  assert source.name == '1' and float(params['w'][0, 0]) == 1.0
+  assert 'checkpoints/2 could not be read' in capsys.readouterr().out
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['1', '2']
+  # Named explicitly, the damaged step is an error, not a silent substitute.
+  with pytest.raises(ValueError, match=r'checkpoints/2 cannot be read'):
+    checkpoints.load_params(str(tmp_path / 'checkpoints' / '2'), abstract)
+
+
+@pytest.mark.parametrize('code, advice', [
+    (errno.ENOSPC, 'Free space'), (errno.EFBIG, 'Free space'), (errno.EACCES, 'writable'),
+    (errno.EEXIST, 'Another run may be writing'), (None, 'Fix the cause above')])
+def test_save_failure_advice_follows_the_cause(code, advice):
+  error = OSError('step 3: something')
+  error.errno = code
+  assert checkpoints.save_failure_advice(error).startswith(advice) or \
+      advice in checkpoints.save_failure_advice(error)
+
+
+def test_a_save_over_a_step_another_run_committed_is_not_called_a_full_disk(tmp_path):
+  first = checkpoints.Checkpointer(str(tmp_path), keep=3)
+  second = checkpoints.Checkpointer(str(tmp_path), keep=3)
+  first.save(1, _state(1), {'batch': 1})
+  first.close()
+  with pytest.raises(OSError) as raised:
+    second.save(1, _state(1), {'batch': 1})
+    second.wait()
+  second.close()
+  assert 'Free space' not in checkpoints.save_failure_advice(raised.value), raised.value

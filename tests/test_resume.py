@@ -219,13 +219,21 @@ def test_skip_mode_counts_non_finite_steps_and_leaves_params_alone(at_step_4, tm
     np.testing.assert_array_equal(p4[k], p7[k], err_msg=k)
 
 
-def _raw_params(step_dir) -> dict:
-  import jax  # pylint: disable=import-outside-toplevel
+def _raw_state(step_dir) -> dict:
   import orbax.checkpoint as ocp  # pylint: disable=import-outside-toplevel
   with ocp.PyTreeCheckpointer() as ckptr:
-    tree = ckptr.restore(os.path.join(step_dir, 'state'))
+    return ckptr.restore(os.path.join(step_dir, 'state'))
+
+
+def _leaves(tree) -> list:
+  import jax  # pylint: disable=import-outside-toplevel
+  return jax.tree_util.tree_leaves(tree)
+
+
+def _raw_params(step_dir) -> dict:
+  import jax  # pylint: disable=import-outside-toplevel
   return {jax.tree_util.keystr(p): x for p, x in
-          jax.tree_util.tree_flatten_with_path(tree['params'])[0]}
+          jax.tree_util.tree_flatten_with_path(_raw_state(step_dir)['params'])[0]}
 
 
 # ----------------------------------------------------------------------------- corrupt checkpoints
@@ -303,12 +311,227 @@ def test_a_full_disk_during_save_keeps_the_previous_checkpoint(straight, at_step
   assert losses(model_dir) == want
 
 
+# ----------------------------------------------------------------------------- robustness cases
+# Each case runs real processes and returns what it observed; its test asserts the claim, and
+# `python tests/test_resume.py --cases` prints the observations as a table (the same file run in an
+# older checkout gives the "before" column).
+
+INF_LR = ("--gin.learning_rate_schedule.kind='constant'",
+          '--gin.learning_rate_schedule.base_learning_rate=1e39')  # inf in float32
+
+
+def saved_steps(model_dir) -> list[int]:
+  root = os.path.join(model_dir, 'checkpoints')
+  return sorted(int(d) for d in os.listdir(root) if d.isdigit()) if os.path.isdir(root) else []
+
+
+def finite_steps(model_dir) -> dict[int, bool]:
+  """{step: every param and optimizer-state value finite} for each committed step."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  out = {}
+  for step in saved_steps(model_dir):
+    tree = _raw_state(os.path.join(model_dir, 'checkpoints', str(step)))
+    out[step] = all(bool(np.all(np.isfinite(x))) for x in _leaves(tree)
+                    if np.issubdtype(np.asarray(x).dtype, np.floating))
+  return out
+
+
+def last_line(result: subprocess.CompletedProcess) -> str:
+  """The `error:` line, else the exception of a traceback, else the last line printed."""
+  errors = [l for l in result.stderr.splitlines() if l.startswith('error: ')]
+  if errors:
+    return errors[-1]
+  if 'Traceback' in result.stderr:
+    return 'TRACEBACK: ' + [l for l in result.stderr.splitlines() if l.strip()][-1]
+  return ([l for l in result.stdout.splitlines() if l.strip()] or [''])[-1]
+
+
+def case_rsqrt_without_warmup(tmp_path) -> dict:
+  """T5's rsqrt schedule with warmup_steps=0 (lr = 1/sqrt(max(step, 0)) is inf at step 0)."""
+  result = run(tmp_path, '--gin.learning_rate_schedule.warmup_steps=0', '--gin.TRAIN_STEPS=3',
+               '--gin.CHECKPOINT_PERIOD=1')
+  rerun = run(tmp_path, '--gin.learning_rate_schedule.warmup_steps=0', '--gin.TRAIN_STEPS=4')
+  return {'exit': result.returncode, 'last line': last_line(result)[:160],
+          'finite checkpoints': finite_steps(tmp_path), 'rerun exit': rerun.returncode,
+          'rerun last line': last_line(rerun)[:160]}
+
+
+def case_infinite_learning_rate_skip_mode(tmp_path) -> dict:
+  """on_nonfinite='skip', keep 3, a checkpoint every step, a learning rate that is inf in f32."""
+  result = run(tmp_path, *INF_LR, "--gin.train.on_nonfinite='skip'", '--gin.TRAIN_STEPS=5',
+               '--gin.CHECKPOINT_PERIOD=1', '--gin.train.keep_checkpoints=3')
+  return {'exit': result.returncode, 'finite checkpoints': finite_steps(tmp_path)}
+
+
+def case_infinite_learning_rate_after_a_checkpoint(at_step_4, tmp_path) -> dict:
+  """From a run checkpointed at step 4: an infinite learning rate, then the fix and a rerun."""
+  model_dir = copy_of(at_step_4, tmp_path)
+  result = run(model_dir, *INF_LR)
+  finite = finite_steps(model_dir)
+  rerun = run(model_dir)
+  return {'exit': result.returncode, 'last line': last_line(result)[:320],
+          'finite checkpoints': finite, 'rerun exit': rerun.returncode,
+          'rerun losses': losses(model_dir) if rerun.returncode == 0 else None}
+
+
+def signal_storm(model_dir, start_line: str, *flags, period_s: float = 0.05) -> dict:
+  """Starts the run and, from the line starting with `start_line` on, sends SIGTERM every
+  `period_s` until the run prints that it saved (or exits)."""
+  import threading  # pylint: disable=import-outside-toplevel
+  proc = subprocess.Popen(command(model_dir, *flags), cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.DEVNULL, text=True)
+  lines, started, saved = [], threading.Event(), threading.Event()
+
+  def read():
+    for line in proc.stdout:
+      lines.append(line)
+      started.set() if line.startswith(start_line) else None
+      saved.set() if ('Saved checkpoint step' in line or 'stopped after step' in line) else None
+    started.set()
+    saved.set()
+
+  reader = threading.Thread(target=read, daemon=True)
+  reader.start()
+  started.wait(600)
+  sent = 0
+  while proc.poll() is None and not saved.is_set():
+    proc.send_signal(signal.SIGTERM)
+    sent += 1
+    time.sleep(period_s)
+  proc.wait(600)
+  reader.join(60)
+  leftovers = [d for d in os.listdir(os.path.join(model_dir, 'checkpoints')) if 'tmp' in d] \
+      if os.path.isdir(os.path.join(model_dir, 'checkpoints')) else []
+  return {'exit': proc.returncode, 'SIGTERMs sent': sent, 'saved steps': saved_steps(model_dir),
+          'unfinished saves': leftovers}
+
+
+def case_sigterms_during_the_final_save(straight, tmp_path) -> dict:
+  """SIGTERM every 50 ms from the last step's log line until the run says it saved."""
+  out = signal_storm(tmp_path, f'step {STEPS:>6d}/')
+  rerun = run(tmp_path)
+  out['rerun losses equal'] = rerun.returncode == 0 and losses(tmp_path) == straight[0]
+  return out
+
+
+def case_repeated_sigterms_mid_run(straight, tmp_path) -> dict:
+  """SIGTERM every 50 ms from step 6 on: the first stops the run, the rest must not cut its save."""
+  out = signal_storm(tmp_path, 'step      6/')
+  rerun = run(tmp_path)
+  out['rerun losses equal'] = rerun.returncode == 0 and losses(tmp_path) == straight[0]
+  return out
+
+
+def case_readers_after_a_damaged_newest_step(at_step_4, tmp_path) -> dict:
+  """A MODEL_DIR at step 8 whose step-8 arrays are gone: infer, convert --to_hf and a fine-tuning
+  run's INITIAL_CHECKPOINT_PATH read it."""
+  model_dir = copy_of(at_step_4, tmp_path)
+  assert run(model_dir, '--gin.TRAIN_STEPS=8').returncode == 0
+  for path in array_data_files(model_dir / 'checkpoints' / '8'):
+    os.remove(path)
+  (tmp_path / 'in.jsonl').write_text('{"inputs": "The cat sat on the"}\n')
+  model_flags = [f for f in MICRO if 'T5Config' in f or f.startswith('--gin_file')]
+  infer = subprocess.run(
+      [sys.executable, '-m', 't5x_lite.infer', '--mode=predict', *model_flags,
+       f'--checkpoint_dir={model_dir}', f'--input_file={tmp_path / "in.jsonl"}',
+       f'--output_file={tmp_path / "out.jsonl"}', '--max_decode_length=4'],
+      cwd=REPO, capture_output=True, text=True, timeout=600)
+  to_hf = subprocess.run(
+      [sys.executable, '-m', 't5x_lite.convert', f'--to_hf={model_dir}', *model_flags,
+       f'--out_dir={tmp_path / "hf"}'], cwd=REPO, capture_output=True, text=True, timeout=600)
+  finetune = run(tmp_path / 'finetune', f"--gin.train.initial_checkpoint_path='{model_dir}'",
+                 '--gin.TRAIN_STEPS=1')
+  used = lambda r: ('step 4' if 'checkpoints/4' in r.stdout else
+                    'step 8' if 'checkpoints/8' in r.stdout else '-')
+  return {'infer exit': infer.returncode, 'convert exit': to_hf.returncode,
+          'fine-tune exit': finetune.returncode, 'fine-tune started from': used(finetune),
+          'warned': sum('checkpoints/8 could not be read' in r.stdout
+                        for r in (infer, to_hf, finetune)),
+          'step 8 still in place': os.path.isdir(model_dir / 'checkpoints' / '8'),
+          'tracebacks printed': sum(r.stderr.count('Traceback') for r in (infer, to_hf, finetune)),
+          'last lines': [last_line(r)[:100] for r in (infer, to_hf, finetune)]}
+
+
+def test_rsqrt_without_warmup_trains_with_finite_state(tmp_path):
+  got = case_rsqrt_without_warmup(tmp_path)
+  assert got['exit'] == 0 and got['rerun exit'] == 0, got
+  assert got['finite checkpoints'] == {2: True, 3: True, 4: True}, got
+
+
+@pytest.mark.slow
+def test_skip_mode_with_an_infinite_learning_rate_keeps_only_finite_checkpoints(tmp_path):
+  got = case_infinite_learning_rate_skip_mode(tmp_path)
+  assert got == {'exit': 0, 'finite checkpoints': {3: True, 4: True, 5: True}}, got
+
+
+def test_an_infinite_learning_rate_stops_before_it_is_applied(straight, at_step_4, tmp_path):
+  got = case_infinite_learning_rate_after_a_checkpoint(at_step_4, tmp_path)
+  assert got['exit'] == 2, got
+  assert 'learning rate 1e+39 (the updated params or optimizer state are not finite) at step 5' \
+      in got['last line'] and 'last good checkpoint is step 4' in got['last line'], got
+  assert got['finite checkpoints'] == {4: True}, got
+  assert got['rerun exit'] == 0 and got['rerun losses'] == straight[0], got
+
+
+@pytest.mark.slow
+def test_sigterms_during_the_final_save_never_cut_it(straight, tmp_path):
+  got = case_sigterms_during_the_final_save(straight, tmp_path)
+  assert got['exit'] == 0 and got['SIGTERMs sent'] >= 1, got
+  assert STEPS in got['saved steps'] and got['unfinished saves'] == [], got
+  assert got['rerun losses equal'], got
+
+
+@pytest.mark.slow
+def test_repeated_sigterms_mid_run_save_once_and_exit_zero(straight, tmp_path):
+  got = case_repeated_sigterms_mid_run(straight, tmp_path)
+  assert got['exit'] == 0 and got['SIGTERMs sent'] >= 2, got
+  assert max(got['saved steps']) >= 6 and got['unfinished saves'] == [], got
+  assert got['rerun losses equal'], got
+
+
+@pytest.mark.slow
+def test_every_checkpoint_reader_falls_back_past_a_damaged_step(at_step_4, tmp_path):
+  got = case_readers_after_a_damaged_newest_step(at_step_4, tmp_path)
+  assert (got['infer exit'], got['convert exit'], got['fine-tune exit']) == (0, 0, 0), got
+  assert got['fine-tune started from'] == 'step 4' and got['warned'] == 3, got
+  assert got['step 8 still in place'], got  # readers leave the directory as they found it
+  assert got['tracebacks printed'] == 0, got
+
+
 # ----------------------------------------------------------------------------- table
+
+
+CASES = (case_rsqrt_without_warmup, case_infinite_learning_rate_skip_mode,
+         case_infinite_learning_rate_after_a_checkpoint, case_sigterms_during_the_final_save,
+         case_repeated_sigterms_mid_run, case_readers_after_a_damaged_newest_step)
+
+
+def cases_table() -> None:
+  """Runs every robustness case in this checkout and prints what each observed."""
+  import inspect  # pylint: disable=import-outside-toplevel
+  import pathlib  # pylint: disable=import-outside-toplevel
+  import tempfile  # pylint: disable=import-outside-toplevel
+  with tempfile.TemporaryDirectory() as tmp:
+    tmp = pathlib.Path(tmp)
+    assert run(tmp / 'straight').returncode == 0
+    assert run(tmp / 'at4', '--gin.TRAIN_STEPS=4').returncode == 0
+    fixtures = {'straight': (losses(tmp / 'straight'), tmp / 'straight'), 'at_step_4': tmp / 'at4'}
+    print('| case | what happened |\n|---|---|')
+    for case in CASES:
+      (tmp / case.__name__).mkdir()
+      args = [fixtures[name] for name in inspect.signature(case).parameters if name in fixtures]
+      got = case(*args, tmp / case.__name__)
+      got.pop('rerun losses', None)
+      shown = '; '.join(f'{k}: {v}' for k, v in got.items()).replace('|', '\\|')
+      print(f'| {case.__doc__.strip().splitlines()[0]} | {shown} |', flush=True)
 
 
 def main(argv: list[str]) -> None:
   """Runs the kill trials and prints a markdown table (the issue's must-show)."""
   import tempfile  # pylint: disable=import-outside-toplevel
+  if '--cases' in argv:
+    cases_table()
+    return
   trials = int(next((a.split('=')[1] for a in argv if a.startswith('--trials=')), 10))
   rng = random.Random(int(next((a.split('=')[1] for a in argv if a.startswith('--seed=')), 0)))
   steps = 80

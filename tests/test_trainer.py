@@ -124,3 +124,53 @@ def test_metrics_writer_drops_redone_rows_on_resume_only(tmp_path):
   assert steps() == [1, 2, 3, 4, 5, 3]
   trainer.MetricsWriter(str(tmp_path), 5, resume_step=2).close()
   assert steps() == [1, 2]
+
+
+def test_rsqrt_without_warmup_starts_at_the_base_rate_not_infinity():
+  s = trainer.learning_rate_schedule(kind='rsqrt', base_learning_rate=1.0, warmup_steps=0)
+  assert float(s(0)) == 1.0 and float(s(1)) == 1.0 and float(s(4)) == 0.5
+
+
+def _micro_step_and_batch(learning_rate, name='adafactor'):
+  from t5x_lite import partitioning  # pylint: disable=import-outside-toplevel
+  from t5x_lite.models import T5Config  # pylint: disable=import-outside-toplevel
+  cfg = T5Config(vocab_size=64, d_model=16, num_heads=2, d_kv=8, d_ff=32, num_encoder_layers=1,
+                 num_decoder_layers=1)
+  tx = trainer.make_optimizer(
+      trainer.learning_rate_schedule(kind='constant', base_learning_rate=learning_rate), name=name)
+  setup = trainer.setup_train_state(cfg, tx, 0, partitioning.create_mesh({'data': -1}), ())
+  rng = np.random.default_rng(0)
+  tgt = rng.integers(2, 64, (2, 6)).astype(np.int32)
+  batch = {'encoder_input_tokens': rng.integers(2, 64, (2, 8)).astype(np.int32),
+           'decoder_input_tokens': np.pad(tgt[:, :-1], ((0, 0), (1, 0))),
+           'decoder_target_tokens': tgt, 'decoder_loss_weights': np.ones((2, 6), np.float32)}
+  return jax.jit(trainer.make_train_step(setup.graphdef, setup.tx)), setup.init, batch
+
+
+@pytest.mark.parametrize('name', ['adafactor', 'adamw'])
+def test_a_finite_gradient_times_an_infinite_learning_rate_is_not_applied(name):
+  """Loss and gradient norm are finite, the update is not: the step keeps the old state."""
+  step, init, batch = _micro_step_and_batch(1e39, name)  # inf in float32
+  before = jax.device_get(init())
+  after, metrics = step(init(), batch)
+  assert np.isfinite(metrics['loss']) and np.isfinite(metrics['grad_norm'])
+  assert not bool(metrics['finite'])
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(after['params']), before['params'])
+  jax.tree.map(np.testing.assert_array_equal, jax.device_get(after['opt_state']),
+               before['opt_state'])
+  assert int(after['step']) == 1  # the step is counted (and reported), not applied
+  # The same step at a finite rate applies the update.
+  step, init, batch = _micro_step_and_batch(1e-2, name)
+  after, metrics = step(init(), batch)
+  assert bool(metrics['finite'])
+  changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), jax.device_get(after['params']),
+                         before['params'])
+  assert all(jax.tree.leaves(changed))
+
+
+def test_all_finite_sees_one_nan_anywhere():
+  tree = {'a': jnp.ones((3, 4)), 'b': [jnp.zeros(2), jnp.arange(3)]}
+  assert bool(trainer.all_finite(tree))
+  tree['b'][0] = tree['b'][0].at[1].set(jnp.nan)
+  assert not bool(trainer.all_finite(tree))
+  assert bool(trainer.all_finite({'step': jnp.int32(3)}))  # no float leaves: nothing to check
