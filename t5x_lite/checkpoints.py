@@ -102,8 +102,11 @@ class Checkpointer:
     position (written before this returns, so the caller may advance it at once).
 
     Raises OSError when the previous save or this one cannot be written (a full disk, say); the
-    newest committed step is untouched."""
+    newest committed step is untouched. ValueError, and nothing written, when `state` holds a NaN
+    or Inf: every committed step restores (the train step never keeps such a state; this is the
+    last line of defence)."""
     self.wait()
+    check_finite(state)
     items = {'state': ocp.args.StandardSave(state)}
     if iterator is not None:
       items['iterator'] = DataIteratorSave(iterator)
@@ -172,7 +175,7 @@ class Checkpointer:
       except UsageError:
         raise
       except Exception as e:  # pylint: disable=broad-except
-        cause = f'{type(e).__name__}: {(str(e).splitlines() or [""])[0]}'[:300]
+        cause = _read_failure(e)
         print(f'WARNING: checkpoint step {s} in {self.directory} could not be restored '
               f'({cause}); trying an older one', flush=True)
         log.debug('checkpoint step %d not restorable', s, exc_info=e)
@@ -242,6 +245,12 @@ def _quiet_abandoned_reads() -> None:
   sys.unraisablehook = hook
   logging.getLogger('asyncio').addFilter(
       lambda record: 'Task exception was never retrieved' not in record.getMessage())
+
+
+def _read_failure(error: Exception) -> str:
+  """One short line for a failed read: the exception's first line without TensorStore's spec."""
+  first = (str(error).splitlines() or [''])[0].split(' [tensorstore_spec')[0]
+  return f'{type(error).__name__}: {first}'[:240]
 
 
 def _save_error(step: int | None, error: Exception) -> OSError:
@@ -367,7 +376,7 @@ def load_params(path: str, abstract_params: Any) -> tuple[Any, epath.Path]:
     except UsageError:
       raise
     except Exception as e:  # pylint: disable=broad-except
-      cause = f'{type(e).__name__}: {(str(e).splitlines() or [""])[0]}'[:300]
+      cause = _read_failure(e)
       if len(candidates) == 1:
         raise ValueError(f'checkpoint {step_dir} cannot be read ({cause}).') from e
       print(f'WARNING: checkpoint {step_dir} could not be read ({cause}); trying an older one',

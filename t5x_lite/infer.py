@@ -12,7 +12,9 @@ inputs), the sum of the target tokens' log-likelihoods in nats. Lines keep their
 `--gin_file` gives the model config (a gin/models/ file, or the model.gin that t5x_lite.convert
 writes); `--checkpoint_dir` a MODEL_DIR, its checkpoints/ or one step directory (newest step by
 default). Sequences are padded to the longest in the file (one compile per run) or to
---inputs_length / --targets_length; a longer line is an error unless --truncate.
+--inputs_length / --targets_length; a longer line is an error unless --truncate. A batch holds at
+most as many rows as the file has lines, and one whose attention scores would not fit in memory is
+refused before anything is allocated.
 
 `score_batch` is what ranking evaluation, perplexity and the HF parity tests (tests/test_convert.py)
 share, so it stays a pure function of a model and a batch. The batch builders lay rows out as

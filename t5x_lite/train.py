@@ -71,11 +71,13 @@ def train(*,
   `eval_period`: every that many steps (and at the end), decode the task's validation split and run
   its metric functions (t5x_lite.eval.Evaluator); 0 turns it off.
 
-  `on_nonfinite`: a step whose loss or gradient is NaN/Inf is never applied; 'stop' ends the run
-  there (exit 2, nothing after the last checkpoint saved), 'skip' goes on and counts such steps.
+  `on_nonfinite`: a step whose loss, gradient, or updated params or optimizer state holds a NaN/Inf
+  is never applied; 'stop' ends the run there (exit 2, nothing after the last checkpoint saved),
+  'skip' goes on and counts such steps.
 
   The checkpoint holds the input position, so a run killed anywhere and rerun with the same command
-  continues bit for bit; SIGTERM/SIGINT finish the current step, save, and exit 0.
+  continues bit for bit; SIGTERM/SIGINT finish the current step, save, and exit 0, however many
+  arrive while the save commits.
   """
   if on_nonfinite not in ('stop', 'skip'):
     raise gin_utils.UsageError(f"train.on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}.")
@@ -175,6 +177,10 @@ def train(*,
                                 'skipped_steps': skipped}, batches)
       except OSError as e:
         raise _save_failed(ckpt, e) from e
+      except ValueError as e:
+        raise gin_utils.UsageError(
+            f'not saving step {step}: {e}. The last good checkpoint is step '
+            f'{ckpt.last_good_step}; lower the learning rate and rerun the same command.') from e
 
     def check_finite(step, metrics):
       """The step function never applies a non-finite update; here the run stops or counts it."""

@@ -239,17 +239,23 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, num_microbatches
     grads = jax.tree.map(lambda g: g / denom, grads)
     loss = (sums['cross_ent_sum'] + sums['z_loss_sum']) / denom
     grad_norm = optax.tree.norm(grads)
-    # Nothing that is not finite reaches the state: a finite gradient times an infinite (or
+    # Nothing that is not finite reaches the state. A finite gradient times an infinite (or
     # overflowing) learning rate gives a finite loss and gradient norm but NaN params, so the
-    # updated params and optimizer state are checked themselves, and such a step keeps the old
-    # state (the caller decides whether to stop or go on). A cond picks old or new: on CPU the
-    # new state is copied into the donated buffers (about 1% of a step), on TPU/GPU a memcpy.
-    updates, new_opt_state = tx.update(grads, state['opt_state'], params)
-    new_params = optax.apply_updates(params, updates)
-    finite = (jnp.isfinite(loss) & jnp.isfinite(grad_norm) & all_finite(new_params)
-              & all_finite(new_opt_state))
-    params, opt_state = jax.lax.cond(finite, lambda: (new_params, new_opt_state),
-                                     lambda: (params, state['opt_state']))
+    # update's norm is checked too (finite => every |update| < 1.8e19, so params + update stays
+    # finite; the optimizer state is finite whenever the gradients are). The update is computed
+    # once for that check, fused into its reduction, and again inside the cond that applies it:
+    # a cond (or select) between a materialised new state and the old one kept both alive, and
+    # XLA copied every donated buffer (T5.1.1-small, AdamW, CPU: 6.80 -> 7.22 s per step).
+    update_norm = optax.tree.norm(tx.update(grads, state['opt_state'], params)[0])
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & jnp.isfinite(update_norm)
+
+    def apply_update(operands):
+      params, opt_state, grads = operands
+      updates, opt_state = tx.update(grads, opt_state, params)
+      return optax.apply_updates(params, updates), opt_state
+
+    params, opt_state = jax.lax.cond(finite, apply_update, lambda operands: operands[:2],
+                                     (params, state['opt_state'], grads))
     new_state = {'step': state['step'] + 1, 'params': params, 'opt_state': opt_state,
                  'rng': state['rng']}
     metrics = {

@@ -213,3 +213,13 @@ def test_bad_input_is_one_line_and_exit_2(model_dir, tmp_path, capsys, mode, con
   assert rc == 2 and len(err.splitlines()) == 1 and err.startswith('error: '), err
   assert message in err, err
   assert not (tmp_path / 'out.jsonl').exists()
+
+
+def test_a_batch_whose_attention_scores_do_not_fit_is_refused_before_allocating(monkeypatch):
+  """Scores [batch, heads, queries, keys] in float32, three copies, against half the free memory."""
+  monkeypatch.setattr(infer, '_free_memory_bytes', lambda: 16 * 2**30)
+  infer.check_fits(TINY, 1, 10_000, 128)  # one long line alone: about 4.5 GiB at 4 heads
+  need = 3 * 4 * 32 * TINY.num_heads * (10_000 * 10_000 + 128 * (10_000 + 128)) / 2**30
+  with pytest.raises(infer.UsageError, match=rf'32 line\(s\) padded to 10000 input tokens need '
+                     rf'about {need:.1f} GiB .* of the 16\.0 GiB free'):
+    infer.check_fits(TINY, 32, 10_000, 128)
