@@ -24,6 +24,10 @@ CPU_COMPILER_OPTIONS = {
     # CSE then merges the recomputed forward pass back into the saved one, so remat would save no
     # memory. Keeping the barriers makes CPU remat behave as on TPU/GPU.
     'xla_disable_hlo_passes': 'cse_barrier_expander',
+    # Simulated devices (--xla_force_host_platform_device_count) share the host's cores: on two
+    # loaded cores 8 devices' threads missed an all-reduce's 40 s rendezvous and XLA aborted the
+    # process. A slow host is not a hung collective.
+    'xla_cpu_collective_call_terminate_timeout_seconds': '600',
 }
 
 
@@ -57,20 +61,28 @@ GiB = 2**30
 # 2765 GB/s, ICI 1200 GB/s bidirectional per chip, DCN 50 Gb/s per chip. v4 ICI: six links of
 # 50 GB/s per direction (Jouppi et al., "TPU v4", ISCA 2023); Google publishes no per-chip DCN
 # figure for v4. The largest single slice: 4096 (v4), 256 (v5e), 6144 (v5p) chips.
+# v6e (Trillium): 918 TFLOP/s, 32 GiB at 1640 GB/s, ICI 800 GB/s bidirectional per chip, 256-chip
+# slices (cloud.google.com/tpu/docs/v6e).
 # GPUs: NVIDIA H100 SXM5 and A100 SXM4 80GB datasheets: 989 / 312 TFLOP/s dense bf16,
 # 3.35 / 2.04 TB/s HBM, NVLink 900 / 600 GB/s bidirectional per GPU; DGX/HGX nodes of 8 GPUs with
-# one ConnectX-7 400 Gb/s (H100) or HDR 200 Gb/s (A100) InfiniBand NIC per GPU.
+# one ConnectX-7 400 Gb/s (H100) or HDR 200 Gb/s (A100) InfiniBand NIC per GPU. H200: the H100's
+# compute with 141 GB at 4.8 TB/s. B200 (HGX B200): 2.25 PFLOP/s dense bf16, 180 GB at 8 TB/s,
+# NVLink 5 1.8 TB/s bidirectional, one 400 Gb/s NIC per GPU.
 CHIPS: dict[str, Chip] = {
     'tpu_v4': Chip(275e12, 32 * GiB, 1200e9, 6 * 50e9, None, 4096),
     'tpu_v5e': Chip(197e12, 16 * GiB, 819e9, 400e9 / 2, 2 * 100e9 / 8 / 8, 256),
     'tpu_v5p': Chip(459e12, 95 * GiB, 2765e9, 1200e9 / 2, 50e9 / 8, 6144),
+    'tpu_v6e': Chip(918e12, 32 * GiB, 1640e9, 800e9 / 2, None, 256),
     'h100': Chip(989e12, 80 * GiB, 3.35e12, 900e9 / 2, 400e9 / 8, 8),
+    'h200': Chip(989e12, 141e9, 4.8e12, 900e9 / 2, 400e9 / 8, 8),
+    'b200': Chip(2250e12, 180e9, 8e12, 1800e9 / 2, 400e9 / 8, 8),
     'a100': Chip(312e12, 80 * GiB, 2.039e12, 600e9 / 2, 200e9 / 8, 8),
 }
 
 _DEVICE_KIND_TO_CHIP = (
-    ('v5p', 'tpu_v5p'), ('v5 lite', 'tpu_v5e'), ('v5e', 'tpu_v5e'), ('v4', 'tpu_v4'),
-    ('h100', 'h100'), ('h200', 'h100'), ('a100', 'a100'),
+    ('v5p', 'tpu_v5p'), ('v5 lite', 'tpu_v5e'), ('v5e', 'tpu_v5e'), ('v6 lite', 'tpu_v6e'),
+    ('v6e', 'tpu_v6e'), ('v4', 'tpu_v4'), ('h100', 'h100'), ('h200', 'h200'), ('b200', 'b200'),
+    ('a100', 'a100'),
 )
 
 

@@ -25,6 +25,7 @@ if __name__ == '__main__':
 import argparse
 import ast
 import functools
+import json
 import math
 from typing import Mapping, Sequence
 
@@ -34,7 +35,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import AbstractMesh, AxisType, NamedSharding
 
-from t5x_lite import gin_utils, hardware, partitioning, trainer
+from t5x_lite import aot, gin_utils, hardware, partitioning, targets, trainer
 from t5x_lite import models
 from t5x_lite.models import T5Config
 from t5x_lite.models.config import REMAT_POLICIES
@@ -435,39 +436,89 @@ def _check_visible_devices(num_devices: int) -> list:
     raise gin_utils.UsageError(
         f'--aot compiles for {num_devices} devices but JAX sees {len(devices)} '
         f'({devices[0].platform}); on CPU, set XLA_FLAGS=--xla_force_host_platform_device_count='
-        f'{num_devices} before starting Python, or pass --num_devices={len(devices)}.')
+        f'{num_devices} before starting Python, pass --num_devices={len(devices)}, or compile '
+        'for hardware you do not have with --target (e.g. --target=v5p-64).')
   return devices
 
 
-def aot_analysis(model_config: T5Config, mesh_shape: Mapping[str, int], num_devices: int,
-                 task_feature_lengths: Mapping[str, int], rules, batch_size: int) -> dict:
-  """Lowers and compiles the real train step for the first `num_devices` devices JAX sees,
-  from abstract state and batch (nothing is allocated), and returns XLA's per-device figures."""
-  devices = _check_visible_devices(num_devices)
-  mesh = partitioning.create_mesh(mesh_shape, devices[:num_devices])
-  tx = trainer.make_optimizer(trainer.learning_rate_schedule())
-  setup = trainer.setup_train_state(model_config, tx, 0, mesh, rules)
-  feature_lengths = models.feature_converter(model_config).get_model_feature_lengths(
-      task_feature_lengths)
-  batch_sharding = NamedSharding(mesh, partitioning.logical_to_mesh_spec(('batch', 'length'),
-                                                                         rules, mesh))
-  batch = {k: jax.ShapeDtypeStruct((batch_size, n), jnp.int32, sharding=batch_sharding)
-           for k, n in feature_lengths.items()}
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
-    compiled = trainer.jit_train_step(setup, batch_sharding).lower(
-        setup.abstract_state, batch).compile()
-  memory = compiled.memory_analysis()
-  cost = compiled.cost_analysis()
-  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+# Deviceless GPU compiles cannot autotune, and Triton's default tiling failed on an f32 dot:
+# cuBLAS GEMMs instead (what autotuning often picks anyway).
+_TARGET_COMPILER_OPTIONS = {'cuda': {'xla_gpu_enable_triton_gemm': False}}
+
+
+def compiled_figures(p: dict, compiled: dict, config: T5Config, preset: str, num_devices: int,
+                     target: str | None) -> dict:
+  """The compiled program's figures beside the analytic plan's, as `--json` prints them."""
+  hbm = p.get('hbm_bytes')
+  flops_per_step = p['training_flops_per_step']
+  coll = compiled['collectives']
+  moved = sum(c['bytes'] for c in coll.values())
+  minimum = aot.minimum_collective_bytes(preset, compiled['params_bytes'],
+                                         compiled['compute_params_bytes'])
+  optimal = compiled['optimal_seconds']
+  peak = hardware.CHIPS[p['chip']].peak_flops if 'chip' in p else None
   return {
-      'platform': devices[0].platform,
-      'argument_bytes': memory.argument_size_in_bytes,
-      'output_bytes': memory.output_size_in_bytes,
-      'alias_bytes': memory.alias_size_in_bytes,
-      'temp_bytes': memory.temp_size_in_bytes,
-      'generated_code_bytes': memory.generated_code_size_in_bytes,
-      'flops': float(cost.get('flops', float('nan'))),
+      'target': target,
+      'platform': compiled['platform'],
+      'device_kind': compiled['device_kind'],
+      'num_chips': num_devices,
+      'mesh': p['mesh'],
+      'preset': preset,
+      'remat_policy': config.remat_policy,
+      'dtype': config.dtype,
+      'batch_size': p['batch_size'],
+      'memory_per_chip_bytes': compiled['memory_per_chip_bytes'],
+      'hbm_bytes': hbm,
+      'fits': None if hbm is None else compiled['memory_per_chip_bytes'] <= hbm,
+      'hbm_free_fraction': None if hbm is None else 1 - compiled['memory_per_chip_bytes'] / hbm,
+      'estimated_memory_per_chip_bytes': p['total_bytes_by_remat'][config.remat_policy],
+      'compile_s': compiled['compile_s'],
+      'compiled_flops_per_chip': compiled['flops'],
+      'model_flops_per_step': flops_per_step,
+      'model_flops_per_chip': flops_per_step / num_devices,
+      'while_loops': compiled['while_loops'],
+      'collectives': coll,
+      'collective_bytes_per_step': moved,
+      'collective_bytes_minimum': minimum,
+      'collective_bytes_ratio': moved / minimum if minimum else None,
+      'optimal_seconds': optimal,
+      'mfu_estimate': (flops_per_step / num_devices / peak / optimal
+                       if optimal and peak else None),
+      'fused_attention': compiled['fused_attention'] if compiled['platform'] != 'tpu' else None,
   }
+
+
+def _print_compiled(c: dict) -> None:
+  where = c['target'] or f"this host's {c['platform']} devices"
+  print(f"\nCompiled for {where}: {c['num_chips']} × {c['device_kind']}, mesh {c['mesh']}, "
+        f"rules {c['preset']}, remat={c['remat_policy']}, {c['dtype']}; "
+        f"compile {c['compile_s']:.1f} s")
+  memory = f"  memory per chip {_gib(c['memory_per_chip_bytes'])} (arguments + outputs - aliased + temp)"
+  if c['hbm_bytes']:
+    memory += (f" of {_gib(c['hbm_bytes'])} HBM: {'fits' if c['fits'] else 'DOES NOT FIT'}, "
+               f"{c['hbm_free_fraction']:.0%} free")
+  print(memory + f"; planner estimate {_gib(c['estimated_memory_per_chip_bytes'])} "
+        f"(ratio {c['estimated_memory_per_chip_bytes'] / c['memory_per_chip_bytes']:.2f})")
+  if c['compiled_flops_per_chip'] is not None:
+    print(f"  compiled FLOPs per chip {c['compiled_flops_per_chip']:.4g} vs model FLOPs per chip "
+          f"{c['model_flops_per_chip']:.4g} (ratio "
+          f"{c['compiled_flops_per_chip'] / c['model_flops_per_chip']:.2f}; XLA counts each of the "
+          f"{c['while_loops']} while-loop bodies once, and elementwise work and recomputation)")
+  else:
+    print('  compiled FLOPs: not reported by this compiler (XLA:GPU has no cost analysis)')
+  for kind, v in c['collectives'].items():
+    if v['count']:
+      print(f"  {kind}: {v['count']} ops, {_gib(v['bytes'])} per step")
+  ratio = c['collective_bytes_ratio']
+  print(f"  collectives {_gib(c['collective_bytes_per_step'])} per step" + (
+      f"; the {c['preset']} minimum is {_gib(c['collective_bytes_minimum'])} (ratio {ratio:.2f})"
+      if ratio is not None else f" (no minimum modelled for {c['preset']})"))
+  if c['optimal_seconds'] is not None:
+    mfu = f", MFU {c['mfu_estimate']:.1%}" if c['mfu_estimate'] is not None else ''
+    print(f"  XLA:TPU's estimate (optimal_seconds, a serial per-op sum): "
+          f"{c['optimal_seconds'] * 1e3:,.1f} ms per step{mfu}")
+  if c['fused_attention'] is not None:
+    print(f"  fused attention kernel (cuDNN) in the program: {'yes' if c['fused_attention'] else 'no'}")
 
 
 # ----------------------------------------------------------------------------- command line
@@ -564,7 +615,22 @@ def main(argv=None) -> int:
                         help='hosts/slices the devices span (default: fewest the chip allows)')
     parser.add_argument('--aot', action='store_true',
                         help="also lower and compile the train step on JAX's devices")
+    parser.add_argument('--target', default=None,
+                        help='compile for a TPU slice (v5p-64, v5e-16, v6e-8, 2xv5p-256) or a '
+                             'GPU cluster (h100x8, a100x32, h200x8, b200x8) without one')
+    parser.add_argument('--json', action='store_true',
+                        help='also print the figures as one JSON object, on the last line')
     args = parser.parse_args(rest)
+    target = targets.parse(args.target) if args.target else None
+    if target:
+      if args.chip not in (None, target.chip):
+        raise gin_utils.UsageError(f'--chip {args.chip} contradicts --target {target.name} '
+                                   f'({target.chip}); drop --chip.')
+      if args.num_devices not in (None, target.num_chips):
+        raise gin_utils.UsageError(f'--num_devices {args.num_devices} contradicts --target '
+                                   f'{target.name} ({target.num_chips} chips); drop --num_devices.')
+      args.chip, args.num_devices = target.chip, target.num_chips
+      args.nodes = args.nodes or target.num_slices
     if args.chip is not None and args.chip not in hardware.CHIPS:
       raise gin_utils.UsageError(f'unknown --chip {args.chip!r}; choose one of '
                                  f'{", ".join(sorted(hardware.CHIPS))}.')
@@ -584,7 +650,7 @@ def main(argv=None) -> int:
     lengths = _macro_or('TASK_FEATURE_LENGTHS', default_lengths)
     batch_size = args.batch_size or _macro_or('BATCH_SIZE', 128)
     num_devices = args.num_devices or jax.device_count()
-    if args.aot:
+    if args.aot and not target:
       _check_visible_devices(num_devices)
     chip = args.chip or hardware.chip_for_device(jax.devices()[0])
     preset = args.preset or _bound('logical_axis_rules.preset') or '2d'
@@ -596,21 +662,21 @@ def main(argv=None) -> int:
     except ValueError as e:
       raise gin_utils.UsageError(str(e)) from e
     _print_plan(p, lengths, preset, num_devices, config.dtype)
-    if args.aot:
-      a = aot_analysis(config, p['mesh'], num_devices, lengths, rules, batch_size)
-      estimate = (p['activation_bytes_by_remat'][config.remat_policy]
-                  + p['gradient_bytes_per_device'] + p['fsdp_gather_bytes_per_device'])
-      per_device_flops = p['training_flops_per_step'] / num_devices
-      print(f"\nAOT (lower + compile on {num_devices} {a['platform']} device(s), "
-            f"remat={config.remat_policy}), per device:")
-      print(f"  arguments {_gib(a['argument_bytes'])}  (analytic params + optimizer "
-            f"{_gib(p['params_bytes_per_device'] + p['optimizer_bytes_per_device'])}, "
-            'plus the batch)')
-      print(f"  outputs {_gib(a['output_bytes'])}  (aliased to donated arguments: "
-            f"{_gib(a['alias_bytes'])})")
-      print(f"  temp {_gib(a['temp_bytes'])}  (analytic activations + gradients + gather buffer "
-            f"{_gib(estimate)}; ratio {a['temp_bytes'] / estimate:.2f})")
-      print(f"  generated code {_gib(a['generated_code_bytes'])}")
-      print(f"  XLA flops {a['flops']:.4g}  (analytic model FLOPs per device "
-            f"{per_device_flops:.4g}; XLA also counts elementwise work and recomputation)")
+    if not (args.aot or target):
+      if args.json:
+        print(json.dumps(p, default=str))
+      return 0
+    if target:
+      devices = targets.devices(target)
+      options = _TARGET_COMPILER_OPTIONS.get(target.platform)
+    else:
+      devices, options = _check_visible_devices(num_devices)[:num_devices], None
+    compiled = aot.compile_train_step(config, devices, p['mesh'], lengths, rules, batch_size,
+                                      compiler_options=options)
+    figures = compiled_figures(p, compiled, config, preset, num_devices,
+                               target.name if target else None)
+    _print_compiled(figures)
+    if args.json:
+      print(json.dumps(figures))
+    return 0
   return gin_utils.run_main(run, argv)

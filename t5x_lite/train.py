@@ -190,7 +190,7 @@ def train(*,
       loss, gnorm = (float(x) for x in jax.device_get((metrics['loss'], metrics['grad_norm'])))
       what = f'loss {loss}, grad norm {gnorm}, learning rate {float(schedule(step - 1)):.3g}'
       if math.isfinite(loss) and math.isfinite(gnorm):
-        what += ' (the updated params or optimizer state are not finite)'
+        what += ' (the update is not finite)'
       if on_nonfinite == 'skip':
         skipped += 1
         log(f'WARNING: step {step}: {what}; update skipped ({skipped} skipped so far)')

@@ -275,14 +275,19 @@ def make_train_step(graphdef, tx: optax.GradientTransformation, num_microbatches
 # ----------------------------------------------------------------------------- metrics
 
 
-def jit_train_step(setup: StateSetup, batch_sharding=None, *, xla_defaults: bool = False):
+def jit_train_step(setup: StateSetup, batch_sharding=None, *, xla_defaults: bool = False,
+                   compiler_options: dict | None = None):
   """The train step as every caller jits it: state sharded by `setup` and donated, metrics
-  replicated, and this platform's XLA options (`hardware.compiler_options`) unless
-  `xla_defaults`."""
+  replicated, and the XLA options of the platform its mesh is on (`hardware.compiler_options`:
+  a CPU host compiling for TPU devices must not hand them CPU flags) plus `compiler_options`,
+  unless `xla_defaults`."""
+  platform = setup.shardings['step'].mesh.devices.flat[0].platform
+  options = None if xla_defaults else {**(hardware.compiler_options(platform) or {}),
+                                       **(compiler_options or {})} or None
   return jax.jit(make_train_step(setup.graphdef, setup.tx),
                  in_shardings=(setup.shardings, batch_sharding),
                  out_shardings=(setup.shardings, None), donate_argnums=(0,),
-                 compiler_options=None if xla_defaults else hardware.compiler_options())
+                 compiler_options=options)
 
 
 class MetricsWriter:

@@ -8,7 +8,7 @@ import gin
 import jax
 import pytest
 
-from t5x_lite import hardware, partitioning, plan
+from t5x_lite import aot, hardware, partitioning, plan
 from t5x_lite import models
 from t5x_lite.models import T5Config
 
@@ -150,7 +150,7 @@ def test_cli_prints_the_table_for_xl_on_v5p_64(capsys):
 
 
 @pytest.mark.parametrize('flag,needle', [
-    ('--chip=tpu_v9', "unknown --chip 'tpu_v9'; choose one of a100, h100, tpu_v4"),
+    ('--chip=tpu_v9', "unknown --chip 'tpu_v9'; choose one of a100, b200, h100, h200, tpu_v4"),
     ("--mesh={'data': 3}", "needs 3 devices but 64 are available"),
     ('--batch_size=100', 'batch_size 100'),
 ])
@@ -180,7 +180,8 @@ def test_aot_temp_bytes_agree_with_the_analytic_estimate():
   all three remat policies, encoder-decoder and decoder-only, float32 and bfloat16)."""
   lengths, batch = {'inputs': 64, 'targets': 32}, 16
   p = plan.plan(TINY, {'data': 1}, 1, lengths, partitioning.TWO_D_RULES, batch_size=batch)
-  a = plan.aot_analysis(TINY, {'data': 1}, 1, lengths, partitioning.TWO_D_RULES, batch)
+  a = aot.compile_train_step(TINY, jax.devices()[:1], {'data': 1}, lengths,
+                             partitioning.TWO_D_RULES, batch)
   estimate = p['activation_bytes_by_remat']['none'] + p['gradient_bytes_per_device']
   assert 0.5 < a['temp_bytes'] / estimate < 2.0
   # The arguments are the state plus the batch (jit drops the unused position features).
@@ -197,8 +198,53 @@ def test_aot_cli_prints_xla_figures_next_to_the_estimate(capsys):
       '--gin.t5x_lite.models.T5Config.num_decoder_layers=1',
       "--gin.t5x_lite.models.T5Config.remat_policy='full'"], capsys)
   assert code == 0
-  assert 'AOT (lower + compile on 1 cpu device(s), remat=full)' in out
-  temp = next(line for line in out.splitlines() if line.strip().startswith('temp '))
-  assert 0.5 < float(temp.rsplit('ratio ', 1)[1].rstrip(')')) < 2.0
-  flops = next(line for line in out.splitlines() if 'XLA flops' in line)
-  assert math.isfinite(float(flops.split()[2]))
+  assert "Compiled for this host's cpu devices: 1 × cpu" in out and 'remat=full' in out
+  memory = next(line for line in out.splitlines() if line.strip().startswith('memory per chip'))
+  assert 0.5 < float(memory.rsplit('ratio ', 1)[1].rstrip(')')) < 2.0
+  flops = next(line for line in out.splitlines() if 'compiled FLOPs per chip' in line)
+  assert math.isfinite(float(flops.split()[4]))
+
+
+MICRO_ON_TARGET = [
+    '--gin_file=gin/runs/pretrain_tiny.gin', '--gin.t5x_lite.models.T5Config.d_model=64',
+    '--gin.t5x_lite.models.T5Config.num_heads=4', '--gin.t5x_lite.models.T5Config.d_kv=16',
+    '--gin.t5x_lite.models.T5Config.d_ff=128', '--gin.t5x_lite.models.T5Config.num_encoder_layers=1',
+    '--gin.t5x_lite.models.T5Config.num_decoder_layers=1', "--gin.logical_axis_rules.preset='fsdp'",
+    "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}", '--batch_size=8', '--json']
+JSON_KEYS = {'target', 'num_chips', 'memory_per_chip_bytes', 'hbm_bytes',
+             'estimated_memory_per_chip_bytes', 'compile_s', 'compiled_flops_per_chip',
+             'model_flops_per_step', 'collective_bytes_per_step', 'collective_bytes_ratio',
+             'optimal_seconds', 'mfu_estimate', 'fused_attention'}
+
+
+@pytest.mark.parametrize('target, chips', [('v5p-8', 4), ('h100x8', 8)])
+def test_target_compiles_the_real_step_for_chips_this_host_lacks(target, chips, capsys):
+  import json  # pylint: disable=import-outside-toplevel
+  code, out, _ = run_cli([*MICRO_ON_TARGET, f'--target={target}'], capsys)
+  assert code == 0, out
+  got = json.loads(out.strip().splitlines()[-1])
+  assert JSON_KEYS <= set(got) and got['target'] == target and got['num_chips'] == chips
+  assert 0 < got['memory_per_chip_bytes'] < got['hbm_bytes']
+  assert 0.25 < got['estimated_memory_per_chip_bytes'] / got['memory_per_chip_bytes'] < 4
+  assert got['mesh'] == {'data': chips, 'model': 1} and got['compile_s'] > 0
+  if target.startswith('v5p'):
+    assert got['platform'] == 'tpu' and got['fused_attention'] is None
+    assert got['optimal_seconds'] > 0 and 0 < got['mfu_estimate'] < 1
+    assert got['compiled_flops_per_chip'] >= 0.9 * got['model_flops_per_step'] / chips
+  else:
+    assert got['platform'] == 'gpu' and got['fused_attention'] is False
+    assert got['optimal_seconds'] is None and got['compiled_flops_per_chip'] is None
+  # FSDP moves at most its reference volume (params gathered for forward and backward,
+  # gradients reduce-scattered once) here; XLA may move activations instead of a big table.
+  assert 0 < got['collective_bytes_ratio'] <= 1.05
+
+
+@pytest.mark.parametrize('flags, needle', [
+    (["--mesh={'data': 8}", '--target=v5p-8'], 'needs 8 devices but 4 are available'),
+    (['--chip=h100', '--target=v5p-8'], '--chip h100 contradicts --target v5p-8 (tpu_v5p)'),
+    (['--target=v5p-12'], 'v5p-12 is not a slice Cloud TPU offers'),
+    (['--target=h100x12'], '12 GPUs do not fill nodes of 8'),
+])
+def test_bad_targets_are_one_line_errors(flags, needle, capsys):
+  code, out, err = run_cli([*MICRO_ON_TARGET, *flags], capsys)
+  assert code == 2 and len(err.strip().splitlines()) == 1 and needle in err, err

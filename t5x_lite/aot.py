@@ -1,0 +1,144 @@
+"""Ahead-of-time compilation of the real train step (`trainer.jit_train_step`, what `t5x_lite.train`
+runs) for a set of devices, and what XLA says about the program: memory per device, FLOPs,
+collectives with their bytes, and on TPU the compiler's own time estimate.
+
+The devices may be this host's (`plan --aot`) or compile-only devices of a target this host does
+not have (`plan --target=v5p-64`, see targets.py): nothing is allocated, the state and batch are
+abstract.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import time
+from typing import Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import NamedSharding
+
+from t5x_lite import models, partitioning, trainer
+from t5x_lite.models import T5Config
+
+COLLECTIVES = ('all-gather', 'reduce-scatter', 'all-reduce', 'all-to-all', 'collective-permute')
+_DTYPE_BYTES = {'pred': 1, 's8': 1, 'u8': 1, 'f8e4m3fn': 1, 'f8e5m2': 1, 'bf16': 2, 'f16': 2,
+                's16': 2, 'u16': 2, 'f32': 4, 's32': 4, 'u32': 4, 'f64': 8, 's64': 8, 'u64': 8}
+_SHAPE = re.compile(r'\b(pred|[fsu]\d+|bf16|f8e4m3fn|f8e5m2)\[([\d,]*)\]')
+_INSTRUCTION = re.compile(
+    r'^\s*(?:ROOT\s+)?%?[\w.\-]+\s*=\s*(.*?)\s+(' + '|'.join(COLLECTIVES) + r')(-start)?\(')
+_COMPUTATION = re.compile(r'^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\)\s*->.*\{\s*$')
+# cuDNN's fused attention kernels appear as custom calls with these targets.
+_FUSED_ATTENTION = re.compile(r'custom_call_target="(__cudnn\$fmha[^"]*|__cudnn\$fhma[^"]*)"')
+
+
+def _shapes_bytes(text: str) -> list[int]:
+  return [_DTYPE_BYTES.get(dtype, 4) * math.prod(int(d) for d in dims.split(',') if d)
+          for dtype, dims in _SHAPE.findall(text)]
+
+
+def _group_size(line: str) -> int:
+  """Devices in one replica group: `mesh['a'=4,'b'=2] {'a'}` (4), `{{0,1,2,3},...}` (4) or the
+  iota form `[2,4]<=[8]` (4)."""
+  mesh = re.search(r"replica_groups=mesh\[([^\]]*)\]\s*\{([^}]*)\}", line)
+  if mesh:
+    sizes = dict(re.findall(r"'([^']+)'=(\d+)", mesh.group(1)))
+    return math.prod(int(sizes[a]) for a in re.findall(r"'([^']+)'", mesh.group(2)) if a in sizes)
+  listed = re.search(r'replica_groups=\{\{([\d,]*)\}', line)
+  if listed:
+    return len(listed.group(1).split(','))
+  iota = re.search(r'replica_groups=\[([\d,]+)\]<=', line)
+  return int(iota.group(1).split(',')[-1]) if iota else 1
+
+
+def collectives(hlo_text: str) -> dict[str, dict[str, float]]:
+  """{kind: {'count', 'bytes'}} over the compiled program's collectives, each op counted once (a
+  collective inside a `while` body counts once, as XLA's cost analysis does).
+
+  'bytes' is the whole buffer each op assembles or reduces, per device: an all-gather's result, a
+  reduce-scatter's input (its result times the group), an all-reduce's, all-to-all's or
+  permute's result. Async '-start' ops may return (operands, results); XLA:TPU writes a reduce-scatter
+  as an all-reduce inside a computation named all-reduce-scatter, counted as a reduce-scatter.
+  """
+  out = {kind: {'count': 0, 'bytes': 0.0} for kind in COLLECTIVES}
+  computation = ''
+  for line in hlo_text.splitlines():
+    header = _COMPUTATION.match(line)
+    if header:
+      computation = header.group(1)
+      continue
+    m = _INSTRUCTION.match(line)
+    if not m:
+      continue
+    result, kind, start = m.groups()
+    sizes = _shapes_bytes(result)
+    paired = start and result.startswith('((') and len(sizes) % 2 == 0  # (operands, results)
+    if paired:
+      sizes = sizes[:len(sizes) // 2] if kind == 'reduce-scatter' else sizes[len(sizes) // 2:]
+    size = sum(sizes)
+    if kind == 'reduce-scatter' and not paired:
+      size *= _group_size(line)
+    elif kind == 'all-reduce' and computation.startswith('all-reduce-scatter'):
+      kind = 'reduce-scatter'
+    out[kind]['count'] += 1
+    out[kind]['bytes'] += size
+  return out
+
+
+def minimum_collective_bytes(preset: str, params_bytes: float, compute_bytes: float) -> float | None:
+  """The least a step can move under `preset`, in the units of `collectives` (whole buffers):
+  FSDP gathers every parameter for the forward and again for the backward pass (in the compute
+  dtype) and reduce-scatters the gradients once; data parallelism all-reduces the gradients once.
+  None for presets without such a simple bound (2d also moves activations)."""
+  if preset == 'fsdp':
+    return 2 * compute_bytes + params_bytes
+  if preset == 'data_parallel':
+    return params_bytes
+  return None
+
+
+def compile_train_step(model_config: T5Config, devices: Sequence, mesh_shape: Mapping[str, int],
+                       task_feature_lengths: Mapping[str, int], rules, batch_size: int,
+                       compiler_options: dict | None = None) -> dict:
+  """Lowers and compiles the train step over a mesh of `devices` from abstract state and batch,
+  and returns XLA's per-device figures plus the compile time."""
+  mesh = partitioning.create_mesh(mesh_shape, list(devices))
+  tx = trainer.make_optimizer(trainer.learning_rate_schedule())
+  setup = trainer.setup_train_state(model_config, tx, 0, mesh, rules)
+  feature_lengths = models.feature_converter(model_config).get_model_feature_lengths(
+      task_feature_lengths)
+  batch_sharding = NamedSharding(mesh, partitioning.logical_to_mesh_spec(('batch', 'length'),
+                                                                         rules, mesh))
+  batch = {k: jax.ShapeDtypeStruct((batch_size, n), jnp.int32, sharding=batch_sharding)
+           for k, n in feature_lengths.items()}
+  t = time.perf_counter()
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+    step = trainer.jit_train_step(setup, batch_sharding, compiler_options=compiler_options)
+    compiled = step.lower(setup.abstract_state, batch).compile()
+  compile_s = time.perf_counter() - t
+  memory = compiled.memory_analysis()
+  cost = compiled.cost_analysis()
+  cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
+  text = compiled.as_text()
+  params_bytes = sum(x.size * x.dtype.itemsize
+                     for x in jax.tree.leaves(setup.abstract_state['params']))
+  return {
+      'platform': devices[0].platform,
+      'device_kind': devices[0].device_kind,
+      'compile_s': compile_s,
+      'argument_bytes': memory.argument_size_in_bytes,
+      'output_bytes': memory.output_size_in_bytes,
+      'alias_bytes': memory.alias_size_in_bytes,
+      'temp_bytes': memory.temp_size_in_bytes,
+      'generated_code_bytes': memory.generated_code_size_in_bytes,
+      'memory_per_chip_bytes': (memory.argument_size_in_bytes + memory.output_size_in_bytes
+                                - memory.alias_size_in_bytes + memory.temp_size_in_bytes),
+      'flops': float(cost['flops']) if 'flops' in cost else None,
+      'optimal_seconds': float(cost['optimal_seconds']) if 'optimal_seconds' in cost else None,
+      'collectives': collectives(text),
+      'while_loops': len(re.findall(r'\bwhile\(', text)),
+      'fused_attention': bool(_FUSED_ATTENTION.search(text)),
+      'params_bytes': params_bytes,
+      'compute_params_bytes': params_bytes * jnp.dtype(model_config.dtype).itemsize // 4,
+  }

@@ -1,0 +1,45 @@
+"""Reading the compiled program: collectives and their bytes from HLO text, written out by hand."""
+
+from t5x_lite import aot
+
+# One line per form XLA prints: a GPU async all-gather returning (operands, results), a GPU async
+# reduce-scatter likewise, a plain reduce-scatter with mesh replica groups, XLA:TPU's
+# reduce-scatter written as an all-reduce inside an all-reduce-scatter computation, and a plain
+# all-reduce with iota groups.
+HLO = '''
+%all-reduce-scatter.3 (input: f32[128,4,32]) -> f32[32,4,32] {
+  %input = f32[128,4,32]{2,1,0} parameter(0)
+  %all-reduce.1 = f32[128,4,32]{2,1,0:T(8,128)} all-reduce(%input), channel_id=1, replica_groups={{0,1,2,3}}, to_apply=%add
+}
+
+ENTRY %main (p: f32[16,128]) -> f32[] {
+  %all-gather-start = ((f32[16,128]{1,0}, f32[16]{0}), (f32[128,128]{1,0}, f32[128]{0})) all-gather-start(%a, %b), channel_id=2, replica_groups=mesh['axis_0'=8] {'axis_0'}, dimensions={0}
+  %all-gather-done = (f32[128,128]{1,0}, f32[128]{0}) all-gather-done(%all-gather-start)
+  %reduce-scatter-start = ((f32[128,384]{1,0}), (f32[16,384]{1,0})) reduce-scatter-start(%g), channel_id=3, replica_groups=mesh['axis_0'=8] {'axis_0'}, dimensions={0}
+  %reduce-scatter.2 = bf16[4,64]{1,0} reduce-scatter(%h), channel_id=4, replica_groups=mesh['axis_0'=4,'axis_1'=2] {'axis_0'}, dimensions={0}
+  ROOT %all-reduce.7 = f32[1000]{0} all-reduce(%x), channel_id=5, replica_groups=[2,4]<=[8], to_apply=%add
+}
+'''
+
+
+def test_collectives_are_counted_with_the_whole_buffer_each_moves():
+  got = aot.collectives(HLO)
+  assert got['all-gather'] == {'count': 1, 'bytes': 4 * (128 * 128 + 128)}
+  # async (operands first) + plain (shard × group of 4) + TPU's all-reduce-scatter
+  assert got['reduce-scatter'] == {'count': 3,
+                                   'bytes': 4 * 128 * 384 + 2 * 4 * 64 * 4 + 4 * 128 * 4 * 32}
+  assert got['all-reduce'] == {'count': 1, 'bytes': 4 * 1000}
+  assert got['all-to-all']['count'] == 0 and got['collective-permute']['count'] == 0
+
+
+def test_replica_group_sizes_in_each_notation():
+  assert aot._group_size("replica_groups=mesh['axis_0'=4,'axis_1'=2] {'axis_1'}, x") == 2
+  assert aot._group_size("replica_groups=mesh['a'=4,'b'=2] {'a','b'}") == 8
+  assert aot._group_size('replica_groups={{0,1,2},{3,4,5}}, x') == 3
+  assert aot._group_size('replica_groups=[2,4]<=[8], x') == 4
+
+
+def test_fsdp_reference_volume_is_two_gathers_and_one_reduce_scatter():
+  assert aot.minimum_collective_bytes('fsdp', 400, 200) == 2 * 200 + 400
+  assert aot.minimum_collective_bytes('data_parallel', 400, 200) == 400
+  assert aot.minimum_collective_bytes('2d', 400, 200) is None

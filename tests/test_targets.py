@@ -1,0 +1,61 @@
+"""--target names: Cloud TPU types and GPU clusters as libtpu / CUDA-plugin topologies.
+
+The expected layouts are Cloud TPU's published slice shapes (as MaxText's accelerator table lists
+them), an independent record of what each accelerator type is."""
+
+import pytest
+
+from t5x_lite import gin_utils, targets
+
+
+@pytest.mark.parametrize('name, chips, topology, wrap', [
+    ('v4-8', 4, 'v4:2x2x1', (False,) * 3),
+    ('v4-128', 64, 'v4:4x4x4', (True,) * 3),
+    ('v5p-8', 4, 'v5:2x2x1', (False,) * 3),
+    ('v5p-16', 8, 'v5:2x2x2', (False,) * 3),
+    ('v5p-32', 16, 'v5:2x2x4', (False,) * 3),
+    ('v5p-64', 32, 'v5:2x4x4', (False,) * 3),
+    ('v5p-256', 128, 'v5:4x4x8', (True,) * 3),
+    ('v5p-1024', 512, 'v5:8x8x8', (True,) * 3),
+    ('v5e-16', 16, 'v5e:4x4', (False, False, False)),
+    ('v5litepod-32', 32, 'v5e:4x8', (False, False, False)),
+    ('v5e-128', 128, 'v5e:8x16', (False, True, False)),
+    ('v5e-256', 256, 'v5e:16x16', (True, True, False)),
+    ('v6e-8', 8, 'v6e:2x4', (False, False, False)),
+])
+def test_tpu_types_have_cloud_tpus_slice_shapes(name, chips, topology, wrap):
+  t = targets.parse(name)
+  assert (t.platform, t.num_chips, t.num_slices, t.topology, t.wrap) == \
+      ('tpu', chips, 1, topology, wrap)
+
+
+def test_multislice_and_gpu_clusters():
+  t = targets.parse('2xv5p-256')
+  assert (t.num_chips, t.num_slices, t.topology, t.chip) == (256, 2, 'v5:4x4x8', 'tpu_v5p')
+  g = targets.parse('h100x32')
+  assert (g.platform, g.chip, g.num_chips, g.num_slices, g.topology) == \
+      ('cuda', 'h100', 32, 4, '1x4x8')
+  assert targets.parse('a100x4').topology == '1x1x4'
+
+
+@pytest.mark.parametrize('name, needle', [
+    ('v5p-12', 'v5p-12 is not a slice Cloud TPU offers (v5p counts TensorCores, two per chip'),
+    ('v5p-9', 'is not a slice Cloud TPU offers'),
+    ('v5e-512', 'up to 256'),
+    ('v9-8', "is not a Cloud TPU type"),
+    ('h100x12', '12 GPUs do not fill nodes of 8'),
+    ('x100x8', "no GPU description for 'x100'"),
+])
+def test_bad_targets_say_what_exists(name, needle):
+  with pytest.raises(gin_utils.UsageError, match=None) as raised:
+    targets.parse(name)
+  assert needle in str(raised.value)
+
+
+@pytest.mark.parametrize('name, kind, count', [
+    ('v5p-8', 'TPU v5', 4), ('v5e-16', 'TPU v5 lite', 16), ('v6e-8', 'TPU v6 lite', 8),
+    ('h100x8', 'NVIDIA H100 80GB HBM3', 8), ('a100x8', 'NVIDIA A100-SXM4-80GB', 8),
+])
+def test_compile_only_devices_come_from_libtpu_and_the_cuda_plugin(name, kind, count):
+  devices = targets.devices(targets.parse(name))
+  assert len(devices) == count and {d.device_kind for d in devices} == {kind}
