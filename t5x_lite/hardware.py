@@ -24,10 +24,6 @@ CPU_COMPILER_OPTIONS = {
     # CSE then merges the recomputed forward pass back into the saved one, so remat would save no
     # memory. Keeping the barriers makes CPU remat behave as on TPU/GPU.
     'xla_disable_hlo_passes': 'cse_barrier_expander',
-    # Simulated devices (--xla_force_host_platform_device_count) share the host's cores: on two
-    # loaded cores 8 devices' threads missed an all-reduce's 40 s rendezvous and XLA aborted the
-    # process. A slow host is not a hung collective.
-    'xla_cpu_collective_call_terminate_timeout_seconds': '600',
 }
 
 

@@ -143,14 +143,6 @@ def cross_entropy_loss(logits: jax.Array, targets: jax.Array, weights: jax.Array
 # ----------------------------------------------------------------------------- state and step
 
 
-def all_finite(tree: Any) -> jax.Array:
-  """One boolean: every float leaf of `tree` holds only finite values (a fused reduction per leaf,
-  so it works on sharded arrays of any process count)."""
-  leaves = [x for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)]
-  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves])) if leaves else \
-      jnp.array(True)
-
-
 class StateSetup(NamedTuple):
   graphdef: Any
   tx: optax.GradientTransformation  # the optimizer, seeing params as T5X's 2-D matrices

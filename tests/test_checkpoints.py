@@ -72,6 +72,7 @@ def test_the_last_good_step_is_the_newest_committed_save(tmp_path):
 
 def test_a_step_whose_optimizer_state_is_not_finite_is_not_restored(tmp_path, capsys,
                                                                     monkeypatch):
+  tmp_path = tmp_path / 'run'  # the failed step is set aside next to it
   ckpt = checkpoints.Checkpointer(str(tmp_path), keep=3)
   bad = {**_state(2), 'opt_state': {'mu': jnp.full((4, 8), jnp.nan)}}
   ckpt.save(1, {**_state(1), 'opt_state': {'mu': jnp.zeros((4, 8))}}, {'batch': 1})

@@ -166,11 +166,3 @@ def test_a_finite_gradient_times_an_infinite_learning_rate_is_not_applied(name):
   changed = jax.tree.map(lambda a, b: not np.array_equal(a, b), jax.device_get(after['params']),
                          before['params'])
   assert all(jax.tree.leaves(changed))
-
-
-def test_all_finite_sees_one_nan_anywhere():
-  tree = {'a': jnp.ones((3, 4)), 'b': [jnp.zeros(2), jnp.arange(3)]}
-  assert bool(trainer.all_finite(tree))
-  tree['b'][0] = tree['b'][0].at[1].set(jnp.nan)
-  assert not bool(trainer.all_finite(tree))
-  assert bool(trainer.all_finite({'step': jnp.int32(3)}))  # no float leaves: nothing to check
