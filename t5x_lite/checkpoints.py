@@ -87,12 +87,6 @@ class Checkpointer:
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
 
-  def committed_step(self) -> int | None:
-    """The newest step on disk whose save completed (unlike `latest_step`, not one in flight)."""
-    steps = [int(d.name) for d in self.directory.iterdir() if d.name.isdigit()] \
-        if self.directory.is_dir() else []
-    return max(steps, default=None)
-
   def saving(self) -> bool:
     """A save has been started and is not yet known to be committed."""
     return self._pending is not None

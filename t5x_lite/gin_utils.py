@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import math
 import os
 import re
 import sys
@@ -39,8 +40,7 @@ def check_int(name: str, value, minimum: int | None = None, fix: str = '') -> in
 
 def check_number(name: str, value, minimum: float | None = None) -> float:
   """A finite real number (ints allowed), or a UsageError naming the gin binding."""
-  if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value \
-      or value in (float('inf'), float('-inf')):
+  if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
     raise UsageError(f'{name} must be a finite number, got {value!r}; set --gin.{name}=X.')
   if minimum is not None and value < minimum:
     raise UsageError(f'{name} must be >= {minimum}, got {value}; set --gin.{name}=X.')

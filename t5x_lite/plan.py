@@ -31,9 +31,7 @@ from typing import Mapping, Sequence
 
 import gin
 import jax
-import jax.numpy as jnp
-from flax import nnx
-from jax.sharding import AbstractMesh, AxisType, NamedSharding
+from jax.sharding import AbstractMesh, AxisType
 
 from t5x_lite import aot, gin_utils, hardware, partitioning, targets, trainer
 from t5x_lite import models
@@ -650,8 +648,8 @@ def main(argv=None) -> int:
     lengths = _macro_or('TASK_FEATURE_LENGTHS', default_lengths)
     batch_size = args.batch_size or _macro_or('BATCH_SIZE', 128)
     num_devices = args.num_devices or jax.device_count()
-    if args.aot and not target:
-      _check_visible_devices(num_devices)
+    # Fail before planning, and look the devices up once.
+    host_devices = _check_visible_devices(num_devices) if args.aot and not target else None
     chip = args.chip or hardware.chip_for_device(jax.devices()[0])
     preset = args.preset or _bound('logical_axis_rules.preset') or '2d'
     microbatches = _bound('make_train_step.num_microbatches') or 1
@@ -670,7 +668,7 @@ def main(argv=None) -> int:
       devices = targets.devices(target)
       options = _TARGET_COMPILER_OPTIONS.get(target.platform)
     else:
-      devices, options = _check_visible_devices(num_devices)[:num_devices], None
+      devices, options = host_devices[:num_devices], None
     compiled = aot.compile_train_step(config, devices, p['mesh'], lengths, rules, batch_size,
                                       compiler_options=options)
     figures = compiled_figures(p, compiled, config, preset, num_devices,

@@ -98,7 +98,7 @@ class Target(NamedTuple):
 
 def _grid(chips: int, dims: int) -> list[int] | None:
   """Cloud TPU's slice shape for `chips`: from 2x2(x1), double the last of the smallest axes."""
-  shape = [2, 2, 1][:dims] if dims == 3 else [2, 2]
+  shape = [2, 2, 1] if dims == 3 else [2, 2]
   if chips == 1:
     return [1] * dims
   if dims == 3 and chips >= 8:
