@@ -7,7 +7,7 @@ EXTRAS ?= test
 comma := ,
 STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
-.PHONY: install pretrain test test-fast clean
+.PHONY: install pretrain test test-fast clean maxtext
 
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,5 +29,19 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow" $(ARGS)
 
+# MaxText 0.2.5, our closest JAX peer, for bench/maxtext_compare.py only (not CI): it needs
+# Python >= 3.12 and jax 0.11.1, so it lives in its own venv; uv's lowest resolution is the set
+# that installs together (pip's newest picks conflict).
+PYTHON312 ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) python3.12)
+MAXTEXT_VENV ?= .venv-maxtext
+$(MAXTEXT_VENV)/.installed:
+	$(PYTHON312) -m venv $(MAXTEXT_VENV)
+	$(MAXTEXT_VENV)/bin/pip install -q uv==0.13.9
+	$(MAXTEXT_VENV)/bin/uv pip install -q --python $(MAXTEXT_VENV)/bin/python \
+	  'maxtext[tpu]==0.2.5' --resolution=lowest
+	touch $@
+
+maxtext: $(MAXTEXT_VENV)/.installed
+
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(MAXTEXT_VENV) build *.egg-info

@@ -38,13 +38,16 @@ from t5x_lite import models
 LEARNING_RATE = 1e-3
 
 
-def synthetic_batch(rng, batch_size, inputs_length, targets_length, vocab_size):
-  """Unpacked random tokens, every position real: the densest batch the step sees."""
+def synthetic_batch(rng, batch_size, inputs_length, targets_length, vocab_size,
+                    decoder_only: bool = False):
+  """Unpacked random tokens, every position real: the densest batch the step sees. A
+  decoder-only batch has the targets alone (inputs_length is ignored)."""
   enc = rng.integers(2, vocab_size, (batch_size, inputs_length), dtype=np.int32)
   tgt = rng.integers(2, vocab_size, (batch_size, targets_length), dtype=np.int32)
   dec_in = np.pad(tgt[:, :-1], ((0, 0), (1, 0)))
-  return {'encoder_input_tokens': enc, 'decoder_input_tokens': dec_in,
-          'decoder_target_tokens': tgt, 'decoder_loss_weights': np.ones_like(tgt, np.float32)}
+  batch = {'decoder_input_tokens': dec_in, 'decoder_target_tokens': tgt,
+           'decoder_loss_weights': np.ones_like(tgt, np.float32)}
+  return batch if decoder_only else {'encoder_input_tokens': enc, **batch}
 
 
 def time_calls(call, steps: int, warmup: int) -> tuple[list[float], float, object]:
@@ -184,13 +187,18 @@ def main(argv=None) -> int:
     if args.steps < 1 or args.warmup < 1:
       raise gin_utils.UsageError('--steps and --warmup must be at least 1.')
     config = dataclasses.replace(gin_utils.query_macro('MODEL_CONFIG'), dtype=args.dtype)
-    lengths = {'inputs': args.inputs_length, 'targets': args.targets_length}
-    if config.architecture != 'encoder_decoder':
-      raise gin_utils.UsageError('bench/train_step.py times encoder-decoder configs; '
-                                 f'{config.architecture!r} is not one.')
+    decoder_only = config.architecture == 'decoder_only'
+    lengths = ({'targets': args.targets_length} if decoder_only else
+               {'inputs': args.inputs_length, 'targets': args.targets_length})
+    if config.architecture == 'prefix_lm':
+      raise gin_utils.UsageError('bench/train_step.py times encoder-decoder and decoder-only '
+                                 "configs, not 'prefix_lm'; use the decoder-only gin.")
+    if decoder_only and args.compare:
+      raise gin_utils.UsageError('--compare=hf times T5ForConditionalGeneration: give an '
+                                 'encoder-decoder gin, or drop --compare.')
     batch = synthetic_batch(np.random.default_rng(0), args.batch_size, args.inputs_length,
-                            args.targets_length, config.vocab_size)
-    tokens = args.batch_size * (args.inputs_length + args.targets_length)
+                            args.targets_length, config.vocab_size, decoder_only)
+    tokens = args.batch_size * sum(lengths.values())
     model_flops = models.training_flops_per_example(config, lengths) * args.batch_size
     peak = hardware.peak_flops_per_device() * jax.device_count()
     memory = hardware.measured_memory_bandwidth()
@@ -217,7 +225,7 @@ def main(argv=None) -> int:
         'model_tflops_per_step': model_flops / 1e12,
         'params': models.count_params(config),
         'device': jax.devices()[0].device_kind,
-        'batch_size': args.batch_size, 'lengths': [args.inputs_length, args.targets_length],
+        'batch_size': args.batch_size, 'lengths': lengths,
         'dtype': args.dtype, 'optimizer': args.optimizer,
         'xla_flags': os.environ.get('XLA_FLAGS', ''), 'compiler_options': options,
     }

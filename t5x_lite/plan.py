@@ -90,57 +90,51 @@ SCORES = ('batch', 'heads', 'length', None)
 HIDDEN = ('batch', 'length', 'mlp')
 
 
-# [batch, length, d_ff] residuals per MLP branch, as jax.ad_checkpoint.print_saved_residuals
-# lists them: the wi projection's output plus what its activation's autodiff keeps (tanh-GELU
-# four intermediates and its output, SiLU the sigmoid and output, ReLU its output).
-_ACTIVATION_RESIDUALS = {'gelu': 6, 'silu': 3, 'relu': 2, 'linear': 1}
-
-
 def _norm_residuals(cfg: T5Config, b: int, length: int) -> list:
-  """A pre-norm's input, x² and x·rsqrt (float32) and its output (compute dtype)."""
-  c = cfg.compute_dtype.itemsize
-  return [(ACT, (b, length, cfg.d_model), i) for i in (c, 4, 4, c)]
+  """A pre-norm's input (its output and the rsqrt are recomputed inside the backward fusions)."""
+  return [(ACT, (b, length, cfg.d_model), cfg.compute_dtype.itemsize)]
 
 
-def _attention_residuals(cfg: T5Config, b: int, lq: int, lk: int, policy: str) -> list:
+def _attention_residuals(cfg: T5Config, b: int, lq: int, lk: int, policy: str,
+                         tpu: bool) -> list:
   """(logical names, shape, bytes per element) that one attention sublayer keeps."""
   c = cfg.compute_dtype.itemsize
   x, q = (ACT, (b, lq, cfg.d_model), c), (HEADS, (b, lq, cfg.num_heads, cfg.d_kv), c)
   kv = (HEADS, (b, lk, cfg.num_heads, cfg.d_kv), c)
-  scores = lambda itemsize: (SCORES, (b, cfg.num_heads, lq, lk), itemsize)
   if policy == 'minimal':  # outputs of the weight matmuls: q, k, v and the output projection
     return [q, kv, kv, x]
-  # the norm; q, k, v; the mask, masked logits, exp and softmax weights; weights·v
-  out = _norm_residuals(cfg, b, lq) + [q, kv, kv, scores(1), scores(4), scores(4), scores(4), q]
-  if c != 4:
-    out.append(scores(c))  # the weights cast for the value matmul
+  # the norm's input; q, k, v; the unnormalised softmax weights; weights·v (the projection's input)
+  out = _norm_residuals(cfg, b, lq) + [q, kv, kv, (SCORES, (b, cfg.num_heads, lq, lk), c), q]
+  if not tpu:  # the norm's output, the q/k/v projections' input
+    out.append(x)
   if cfg.dropout_rate:
     out.append((ACT, (b, lq, cfg.d_model), 1))  # dropout mask
   return out
 
 
-def _mlp_residuals(cfg: T5Config, b: int, length: int, policy: str) -> list:
+def _mlp_residuals(cfg: T5Config, b: int, length: int, policy: str, tpu: bool) -> list:
   c = cfg.compute_dtype.itemsize
   x, hidden = (ACT, (b, length, cfg.d_model), c), (HIDDEN, (b, length, cfg.d_ff), c)
   n_in = len(cfg.mlp_activations)
   if policy == 'minimal':  # the wi outputs and the wo output
     return [hidden] * n_in + [x]
-  # the norm; each wi output and its activation's intermediates; the gated product (wo's input)
-  n_hidden = sum(_ACTIVATION_RESIDUALS[a] for a in cfg.mlp_activations) + (n_in > 1)
-  out = _norm_residuals(cfg, b, length) + [hidden] * n_hidden
+  # the norm's input and each wi output; activations and the gated product are recomputed
+  out = _norm_residuals(cfg, b, length) + [hidden] * n_in
+  if not tpu:  # the norm's output and the wo projection's input
+    out += [x, hidden]
   if cfg.dropout_rate:
     out += [(HIDDEN, (b, length, cfg.d_ff), 1), (ACT, (b, length, cfg.d_model), 1)]
   return out
 
 
-def _layer_residuals(cfg, b, length, cross_length, policy) -> list:
+def _layer_residuals(cfg, b, length, cross_length, policy, tpu: bool) -> list:
   """What one encoder (cross_length None) or decoder layer keeps for its backward pass."""
   if policy == 'full':
     return [(ACT, (b, length, cfg.d_model), cfg.compute_dtype.itemsize)]  # the layer input
-  out = _attention_residuals(cfg, b, length, length, policy)
+  out = _attention_residuals(cfg, b, length, length, policy, tpu)
   if cross_length:
-    out += _attention_residuals(cfg, b, length, cross_length, policy)
-  out += _mlp_residuals(cfg, b, length, policy)
+    out += _attention_residuals(cfg, b, length, cross_length, policy, tpu)
+  out += _mlp_residuals(cfg, b, length, policy, tpu)
   if policy == 'minimal':
     out.append((ACT, (b, length, cfg.d_model), cfg.compute_dtype.itemsize))  # the layer input
   return out
@@ -156,39 +150,45 @@ def _stacks(cfg: T5Config, lengths: Mapping[str, int]) -> list[tuple[int, int, i
 
 
 def activation_bytes(cfg: T5Config, lengths: Mapping[str, int], batch: int, rules,
-                     mesh_shape: Mapping[str, int], policy: str) -> float:
+                     mesh_shape: Mapping[str, int], policy: str, platform: str = 'gpu') -> float:
   """Bytes per device live at the peak of the backward pass under `policy` (an estimate).
 
-  Per layer, the residuals its backward pass reads. 'none': what JAX's autodiff saves (each
-  pre-norm's input, x², x·rsqrt and output; q, k, v; the attention mask, masked logits, exp and
-  float32 softmax weights; weights·v; each MLP projection's output with its activation's
-  intermediates and the gated product). 'minimal': the outputs of the weight matmuls plus the
-  layer input. 'full': the layer input. With remat, the layer being recomputed holds its 'none'
-  set once more. Once per stack: the final norm, the attention mask and relative-position bias.
-  Once per model: four float32 [batch, length, vocab] arrays (the logits, their log-softmax, the
-  loss's one-hot targets and the logits' gradient). Each array is divided by the mesh axes its
-  logical names map to (batch over data; heads, mlp, vocab over model under 2-D rules).
-  `batch` is the (micro)batch that one forward pass sees.
+  Per layer, the residuals its backward pass reads, after XLA's fusion. 'none': each pre-norm's
+  input; q, k, v, the unnormalised softmax weights and weights·v of each attention
+  (layers.dot_product_attention keeps exactly these); each MLP projection's output. Elementwise
+  intermediates (activations, the gated product) are left out: JAX's autodiff saves them, but
+  XLA recomputes them inside the backward fusions. On `platform` 'tpu' the matmuls' inputs (norm
+  outputs, the gated product) are recomputed too, as XLA:TPU fuses elementwise producers into
+  its convolutions; XLA:GPU's cuBLAS GEMMs and XLA:CPU's library dots read them from memory.
+  'minimal': the outputs of the weight matmuls plus the layer input. 'full': the layer input.
+  With remat, the layer being recomputed holds its 'none' set once more. Once per stack: the
+  final norm, the attention mask and relative-position bias. Once per model: two float32
+  [batch, length, vocab] arrays, the logits and their gradient (one on TPU, where the gradient
+  is fused into the output layer's backward matmuls). Each array is divided by the
+  mesh axes its logical names map to (batch over data; heads, mlp, vocab over model under 2-D
+  rules). `batch` is the (micro)batch that one forward pass sees.
 
-  Against XLA's compiled temp bytes (CPU, remat barriers kept; tests/test_plan.py) this is
-  within 0.55-1.3x for small models; XLA's fusion can only shrink the 'none' set.
+  Calibrated on XLA:TPU (v5p) and XLA:GPU (H100) compiles of T5.1.1 small, base and XL shapes
+  under fsdp and 2d (bench/results/aot_targets.md); tests/test_plan.py holds it on small configs.
   """
   layout = _Layout(rules, mesh_shape)
   bytes_of = lambda items: sum(layout.per_device(n, s, i) for n, s, i in items)
+  tpu = platform == 'tpu'
   total, recomputed = 0.0, 0.0
   stacks = _stacks(cfg, lengths)
   for num_layers, length, cross in stacks:
     if not num_layers:
       continue
-    total += num_layers * bytes_of(_layer_residuals(cfg, batch, length, cross, policy))
+    total += num_layers * bytes_of(_layer_residuals(cfg, batch, length, cross, policy, tpu))
     if policy != 'none':
-      recomputed = max(recomputed, bytes_of(_layer_residuals(cfg, batch, length, cross, 'none')))
+      recomputed = max(recomputed,
+                       bytes_of(_layer_residuals(cfg, batch, length, cross, 'none', tpu)))
     total += bytes_of(_norm_residuals(cfg, batch, length)
                       + [(('batch', None, None, None), (batch, 1, length, cross or length), 1),
                          ((None, 'heads', None, None), (1, cfg.num_heads, length, length), 4)])
   logits = layout.per_device(('batch', 'length', 'vocab'),
                              (batch, stacks[-1][1], cfg.vocab_size), 4)
-  return total + recomputed + 4 * logits
+  return total + recomputed + (1 if tpu else 2) * logits
 
 
 # ----------------------------------------------------------------------------- roofline
@@ -359,9 +359,11 @@ def plan(model_config: T5Config, mesh_shape: Mapping[str, int], num_devices: int
         f'{batch_shards} devices that shard the batch (mesh {shape}); choose a batch size that '
         f'is a multiple of {batch_shards * num_microbatches}.')
   micro = batch_size // num_microbatches
-  activations = {p: activation_bytes(model_config, task_feature_lengths, micro, rules, shape, p)
+  platform = 'tpu' if (chip or '').startswith('tpu') else 'gpu'
+  activations = {p: activation_bytes(model_config, task_feature_lengths, micro, rules, shape, p,
+                                     platform)
                  for p in REMAT_POLICIES}
-  workspace = _fsdp_gather_buffer(abstract_params, param_axes, layout)
+  workspace = _fsdp_gather_buffer(abstract_params, param_axes, layout, platform != 'tpu')
   per_example = models.training_flops_per_example(model_config, task_feature_lengths)
   tokens = sum(task_feature_lengths.values())
   fixed = 2 * params_bytes + opt_bytes + workspace  # params, gradients, optimizer, gather buffer
@@ -408,9 +410,13 @@ def plan(model_config: T5Config, mesh_shape: Mapping[str, int], num_devices: int
 _abstract_params_and_axes = functools.lru_cache(maxsize=8)(trainer.abstract_params_and_axes)
 
 
-def _fsdp_gather_buffer(abstract_params, param_axes, layout: _Layout) -> float:
-  """Room for two gathered layers (the one in use and the next, prefetched) when params are
-  sharded over a batch axis (FSDP); zero otherwise."""
+def _fsdp_gather_buffer(abstract_params, param_axes, layout: _Layout, every_layer: bool) -> float:
+  """Gathered copies of params sharded over a batch axis (FSDP); zero otherwise.
+
+  XLA:TPU gathers each layer again for the backward pass, so two gathered layers are live (the
+  one in use and the next, prefetched). XLA:GPU keeps the forward's gathered weights for the
+  backward (`every_layer`): XL on 32 H100s compiled to 0.42 GiB more per layer pair than its
+  activations, the size of that pair's gathered weights."""
   batch_axes = _batch_axes(layout)
   groups: dict[tuple, float] = {}
   sharded = False
@@ -422,7 +428,9 @@ def _fsdp_gather_buffer(abstract_params, param_axes, layout: _Layout) -> float:
     group = key[:3] if 'layers' in key else key[:1]
     groups[group] = groups.get(group, 0.0) + layout.per_device(
         names, leaf.shape, leaf.dtype.itemsize, drop=fsdp)
-  return 2 * max(groups.values()) if sharded else 0.0
+  if not sharded:
+    return 0.0
+  return sum(groups.values()) if every_layer else 2 * max(groups.values())
 
 
 # ----------------------------------------------------------------------------- ahead of time
@@ -466,6 +474,7 @@ def compiled_figures(p: dict, compiled: dict, config: T5Config, preset: str, num
       'dtype': config.dtype,
       'batch_size': p['batch_size'],
       'memory_per_chip_bytes': compiled['memory_per_chip_bytes'],
+      **{k: compiled[k] for k in ('argument_bytes', 'output_bytes', 'alias_bytes', 'temp_bytes')},
       'hbm_bytes': hbm,
       'fits': None if hbm is None else compiled['memory_per_chip_bytes'] <= hbm,
       'hbm_free_fraction': None if hbm is None else 1 - compiled['memory_per_chip_bytes'] / hbm,
@@ -566,7 +575,7 @@ def _print_plan(p: dict, lengths, preset: str, num_devices: int, dtype: str) -> 
   print(f"params + optimizer per device: "
         f"{_gib(p['params_bytes_per_device'] + p['optimizer_bytes_per_device'])}")
   if p['fsdp_gather_bytes_per_device']:
-    print(f"FSDP gather buffer (2 layers): {_gib(p['fsdp_gather_bytes_per_device'])}")
+    print(f"FSDP gathered params: {_gib(p['fsdp_gather_bytes_per_device'])}")
   policies = REMAT_POLICIES
   rows = [('activations (GiB)', [gib(p['activation_bytes_by_remat'][r]) for r in policies]),
           ('total per device (GiB)', [gib(p['total_bytes_by_remat'][r]) for r in policies])]

@@ -52,6 +52,17 @@ def test_train_step_bench_times_ours_and_transformers_on_the_same_model(capsys, 
   assert all(float(line.split()[0]) >= 0 for line in profile_lines)
 
 
+def test_train_step_bench_times_a_decoder_only_model(capsys):
+  """What bench/maxtext_compare.py runs for our side: targets only, tokens = batch x length."""
+  assert train_step.main([*TINY, "--gin.t5x_lite.models.T5Config.architecture='decoder_only'",
+                          '--gin.t5x_lite.models.T5Config.num_encoder_layers=0',
+                          '--batch_size=2', '--targets_length=8', '--steps=2']) == 0
+  result = last_json(capsys)
+  assert result['lengths'] == {'targets': 8} and len(result['step_times_s']) == 2
+  assert result['tokens_per_s'] == pytest.approx(2 * 8 / result['step_s'])
+  assert result['last_cross_entropy'] < result['first_cross_entropy']
+
+
 def test_input_pipeline_bench_compares_with_the_train_step(capsys):
   assert input_pipeline.main([*TINY, '--batch_size=4', '--inputs_length=64',
                               '--targets_length=16', '--batches=5', '--step_s=2.0']) == 0
