@@ -200,7 +200,10 @@ def main(argv=None) -> int:
                             args.targets_length, config.vocab_size, decoder_only)
     tokens = args.batch_size * sum(lengths.values())
     model_flops = models.training_flops_per_example(config, lengths) * args.batch_size
-    peak = hardware.peak_flops_per_device() * jax.device_count()
+    peak = hardware.peak_flops_per_device()
+    if peak is None:
+      raise gin_utils.UsageError(hardware.unknown_peak_message())
+    peak *= jax.device_count()
     memory = hardware.measured_memory_bandwidth()
     print(f'peak {peak / 1e9:.1f} GFLOP/s ({jax.devices()[0].device_kind}, '
           f'{jax.device_count()} device(s)), memory {memory / 1e9:.1f} GB/s (elementwise pass '

@@ -10,6 +10,7 @@ import functools
 import time
 from typing import NamedTuple
 
+import gin
 import jax
 import jax.numpy as jnp
 
@@ -75,10 +76,11 @@ CHIPS: dict[str, Chip] = {
     'a100': Chip(312e12, 80 * GiB, 2.039e12, 600e9 / 2, 200e9 / 8, 8),
 }
 
+# Substrings of `device_kind`, first match wins: libtpu calls v5p 'TPU v5' and v5e 'TPU v5 lite'.
 _DEVICE_KIND_TO_CHIP = (
-    ('v5p', 'tpu_v5p'), ('v5 lite', 'tpu_v5e'), ('v5e', 'tpu_v5e'), ('v6 lite', 'tpu_v6e'),
-    ('v6e', 'tpu_v6e'), ('v4', 'tpu_v4'), ('h100', 'h100'), ('h200', 'h200'), ('b200', 'b200'),
-    ('a100', 'a100'),
+    ('v5 lite', 'tpu_v5e'), ('v5e', 'tpu_v5e'), ('v5p', 'tpu_v5p'), ('tpu v5', 'tpu_v5p'),
+    ('v6 lite', 'tpu_v6e'), ('v6e', 'tpu_v6e'), ('v4', 'tpu_v4'), ('h100', 'h100'),
+    ('h200', 'h200'), ('b200', 'b200'), ('a100', 'a100'),
 )
 
 
@@ -124,10 +126,25 @@ def measured_memory_bandwidth(mib: int = 256, repeats: int = 5) -> float:
   return 2 * x.nbytes / _best_seconds(lambda v: v * 1.5 + 1.0, x, repeats)
 
 
-def peak_flops_per_device(device: jax.Device | None = None) -> float:
-  """Published peak for known accelerators; measured matmul FLOP/s otherwise (CPU)."""
+@gin.configurable
+def peak_flops_per_device(device: jax.Device | None = None,
+                          peak_flops: float | None = None) -> float | None:
+  """The peak MFU divides by: `peak_flops` when set (gin), the published dense bf16 peak of a
+  chip in CHIPS, a measured matmul on CPU; None for an accelerator missing from CHIPS, whose MFU
+  is unknown rather than guessed (a measured f32 matmul there was up to 8x off)."""
+  if peak_flops:
+    return float(peak_flops)
   device = device or jax.devices()[0]
   chip = chip_for_device(device)
   if chip is not None:
     return CHIPS[chip].peak_flops
-  return measured_matmul_flops() / max(1, jax.local_device_count())
+  if device.platform == 'cpu':
+    return measured_matmul_flops() / max(1, jax.local_device_count())
+  return None
+
+
+def unknown_peak_message(device: jax.Device | None = None) -> str:
+  kind = (device or jax.devices()[0]).device_kind
+  return (f'MFU unknown: no published peak for device kind {kind!r} in hardware.CHIPS; to report '
+          'it, set its dense bf16 FLOP/s per device with '
+          '--gin.peak_flops_per_device.peak_flops=9.89e14 (or add the chip to the table).')

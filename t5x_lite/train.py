@@ -162,7 +162,11 @@ def train(*,
     flops_per_step = models.training_flops_per_example(
         model_config, task_feature_lengths) * batch_size
     tokens_per_step = batch_size * sum(task_feature_lengths.values())
-    peak = hardware.peak_flops_per_device() * jax.device_count()
+    peak = hardware.peak_flops_per_device()
+    if peak is None:
+      log(hardware.unknown_peak_message())
+    else:
+      peak *= jax.device_count()
     schedule = trainer.learning_rate_schedule()
     writer = trainer.MetricsWriter(model_dir, train_steps, enabled=is_main, resume_step=start_step)
     timer = trainer.StepTimer()
@@ -244,7 +248,8 @@ def train(*,
           if n:
             last['steps_per_s'] = 1.0 / s_per_step
             last['tokens_per_s'] = tokens_per_step / s_per_step
-            last['mfu'] = flops_per_step / s_per_step / peak
+            if peak:
+              last['mfu'] = flops_per_step / s_per_step / peak
           if on_nonfinite == 'skip':
             last['skipped_steps'] = skipped
           eta = (train_steps - step) * s_per_step if n else None

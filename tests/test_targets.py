@@ -3,9 +3,11 @@
 The expected layouts are Cloud TPU's published slice shapes (as MaxText's accelerator table lists
 them), an independent record of what each accelerator type is."""
 
+import types
+
 import pytest
 
-from t5x_lite import gin_utils, targets
+from t5x_lite import gin_utils, hardware, targets
 
 
 @pytest.mark.parametrize('name, chips, topology, wrap', [
@@ -57,5 +59,16 @@ def test_bad_targets_say_what_exists(name, needle):
     ('h100x8', 'NVIDIA H100 80GB HBM3', 8), ('a100x8', 'NVIDIA A100-SXM4-80GB', 8),
 ])
 def test_compile_only_devices_come_from_libtpu_and_the_cuda_plugin(name, kind, count):
-  devices = targets.devices(targets.parse(name))
+  target = targets.parse(name)
+  devices = targets.devices(target)
   assert len(devices) == count and {d.device_kind for d in devices} == {kind}
+  # MFU divides by the chip's published peak, found from the device kind XLA reports.
+  assert hardware.chip_for_device(devices[0]) == target.chip
+  assert hardware.peak_flops_per_device(devices[0]) == hardware.CHIPS[target.chip].peak_flops
+
+
+def test_an_accelerator_missing_from_the_table_has_no_mfu_rather_than_a_guess():
+  unknown = types.SimpleNamespace(device_kind='Imaginary X9', platform='gpu')
+  assert hardware.peak_flops_per_device(unknown) is None
+  assert '--gin.peak_flops_per_device.peak_flops=' in hardware.unknown_peak_message(unknown)
+  assert hardware.peak_flops_per_device(unknown, peak_flops=5e14) == 5e14
