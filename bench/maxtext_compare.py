@@ -4,16 +4,19 @@
 
 (a) The same decoder-only model (GPT-3 1.3B's shapes: d_model 2048, 16 heads x 128, non-gated
     GELU MLP 8192, 24 layers, tied embeddings, vocabulary 50,304, length 2048), the same global
-    batch, AdamW, float32 and full remat on both sides, compiled for the same TPU slice: MaxText
-    through its `train_compile` (in .venv-maxtext, jax 0.11.1), ours through `t5x_lite.plan
-    --target --json`. Memory per chip and XLA:TPU's `optimal_seconds` for each; MaxText's defaults
-    (bfloat16 activations) as a third row.
+    batch, AdamW, full remat, FSDP, compiled for the same TPU slice: MaxText through its
+    `train_compile` (in .venv-maxtext, jax 0.11.1), ours through `t5x_lite.plan --target --json`,
+    in float32 and in bfloat16. Memory per chip and XLA:TPU's `optimal_seconds` for each, with
+    MaxText's layers unrolled as ours are (`optimal_seconds` counts a scanned body once); MaxText's
+    defaults (scanned) for its memory and compile time.
 (b) On this CPU, a small model of the same family and shapes on both sides, runs alternated
     (ours, MaxText, ours, ...), one FLOP count for both (models/flops.py): tokens/s and their ratio.
 
 What differs between the two models, beyond the settings forced equal: MaxText's llama2 block has
-rotary position embeddings where ours adds T5's relative-position bias; MaxText scans its layers
-(ours are unrolled); MaxText's CPU default attention and ours are both plain dot-product attention.
+rotary position embeddings where ours adds T5's relative-position bias; in bfloat16 MaxText's
+autoselected attention on TPU is a Pallas (splash) kernel, ours is XLA's; MaxText scans its
+layers by default (ours are unrolled); on CPU both run plain dot-product attention, MaxText with
+its lightest remat ('minimal') and ours with none.
 Results go to bench/results/maxtext_compare.md (+ .json).
 """
 
@@ -38,7 +41,7 @@ SMALL = dict(d_model=256, heads=4, head_dim=64, mlp=1024, layers=4, vocab=8192, 
 
 
 def _maxtext_args(shape: dict, *, per_device_batch: float, dtype: str | None, remat: str | None,
-                  attention: str | None = None) -> list[str]:
+                  attention: str | None = None, scan: bool = True) -> list[str]:
   args = [f"base_emb_dim={shape['d_model']}", f"base_num_query_heads={shape['heads']}",
           f"base_num_kv_heads={shape['heads']}", f"head_dim={shape['head_dim']}",
           f"base_mlp_dim={shape['mlp']}", f"base_num_decoder_layers={shape['layers']}",
@@ -49,12 +52,14 @@ def _maxtext_args(shape: dict, *, per_device_batch: float, dtype: str | None, re
   args += [f'dtype={dtype}'] if dtype else []
   args += [f'remat_policy={remat}'] if remat else []
   args += [f'attention={attention}'] if attention else []
+  args += [] if scan else ['scan_layers=false']
   return args
 
 
-def _our_gin(shape: dict, remat: str) -> list[str]:
+def _our_gin(shape: dict, remat: str, dtype: str = 'float32') -> list[str]:
   m = 't5x_lite.models.T5Config'
   return ['--gin_file=gin/models/decoder_only/1.3B.gin', f"--gin.VOCAB_SIZE={shape['vocab']}",
+          f"--gin.{m}.dtype='{dtype}'",
           f"--gin.{m}.d_model={shape['d_model']}", f"--gin.{m}.num_heads={shape['heads']}",
           f"--gin.{m}.d_kv={shape['head_dim']}", f"--gin.{m}.d_ff={shape['mlp']}",
           f"--gin.{m}.num_decoder_layers={shape['layers']}", f"--gin.{m}.remat_policy='{remat}'",
@@ -67,26 +72,30 @@ def _maxtext_config() -> str:
   return os.path.join(out.stdout.strip().splitlines()[-1], 'configs', 'base.yml')
 
 
-def _run(cmd: list[str], timeout_s: int, env: dict | None = None) -> str:
+def _run(cmd: list[str], timeout_s: int, env: dict | None = None) -> tuple[str, str]:
+  """(stdout, stdout + stderr) of a command that must succeed."""
   t = time.perf_counter()
   print('$ ' + ' '.join(cmd), flush=True)
+  # Not our libtpu: t5x_lite points TPU_LIBRARY_PATH at the one jax 0.10.2 pins, which cannot
+  # read the Pallas kernels MaxText's jax 0.11.1 writes.
+  base = {k: v for k, v in os.environ.items() if k != 'TPU_LIBRARY_PATH'}
   proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout_s,
-                        env={**os.environ, **(env or {})})
+                        env={**base, **(env or {})})
   if proc.returncode:
     raise RuntimeError(f'exit {proc.returncode} after {time.perf_counter() - t:.0f} s:\n'
                        + (proc.stdout + proc.stderr)[-3000:])
-  return proc.stdout + proc.stderr
+  return proc.stdout, proc.stdout + proc.stderr
 
 
 def maxtext_compile(target: str, shape: dict, batch: int, chips: int, dtype, remat,
-                    attention=None) -> dict:
+                    attention=None, scan: bool = True) -> dict:
   """MaxText's train_compile for `target`: memory per chip and XLA:TPU's optimal_seconds."""
   t = time.perf_counter()
-  out = _run([MAXTEXT_PY, '-m', 'maxtext.trainers.pre_train.train_compile', _maxtext_config(),
+  _, out = _run([MAXTEXT_PY, '-m', 'maxtext.trainers.pre_train.train_compile', _maxtext_config(),
               f'run_name=compare_{int(t)}', 'base_output_directory=/tmp/maxtext_compare',
               f'compile_topology={target}', 'compile_topology_num_slices=1',
               *_maxtext_args(shape, per_device_batch=batch / chips, dtype=dtype, remat=remat,
-                             attention=attention)],
+                             attention=attention, scan=scan)],
              timeout_s=3600, env={'JAX_PLATFORMS': 'cpu'})
   wall = time.perf_counter() - t
   mem = {k: int(v) for k, v in re.findall(r'(\w+)_size_in_bytes=(\d+)',
@@ -98,9 +107,9 @@ def maxtext_compile(target: str, shape: dict, batch: int, chips: int, dtype, rem
           'optimal_seconds': float(cost.group(1)) if cost else None, 'wall_s': wall}
 
 
-def ours_compile(target: str, shape: dict, batch: int, remat: str) -> dict:
+def ours_compile(target: str, shape: dict, batch: int, remat: str, dtype: str) -> dict:
   t = time.perf_counter()
-  out = _run([OURS_PY, '-m', 't5x_lite.plan', *_our_gin(shape, remat), '--preset=fsdp',
+  out, _ = _run([OURS_PY, '-m', 't5x_lite.plan', *_our_gin(shape, remat, dtype), '--preset=fsdp',
               f'--target={target}', f'--batch_size={batch}',
               f"--gin.TASK_FEATURE_LENGTHS={{'targets': {shape['length']}}}",
               "--gin.MESH_SHAPE={'data': -1, 'model': 1}", '--json'], timeout_s=7200)
@@ -123,7 +132,7 @@ def model_flops_per_step(shape: dict, batch: int) -> float:
 
 
 def maxtext_cpu(shape: dict, batch: int, steps: int) -> list[float]:
-  out = _run([MAXTEXT_PY, '-m', 'maxtext.trainers.pre_train.train', _maxtext_config(),
+  _, out = _run([MAXTEXT_PY, '-m', 'maxtext.trainers.pre_train.train', _maxtext_config(),
               f'run_name=cpu_{int(time.time())}', 'base_output_directory=/tmp/maxtext_compare',
               'hardware=cpu', 'skip_jax_distributed_system=true', f'steps={steps + 2}',
               *_maxtext_args(shape, per_device_batch=batch, dtype='float32', remat='minimal')],
@@ -134,7 +143,7 @@ def maxtext_cpu(shape: dict, batch: int, steps: int) -> list[float]:
 
 
 def ours_cpu(shape: dict, batch: int, steps: int) -> list[float]:
-  out = _run([OURS_PY, 'bench/train_step.py', *_our_gin(shape, 'none'),
+  out, _ = _run([OURS_PY, 'bench/train_step.py', *_our_gin(shape, 'none'),
               f'--batch_size={batch}', f"--targets_length={shape['length']}",
               f'--steps={steps}', '--warmup=2', '--optimizer=adamw'], timeout_s=1800)
   return json.loads(out.strip().splitlines()[-1])['step_times_s']
@@ -162,16 +171,32 @@ def main(argv=None) -> int:
     from t5x_lite import hardware, targets  # pylint: disable=import-outside-toplevel
     target = targets.parse(args.target)
     chips = target.num_chips
-    tpu = {'target': args.target, 'batch_size': args.batch_size, 'shape': BIG,
-           'peak_flops_per_chip': hardware.CHIPS[target.chip].peak_flops}
-    tpu['maxtext_f32_full'] = maxtext_compile(args.target, BIG, args.batch_size, chips,
-                                              'float32', 'full', 'dot_product')
-    tpu['maxtext_defaults'] = maxtext_compile(args.target, BIG, args.batch_size, chips,
-                                              None, None)
-    tpu['ours_f32_full'] = ours_compile(args.target, BIG, args.batch_size, 'full')
-    tpu['model_flops_per_step'] = model_flops_per_step(BIG, args.batch_size)
-    results['tpu'] = tpu
-    json.dump(results, open(json_path, 'w'), indent=1)
+    tpu = results.get('tpu', {})
+    if (tpu.get('target'), tpu.get('batch_size')) != (args.target, args.batch_size):
+      tpu = {'target': args.target, 'batch_size': args.batch_size, 'shape': BIG}
+    tpu['peak_flops_per_chip'] = hardware.CHIPS[target.chip].peak_flops
+    tpu['num_chips'] = chips
+    mt = lambda *a, **k: lambda: maxtext_compile(args.target, BIG, args.batch_size, chips, *a,
+                                                 **k)
+    ours = lambda dtype: lambda: ours_compile(args.target, BIG, args.batch_size, 'full', dtype)
+    rows = {
+        'ours_f32_full': ours('float32'),
+        'maxtext_f32_full_unscanned': mt('float32', 'full', 'dot_product', scan=False),
+        'ours_bf16_full': ours('bfloat16'),
+        'maxtext_bf16_full_unscanned': mt('bfloat16', 'full', scan=False),
+        'maxtext_defaults': mt(None, None),
+        'model_flops_per_step': lambda: model_flops_per_step(BIG, args.batch_size),
+    }
+    for key, compute in rows.items():  # each figure is saved as it comes (rerun to resume)
+      if key in tpu and 'error' not in (tpu[key] if isinstance(tpu[key], dict) else {}):
+        continue
+      try:
+        tpu[key] = compute()
+      except RuntimeError as e:  # say what failed in the table, go on with the rest
+        tpu[key] = {'error': str(e).strip().splitlines()[-1][:300]}
+      results['tpu'] = tpu
+      with open(json_path, 'w') as f:
+        json.dump(results, f, indent=1)
   if not args.skip_cpu:
     runs = {'ours': [], 'maxtext': []}
     for r in range(args.rounds):
@@ -203,15 +228,21 @@ def report(results: dict) -> str:
               f"{tpu['batch_size']}, length {tpu['shape']['length']}, AdamW", '',
               '| side | settings | memory/chip GiB | temp GiB | optimal_seconds ms | MFU (one FLOP '
               'count) | compile s |', '|---|---|---|---|---|---|---|']
-    ours = tpu['ours_f32_full']
-    n, peak = ours['num_chips'], tpu['peak_flops_per_chip']
-    for name, label, r in (('t5x_lite', 'float32, remat full, unrolled', ours),
-                           ('MaxText', 'float32, remat full, dot_product, scanned',
-                            tpu['maxtext_f32_full']),
-                           ('MaxText', 'defaults: bfloat16, remat full, autoselected attention',
-                            tpu['maxtext_defaults'])):
+    n, peak = tpu['num_chips'], tpu['peak_flops_per_chip']
+    for name, label, key in (
+        ('t5x_lite', 'float32, remat full, unrolled', 'ours_f32_full'),
+        ('MaxText', 'float32, remat full, dot_product, unrolled', 'maxtext_f32_full_unscanned'),
+        ('t5x_lite', 'bfloat16, remat full, unrolled', 'ours_bf16_full'),
+        ('MaxText', 'bfloat16, remat full, autoselected attention, unrolled',
+         'maxtext_bf16_full_unscanned'),
+        ('MaxText', 'defaults: bfloat16, remat full, autoselected attention, scanned '
+         '(optimal_seconds counts the scan body once)', 'maxtext_defaults')):
+      r = tpu.get(key, {'error': 'not run'})
+      if 'error' in r:
+        lines.append(f"| {name} | {label} | failed: {r['error']} | | | | |")
+        continue
       opt = r['optimal_seconds']
-      mfu = f'{flops / n / peak / opt:.1%}' if opt else '-'
+      mfu = f'{flops / n / peak / opt:.1%}' if opt and key != 'maxtext_defaults' else '-'
       temp = r.get('temp_bytes')
       lines.append(f"| {name} | {label} | {gib(r['memory_per_chip_bytes'])} | "
                    f"{gib(temp) if temp else '-'} | {opt * 1e3 if opt else float('nan'):,.1f} | "

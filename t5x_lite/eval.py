@@ -18,7 +18,6 @@ if __name__ == '__main__':
 
 import argparse
 import json
-import os
 from typing import Mapping
 
 import gin

@@ -25,7 +25,6 @@ from typing import Callable, Mapping, Sequence
 
 import gin
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
