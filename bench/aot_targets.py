@@ -149,8 +149,9 @@ def table(rows: list[dict]) -> str:
     mfu = '-' if r['mfu_estimate'] is None else f"{r['mfu_estimate']:.1%}"
     mem, est = r['memory_per_chip_bytes'], r['estimated_memory_per_chip_bytes']
     before = f"; {r['estimate_before'] / mem:.2f}" if 'estimate_before' in r else ''
+    free = f"{r['hbm_free_fraction']:.0%}" if r['fits'] else 'over HBM'
     lines.append(
-        f"{head} {_gib(mem)} ({r['hbm_free_fraction']:.0%}) | {_gib(est)} ({est / mem:.2f}"
+        f"{head} {_gib(mem)} ({free}) | {_gib(est)} ({est / mem:.2f}"
         f"{before}) | {_gib(r['collective_bytes_per_step'])} "
         f"({'-' if ratio is None else f'{ratio:.2f}'}) | {r['compile_s']:.0f} | {mfu} | "
         f"{'-' if r['fused_attention'] is None else r['fused_attention']} |")
