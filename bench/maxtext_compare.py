@@ -23,9 +23,11 @@ Results go to bench/results/maxtext_compare.md (+ .json).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import re
+import shlex
 import statistics
 import subprocess
 import sys
@@ -87,16 +89,19 @@ def _run(cmd: list[str], timeout_s: int, env: dict | None = None) -> tuple[str, 
   return proc.stdout, proc.stdout + proc.stderr
 
 
-def maxtext_compile(target: str, shape: dict, batch: int, chips: int, dtype, remat,
-                    attention=None, scan: bool = True) -> dict:
-  """MaxText's train_compile for `target`: memory per chip and XLA:TPU's optimal_seconds."""
+def maxtext_compile_cmd(target: str, shape: dict, batch: int, chips: int, dtype=None,
+                        remat=None, attention=None, scan: bool = True) -> list[str]:
+  return [MAXTEXT_PY, '-m', 'maxtext.trainers.pre_train.train_compile', _maxtext_config(),
+          'run_name=compare', 'base_output_directory=/tmp/maxtext_compare',
+          f'compile_topology={target}', 'compile_topology_num_slices=1',
+          *_maxtext_args(shape, per_device_batch=batch / chips, dtype=dtype, remat=remat,
+                         attention=attention, scan=scan)]
+
+
+def maxtext_compile(*args, **kwargs) -> dict:
+  """MaxText's train_compile for a target: memory per chip and XLA:TPU's optimal_seconds."""
   t = time.perf_counter()
-  _, out = _run([MAXTEXT_PY, '-m', 'maxtext.trainers.pre_train.train_compile', _maxtext_config(),
-              f'run_name=compare_{int(t)}', 'base_output_directory=/tmp/maxtext_compare',
-              f'compile_topology={target}', 'compile_topology_num_slices=1',
-              *_maxtext_args(shape, per_device_batch=batch / chips, dtype=dtype, remat=remat,
-                             attention=attention, scan=scan)],
-             timeout_s=3600, env={'JAX_PLATFORMS': 'cpu'})
+  _, out = _run(maxtext_compile_cmd(*args, **kwargs), timeout_s=3600, env={'JAX_PLATFORMS': 'cpu'})
   wall = time.perf_counter() - t
   mem = {k: int(v) for k, v in re.findall(r'(\w+)_size_in_bytes=(\d+)',
                                           out.rsplit('Memory analysis:', 1)[1])}
@@ -107,15 +112,39 @@ def maxtext_compile(target: str, shape: dict, batch: int, chips: int, dtype, rem
           'optimal_seconds': float(cost.group(1)) if cost else None, 'wall_s': wall}
 
 
-def ours_compile(target: str, shape: dict, batch: int, remat: str, dtype: str) -> dict:
+def ours_compile_cmd(target: str, shape: dict, batch: int, chips: int, dtype: str,
+                     remat: str) -> list[str]:
+  del chips  # the target says
+  return [OURS_PY, '-m', 't5x_lite.plan', *_our_gin(shape, remat, dtype), '--preset=fsdp',
+          f'--target={target}', f'--batch_size={batch}',
+          f"--gin.TASK_FEATURE_LENGTHS={{'targets': {shape['length']}}}",
+          "--gin.MESH_SHAPE={'data': -1, 'model': 1}", '--json']
+
+
+def ours_compile(*args, **kwargs) -> dict:
   t = time.perf_counter()
-  out, _ = _run([OURS_PY, '-m', 't5x_lite.plan', *_our_gin(shape, remat, dtype), '--preset=fsdp',
-              f'--target={target}', f'--batch_size={batch}',
-              f"--gin.TASK_FEATURE_LENGTHS={{'targets': {shape['length']}}}",
-              "--gin.MESH_SHAPE={'data': -1, 'model': 1}", '--json'], timeout_s=7200)
+  out, _ = _run(ours_compile_cmd(*args, **kwargs), timeout_s=7200)
   got = json.loads(out.strip().splitlines()[-1])
   got['wall_s'] = time.perf_counter() - t
   return got
+
+
+# (results key, side, settings, compile function, its keyword arguments): one TPU row each.
+TPU_ROWS = (
+    ('ours_f32_full', 't5x_lite', 'float32, remat full, unrolled', 'ours',
+     dict(dtype='float32', remat='full')),
+    ('maxtext_f32_full_unscanned', 'MaxText', 'float32, remat full, dot_product, unrolled',
+     'maxtext', dict(dtype='float32', remat='full', attention='dot_product', scan=False)),
+    ('ours_bf16_full', 't5x_lite', 'bfloat16, remat full, unrolled', 'ours',
+     dict(dtype='bfloat16', remat='full')),
+    ('maxtext_bf16_full_unscanned', 'MaxText',
+     'bfloat16, remat full, autoselected attention, unrolled', 'maxtext',
+     dict(dtype='bfloat16', remat='full', scan=False)),
+    ('maxtext_defaults', 'MaxText', 'defaults: bfloat16, remat full, autoselected attention, '
+     'scanned (optimal_seconds counts the scan body once)', 'maxtext', {}),
+)
+_COMPILE = {'ours': (ours_compile, ours_compile_cmd),
+            'maxtext': (maxtext_compile, maxtext_compile_cmd)}
 
 
 def model_flops_per_step(shape: dict, batch: int) -> float:
@@ -131,21 +160,29 @@ def model_flops_per_step(shape: dict, batch: int) -> float:
   return float(out.stdout.strip().splitlines()[-1]) * batch
 
 
+def maxtext_cpu_cmd(shape: dict, batch: int, steps: int) -> list[str]:
+  return [MAXTEXT_PY, '-m', 'maxtext.trainers.pre_train.train', _maxtext_config(),
+          'run_name=cpu', 'base_output_directory=/tmp/maxtext_compare', 'hardware=cpu',
+          'skip_jax_distributed_system=true', f'steps={steps + 2}',
+          *_maxtext_args(shape, per_device_batch=batch, dtype='float32', remat='minimal')]
+
+
 def maxtext_cpu(shape: dict, batch: int, steps: int) -> list[float]:
-  _, out = _run([MAXTEXT_PY, '-m', 'maxtext.trainers.pre_train.train', _maxtext_config(),
-              f'run_name=cpu_{int(time.time())}', 'base_output_directory=/tmp/maxtext_compare',
-              'hardware=cpu', 'skip_jax_distributed_system=true', f'steps={steps + 2}',
-              *_maxtext_args(shape, per_device_batch=batch, dtype='float32', remat='minimal')],
-             timeout_s=1800, env={'JAX_PLATFORMS': 'cpu'})
+  _, out = _run(maxtext_cpu_cmd(shape, batch, steps), timeout_s=1800,
+                env={'JAX_PLATFORMS': 'cpu'})
   times = [float(s) for n, s in re.findall(r'completed step: (\d+), seconds: ([\d.]+)', out)
            if int(n) >= 2]  # step 0 compiles, step 1 can still wait on it
   return times
 
 
+def ours_cpu_cmd(shape: dict, batch: int, steps: int) -> list[str]:
+  return [OURS_PY, 'bench/train_step.py', *_our_gin(shape, 'none'), f'--batch_size={batch}',
+          f"--targets_length={shape['length']}", f'--steps={steps}', '--warmup=2',
+          '--optimizer=adamw']
+
+
 def ours_cpu(shape: dict, batch: int, steps: int) -> list[float]:
-  out, _ = _run([OURS_PY, 'bench/train_step.py', *_our_gin(shape, 'none'),
-              f'--batch_size={batch}', f"--targets_length={shape['length']}",
-              f'--steps={steps}', '--warmup=2', '--optimizer=adamw'], timeout_s=1800)
+  out, _ = _run(ours_cpu_cmd(shape, batch, steps), timeout_s=1800)
   return json.loads(out.strip().splitlines()[-1])['step_times_s']
 
 
@@ -176,17 +213,9 @@ def main(argv=None) -> int:
       tpu = {'target': args.target, 'batch_size': args.batch_size, 'shape': BIG}
     tpu['peak_flops_per_chip'] = hardware.CHIPS[target.chip].peak_flops
     tpu['num_chips'] = chips
-    mt = lambda *a, **k: lambda: maxtext_compile(args.target, BIG, args.batch_size, chips, *a,
-                                                 **k)
-    ours = lambda dtype: lambda: ours_compile(args.target, BIG, args.batch_size, 'full', dtype)
-    rows = {
-        'ours_f32_full': ours('float32'),
-        'maxtext_f32_full_unscanned': mt('float32', 'full', 'dot_product', scan=False),
-        'ours_bf16_full': ours('bfloat16'),
-        'maxtext_bf16_full_unscanned': mt('bfloat16', 'full', scan=False),
-        'maxtext_defaults': mt(None, None),
-        'model_flops_per_step': lambda: model_flops_per_step(BIG, args.batch_size),
-    }
+    rows = {key: functools.partial(_COMPILE[fn][0], args.target, BIG, args.batch_size, chips,
+                                   **kwargs) for key, _, _, fn, kwargs in TPU_ROWS}
+    rows['model_flops_per_step'] = lambda: model_flops_per_step(BIG, args.batch_size)
     for key, compute in rows.items():  # each figure is saved as it comes (rerun to resume)
       if key in tpu and 'error' not in (tpu[key] if isinstance(tpu[key], dict) else {}):
         continue
@@ -206,6 +235,7 @@ def main(argv=None) -> int:
         print(f'round {r + 1} {side}: median {runs[side][-1]:.4f} s/step over {len(times)} steps',
               flush=True)
     results['cpu'] = {'shape': SMALL, 'batch_size': args.cpu_batch_size, 'runs_s': runs,
+                      'steps': args.steps,
                       'model_flops_per_step': model_flops_per_step(SMALL, args.cpu_batch_size)}
     json.dump(results, open(json_path, 'w'), indent=1)
   with open(args.out, 'w') as f:
@@ -229,14 +259,7 @@ def report(results: dict) -> str:
               '| side | settings | memory/chip GiB | temp GiB | optimal_seconds ms | MFU (one FLOP '
               'count) | compile s |', '|---|---|---|---|---|---|---|']
     n, peak = tpu['num_chips'], tpu['peak_flops_per_chip']
-    for name, label, key in (
-        ('t5x_lite', 'float32, remat full, unrolled', 'ours_f32_full'),
-        ('MaxText', 'float32, remat full, dot_product, unrolled', 'maxtext_f32_full_unscanned'),
-        ('t5x_lite', 'bfloat16, remat full, unrolled', 'ours_bf16_full'),
-        ('MaxText', 'bfloat16, remat full, autoselected attention, unrolled',
-         'maxtext_bf16_full_unscanned'),
-        ('MaxText', 'defaults: bfloat16, remat full, autoselected attention, scanned '
-         '(optimal_seconds counts the scan body once)', 'maxtext_defaults')):
+    for key, name, label, _, _ in TPU_ROWS:
       r = tpu.get(key, {'error': 'not run'})
       if 'error' in r:
         lines.append(f"| {name} | {label} | failed: {r['error']} | | | | |")
@@ -260,7 +283,20 @@ def report(results: dict) -> str:
       lines.append(f"| {name} | {s:.4f} | {tokens / s:,.0f} | "
                    f"{cpu['model_flops_per_step'] / s / 1e9:.1f} |")
     lines += ['', f't5x_lite / MaxText tokens/s: {theirs / ours:.2f}x (runs: '
-              f"{cpu['runs_s']})"]
+              f"{cpu['runs_s']})", '']
+  lines += ['## Commands', '', '```bash']
+  show = lambda cmd: ' '.join(shlex.quote(os.path.relpath(c, REPO) if c.startswith(REPO) else c)
+                              for c in cmd)
+  if tpu:
+    for key, _, _, fn, kwargs in TPU_ROWS:
+      lines.append(f'# {key}')
+      lines.append(show(_COMPILE[fn][1](tpu['target'], tpu['shape'], tpu['batch_size'],
+                                        tpu['num_chips'], **kwargs)))
+  if cpu:
+    steps = cpu.get('steps', 10)
+    lines += ['# CPU, alternated', show(ours_cpu_cmd(cpu['shape'], cpu['batch_size'], steps)),
+              show(maxtext_cpu_cmd(cpu['shape'], cpu['batch_size'], steps))]
+  lines.append('```')
   return '\n'.join(lines)
 
 
