@@ -125,8 +125,10 @@ def refresh_estimate(row: dict, timeout_s: int) -> dict:
   plan = _plan_json(flags + [
       f'--chip={target.chip}', f'--num_devices={target.num_chips}',
       f'--nodes={target.num_slices}'], timeout_s)
-  row.setdefault('estimate_before', row['estimated_memory_per_chip_bytes'])
-  row['estimated_memory_per_chip_bytes'] = plan['total_bytes_by_remat'][row['remat_policy']]
+  new = plan['total_bytes_by_remat'][row['remat_policy']]
+  if abs(new / row['estimated_memory_per_chip_bytes'] - 1) > 0.005:
+    row.setdefault('estimate_before', row['estimated_memory_per_chip_bytes'])
+  row['estimated_memory_per_chip_bytes'] = new
   return row
 
 
@@ -172,6 +174,8 @@ def main(argv=None) -> int:
                       help="'full', or '2,4': compile 2 and 4 layers per stack, extrapolate")
   parser.add_argument('--refresh_estimates', action='store_true',
                       help="re-score stored rows with the planner as it is now; no compiles")
+  parser.add_argument('--report', action='store_true',
+                      help='rewrite the table from the stored rows; no compiles')
   parser.add_argument('--timeout_s', type=int, default=7200)
   parser.add_argument('--out', default=os.path.join(REPO, 'bench', 'results', 'aot_targets.md'))
   args = parser.parse_args(argv)
@@ -186,7 +190,9 @@ def main(argv=None) -> int:
     with open(done_path, 'w') as f:
       f.writelines(json.dumps(r) + '\n' for r in done)
 
-  if args.refresh_estimates:
+  if args.report:
+    pass
+  elif args.refresh_estimates:
     done = [refresh_estimate(r, args.timeout_s) if 'error' not in r else r for r in done]
     save()
   else:
