@@ -34,7 +34,7 @@ import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
-from t5x_lite import targets  # pylint: disable=wrong-import-position
+from t5x_lite import hardware, targets  # pylint: disable=wrong-import-position
 MODELS = ('t5_1_1/small', 't5_1_1/base', 't5_1_1/large', 't5_1_1/xl', 't5_1_1/xxl',
           'decoder_only/1.3B', 'decoder_only/6.7B')
 TARGETS = ('v5p-8', 'v5p-64', 'v5p-256', 'h100x8', 'h100x32')
@@ -104,10 +104,9 @@ def compile_one(model: str, target: str, preset: str, batch_size: int, depth: st
           k: {f: lo['collectives'][k][f] + (v[f] - lo['collectives'][k][f]) * (n - a) / (b - a)
               for f in ('count', 'bytes')} for k, v in hi['collectives'].items()}
       row['compile_s'] = lo['compile_s'] + hi['compile_s']
-      peak = hi['model_flops_per_chip'] / hi['optimal_seconds'] / hi['mfu_estimate'] if (
-          hi['mfu_estimate']) else None
+      peak = hardware.CHIPS[targets.parse(target).chip].peak_flops
       row['mfu_estimate'] = (row['model_flops_per_chip'] / peak / row['optimal_seconds']
-                             if peak else None)
+                             if row.get('optimal_seconds') else None)
       row['collective_bytes_ratio'] = (row['collective_bytes_per_step']
                                        / row['collective_bytes_minimum']
                                        if row.get('collective_bytes_minimum') else None)
@@ -190,12 +189,10 @@ def main(argv=None) -> int:
     with open(done_path, 'w') as f:
       f.writelines(json.dumps(r) + '\n' for r in done)
 
-  if args.report:
-    pass
-  elif args.refresh_estimates:
+  if args.refresh_estimates:
     done = [refresh_estimate(r, args.timeout_s) if 'error' not in r else r for r in done]
     save()
-  else:
+  elif not args.report:
     grid = [(m, t, p, args.depth) for m in args.models.split(',')
             for t in args.targets.split(',') for p in args.presets.split(',')]
     have = {_key(r) for r in done if 'error' not in r}

@@ -34,6 +34,11 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO)
+# pylint: disable=wrong-import-position
+from t5x_lite import hardware, models, targets
+from t5x_lite.models import T5Config
+# pylint: enable=wrong-import-position
 MAXTEXT_PY = os.path.join(REPO, '.venv-maxtext', 'bin', 'python')
 OURS_PY = sys.executable
 
@@ -68,6 +73,7 @@ def _our_gin(shape: dict, remat: str, dtype: str = 'float32') -> list[str]:
           "--gin.make_optimizer.name='adamw'"]
 
 
+@functools.lru_cache(maxsize=None)
 def _maxtext_config() -> str:
   out = subprocess.run([MAXTEXT_PY, '-c', 'import maxtext, os; print(os.path.dirname('
                         'maxtext.__file__))'], capture_output=True, text=True, check=True)
@@ -149,15 +155,11 @@ _COMPILE = {'ours': (ours_compile, ours_compile_cmd),
 
 def model_flops_per_step(shape: dict, batch: int) -> float:
   """One count for both sides: ours (models/flops.py) for this shape."""
-  code = ('import json, sys; from t5x_lite import models; from t5x_lite.models import T5Config; '
-          's = json.loads(sys.argv[1]); c = T5Config(architecture="decoder_only", '
-          'vocab_size=s["vocab"], d_model=s["d_model"], num_heads=s["heads"], d_kv=s["head_dim"], '
-          'd_ff=s["mlp"], num_encoder_layers=0, num_decoder_layers=s["layers"], '
-          'mlp_activations=("gelu",), logits_via_embedding=True); '
-          'print(models.training_flops_per_example(c, {"targets": s["length"]}))')
-  out = subprocess.run([OURS_PY, '-c', code, json.dumps(shape)], cwd=REPO, capture_output=True,
-                       text=True, check=True)
-  return float(out.stdout.strip().splitlines()[-1]) * batch
+  config = T5Config(architecture='decoder_only', vocab_size=shape['vocab'],
+                    d_model=shape['d_model'], num_heads=shape['heads'], d_kv=shape['head_dim'],
+                    d_ff=shape['mlp'], num_encoder_layers=0, num_decoder_layers=shape['layers'],
+                    mlp_activations=('gelu',), logits_via_embedding=True)
+  return models.training_flops_per_example(config, {'targets': shape['length']}) * batch
 
 
 def maxtext_cpu_cmd(shape: dict, batch: int, steps: int) -> list[str]:
@@ -204,8 +206,6 @@ def main(argv=None) -> int:
   json_path = os.path.splitext(args.out)[0] + '.json'
   results = json.load(open(json_path)) if os.path.exists(json_path) else {}
   if not args.skip_tpu:
-    sys.path.insert(0, REPO)
-    from t5x_lite import hardware, targets  # pylint: disable=import-outside-toplevel
     target = targets.parse(args.target)
     chips = target.num_chips
     tpu = results.get('tpu', {})
