@@ -9,6 +9,7 @@ abstract.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import time
@@ -31,6 +32,29 @@ _INSTRUCTION = re.compile(
 _COMPUTATION = re.compile(r'^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*\)\s*->.*\{\s*$')
 # cuDNN's fused attention kernels appear as custom calls with these targets.
 _FUSED_ATTENTION = re.compile(r'custom_call_target="(__cudnn\$fmha[^"]*|__cudnn\$fhma[^"]*)"')
+# jax asks this host's cuDNN for its version while lowering fused attention (cuDNN builds the
+# kernel on the GPU at run time); a host without one compiles for the oldest cuDNN that
+# jax-cuda12-plugin 0.10.2 accepts (>= 9.8).
+TARGET_CUDNN_VERSION = 90800
+# Compile-only GPU devices (platform 'cuda'; a real GPU's is 'gpu') cannot autotune, and Triton's
+# default tiling failed on an f32 dot: cuBLAS GEMMs instead (what autotuning often picks anyway).
+DEVICELESS_COMPILER_OPTIONS = {'cuda': {'xla_gpu_enable_triton_gemm': False}}
+
+
+@contextlib.contextmanager
+def cudnn_version_for_lowering(platform: str):
+  """Lowering for a GPU from a host without cuDNN: fused attention sees TARGET_CUDNN_VERSION."""
+  from jax._src.cudnn import fused_attention_stablehlo as fused  # pylint: disable=import-outside-toplevel
+  original = fused.check_cudnn_version
+  if platform in ('gpu', 'cuda'):
+    try:
+      original()
+    except RuntimeError:  # "cuDNN is not detected."
+      fused.check_cudnn_version = lambda: TARGET_CUDNN_VERSION
+  try:
+    yield
+  finally:
+    fused.check_cudnn_version = original
 
 
 def _shapes_bytes(text: str) -> list[int]:
@@ -103,6 +127,8 @@ def compile_train_step(model_config: T5Config, devices: Sequence, mesh_shape: Ma
                        compiler_options: dict | None = None) -> dict:
   """Lowers and compiles the train step over a mesh of `devices` from abstract state and batch,
   and returns XLA's per-device figures plus the compile time."""
+  if compiler_options is None:
+    compiler_options = DEVICELESS_COMPILER_OPTIONS.get(devices[0].platform)
   mesh = partitioning.create_mesh(mesh_shape, list(devices))
   tx = trainer.make_optimizer(trainer.learning_rate_schedule())
   setup = trainer.setup_train_state(model_config, tx, 0, mesh, rules)
@@ -113,7 +139,8 @@ def compile_train_step(model_config: T5Config, devices: Sequence, mesh_shape: Ma
   batch = {k: jax.ShapeDtypeStruct((batch_size, n), jnp.int32, sharding=batch_sharding)
            for k, n in feature_lengths.items()}
   t = time.perf_counter()
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+  with (jax.set_mesh(mesh), nnx.logical_axis_rules(rules),
+        cudnn_version_for_lowering(devices[0].platform)):
     step = trainer.jit_train_step(setup, batch_sharding, compiler_options=compiler_options)
     compiled = step.lower(setup.abstract_state, batch).compile()
   compile_s = time.perf_counter() - t
@@ -139,6 +166,7 @@ def compile_train_step(model_config: T5Config, devices: Sequence, mesh_shape: Ma
       'collectives': collectives(text),
       'while_loops': len(re.findall(r'\bwhile\(', text)),
       'fused_attention': bool(_FUSED_ATTENTION.search(text)),
+      'cudnn_attention_calls': len(_FUSED_ATTENTION.findall(text)),
       'params_bytes': params_bytes,
       'compute_params_bytes': params_bytes * jnp.dtype(model_config.dtype).itemsize // 4,
   }

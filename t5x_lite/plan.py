@@ -447,11 +447,6 @@ def _check_visible_devices(num_devices: int) -> list:
   return devices
 
 
-# Deviceless GPU compiles cannot autotune, and Triton's default tiling failed on an f32 dot:
-# cuBLAS GEMMs instead (what autotuning often picks anyway).
-_TARGET_COMPILER_OPTIONS = {'cuda': {'xla_gpu_enable_triton_gemm': False}}
-
-
 def compiled_figures(p: dict, compiled: dict, config: T5Config, preset: str, num_devices: int,
                      target: str | None) -> dict:
   """The compiled program's figures beside the analytic plan's, as `--json` prints them."""
@@ -673,13 +668,8 @@ def main(argv=None) -> int:
       if args.json:
         print(json.dumps(p, default=str))
       return 0
-    if target:
-      devices = targets.devices(target)
-      options = _TARGET_COMPILER_OPTIONS.get(target.platform)
-    else:
-      devices, options = host_devices[:num_devices], None
-    compiled = aot.compile_train_step(config, devices, p['mesh'], lengths, rules, batch_size,
-                                      compiler_options=options)
+    devices = targets.devices(target) if target else host_devices[:num_devices]
+    compiled = aot.compile_train_step(config, devices, p['mesh'], lengths, rules, batch_size)
     figures = compiled_figures(p, compiled, config, preset, num_devices,
                                target.name if target else None)
     _print_compiled(figures)

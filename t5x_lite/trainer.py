@@ -155,6 +155,7 @@ def setup_train_state(config: models.T5Config, tx: optax.GradientTransformation,
                       mesh, rules) -> StateSetup:
   """Derives every array's sharding from the model's logical names and the rule table, then
   returns an init that builds params and optimizer state in place (no host copy of the weights)."""
+  config = config.for_platform(mesh.devices.flat[0].platform)  # the mesh's, not the host's
   graphdef, abstract_params, param_axes = abstract_params_and_axes(config)
   tx = as_matrices(tx, param_axes)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)

@@ -1,5 +1,7 @@
 """Reading the compiled program: collectives and their bytes from HLO text, written out by hand."""
 
+import pytest
+
 from t5x_lite import aot
 
 # One line per form XLA prints: a GPU async all-gather returning (operands, results), a GPU async
@@ -43,3 +45,21 @@ def test_fsdp_reference_volume_is_two_gathers_and_one_reduce_scatter():
   assert aot.minimum_collective_bytes('fsdp', 400, 200) == 2 * 200 + 400
   assert aot.minimum_collective_bytes('data_parallel', 400, 200) == 400
   assert aot.minimum_collective_bytes('2d', 400, 200) is None
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('dtype,fused', [('bfloat16', True), ('float32', False)])
+def test_the_gpu_step_runs_attention_in_cudnn_where_cudnn_takes_it(dtype, fused):
+  """XLA:GPU's program for an H100 node: with kernels='auto', bfloat16 attention (forward and
+  backward) is cuDNN's fused kernel; float32, which cuDNN does not take, stays XLA's."""
+  from t5x_lite import partitioning, targets  # pylint: disable=import-outside-toplevel
+  from t5x_lite.models import T5Config  # pylint: disable=import-outside-toplevel
+  config = T5Config(vocab_size=128, d_model=64, num_heads=4, d_kv=16, d_ff=128,
+                    num_encoder_layers=1, num_decoder_layers=1, relative_attention_num_buckets=8,
+                    relative_attention_max_distance=16, dtype=dtype)
+  compiled = aot.compile_train_step(
+      config, targets.devices(targets.parse('h100x8')), {'data': 8},
+      {'inputs': 64, 'targets': 32}, partitioning.logical_axis_rules(preset='fsdp'), 16)
+  assert compiled['fused_attention'] is fused
+  # Three attentions (encoder, decoder self, cross), each a forward and a backward kernel.
+  assert compiled['cudnn_attention_calls'] == (6 if fused else 0)

@@ -149,14 +149,19 @@ def test_relative_position_bucket_landmarks():
   assert [b(5, False), b(-15, False), b(-16, False), b(-10_000, False)] == [0, 15, 16, 31]
 
 
+KERNELS = ('cpu', 'xla')  # 'cudnn' needs a GPU to run; tests/test_aot.py compiles it
+
+
+@pytest.mark.parametrize('kernels', KERNELS)
 @pytest.mark.parametrize('num_in', [1, 2])
-def test_dense_gradient_matches_numpy(num_in):
-  """layers.dense has a hand-written backward (plain matrix products): check it with numpy."""
+def test_dense_gradient_matches_numpy(num_in, kernels):
+  """Both projections (the CPU one has a hand-written backward) against numpy."""
   rng = np.random.default_rng(0)
   x = rng.standard_normal((2, 3, *(4, 5)[:num_in])).astype(np.float32)
   w = rng.standard_normal(((4, 5)[:num_in] + (6, 7))).astype(np.float32)
   g = rng.standard_normal((2, 3, 6, 7)).astype(np.float32)
-  out, vjp = jax.vjp(lambda a, b: layers.dense(a, b, num_in), jnp.asarray(x), jnp.asarray(w))
+  out, vjp = jax.vjp(lambda a, b: layers.dense(a, b, num_in, kernels=kernels), jnp.asarray(x),
+                     jnp.asarray(w))
   k = x[0, 0].size
   rows, w2, g2 = x.reshape(-1, k), w.reshape(k, -1), g.reshape(6, -1)
   np.testing.assert_allclose(out, (rows @ w2).reshape(2, 3, 6, 7), rtol=1e-5, atol=1e-5)
@@ -165,14 +170,15 @@ def test_dense_gradient_matches_numpy(num_in):
   np.testing.assert_allclose(dw, (rows.T @ g2).reshape(w.shape), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('kernels', KERNELS)
 @pytest.mark.parametrize('batch_dims', [(), (3,)])
-def test_relative_position_bias_gradient_is_a_per_bucket_sum(batch_dims):
-  """bias_from_buckets has a hand-written backward: check it against numpy's scatter-add."""
+def test_relative_position_bias_gradient_is_a_per_bucket_sum(batch_dims, kernels):
+  """bias_from_buckets (the CPU one has a hand-written backward) against numpy's scatter-add."""
   rng = np.random.default_rng(0)
   table = rng.standard_normal((8, 4)).astype(np.float32)  # [buckets, heads]
   buckets = rng.integers(0, 8, (*batch_dims, 5, 7))
   cotangent = rng.standard_normal((*batch_dims, 4, 5, 7)).astype(np.float32)
-  out, vjp = jax.vjp(lambda t: layers.bias_from_buckets(t, jnp.asarray(buckets)), table)
+  out, vjp = jax.vjp(lambda t: layers.bias_from_buckets(t, jnp.asarray(buckets), kernels), table)
   np.testing.assert_array_equal(out, np.moveaxis(table[buckets], -1, -3))
   want = np.zeros_like(table)
   np.add.at(want, buckets.reshape(-1), np.moveaxis(cotangent, -3, -1).reshape(-1, 4))
@@ -188,9 +194,10 @@ def np_attention_core(q, k, v, mask, bias):
   return np.einsum('bhqk,bkhd->bqhd', w / w.sum(-1, keepdims=True), v)
 
 
-def test_attention_gradients_match_numpy_finite_differences():
-  """dot_product_attention has a hand-written backward: check every input's gradient (a fully
-  masked padding query included) against central differences of a float64 numpy forward."""
+@pytest.mark.parametrize('kernels', KERNELS)
+def test_attention_gradients_match_numpy_finite_differences(kernels):
+  """Every input's gradient of each attention (a fully masked padding query included) against
+  central differences of a float64 numpy forward."""
   rng = np.random.default_rng(0)
   q, k, v = (rng.standard_normal((2, n, 2, 3)) for n in (3, 4, 4))
   bias = rng.standard_normal((1, 2, 3, 4))  # shared over the batch, as the relative-position bias
@@ -199,8 +206,8 @@ def test_attention_gradients_match_numpy_finite_differences():
   mask[1, :, 2, :] = False  # a padding query: it sees no key
   g = rng.standard_normal((2, 3, 2, 3))
   f32 = lambda x: jnp.asarray(x, jnp.float32)
-  out, vjp = jax.vjp(lambda *a: layers.dot_product_attention(a[0], a[1], a[2], jnp.asarray(mask),
-                                                             a[3]), f32(q), f32(k), f32(v), f32(bias))
+  out, vjp = jax.vjp(lambda *a: layers.dot_product_attention(
+      a[0], a[1], a[2], jnp.asarray(mask), a[3], kernels), f32(q), f32(k), f32(v), f32(bias))
   np.testing.assert_allclose(out, np_attention_core(q, k, v, mask, bias), rtol=1e-5, atol=1e-5)
   grads = vjp(f32(g))
   inputs = [q, k, v, bias]
@@ -246,19 +253,24 @@ def test_relu_mlp_has_a_single_wi():
                              np.maximum(x @ p['wi/kernel'], 0) @ p['wo/kernel'], atol=1e-5)
 
 
-@pytest.mark.parametrize('causal,segments', [
-    (False, [1, 1, 1, 2, 2, 2, 2, 3, 3, 0, 0]),   # encoder: bidirectional, packed, padded
-    (True, [1, 1, 1, 1, 2, 2, 2, 2, 2, 0, 0]),    # decoder: causal, packed, padded
+@pytest.mark.parametrize('kernels', KERNELS)
+@pytest.mark.parametrize('causal,segments,prefix', [
+    (False, [1, 1, 1, 2, 2, 2, 2, 3, 3, 0, 0], None),  # encoder: bidirectional, packed, padded
+    (True, [1, 1, 1, 1, 2, 2, 2, 2, 2, 0, 0], None),   # decoder: causal, packed, padded
+    (True, [1, 1, 1, 1, 2, 2, 2, 2, 2, 0, 0],          # prefix LM: each example's first tokens
+     [1, 1, 0, 0, 1, 1, 1, 0, 0, 0, 0]),               # see each other both ways
 ])
-def test_attention_with_relative_bias_and_packing_matches_numpy(causal, segments):
-  cfg = TINY
+def test_attention_with_relative_bias_and_packing_matches_numpy(causal, segments, prefix, kernels):
+  cfg = dataclasses.replace(TINY, kernels=kernels)
   attn = random_init(layers.MultiHeadAttention, cfg)
   relpos = random_init(layers.RelativePositionBias, cfg, bidirectional=not causal, seed=1)
   seg = np.asarray([segments])
   length = seg.shape[1]
   x = np.asarray(jax.random.normal(jax.random.key(4), (1, length, cfg.d_model)))
 
-  mask = layers.attention_mask(jnp.asarray(seg), jnp.asarray(seg), causal=causal)
+  mask = layers.attention_mask(jnp.asarray(seg), jnp.asarray(seg), causal=causal,
+                               bidirectional_prefix=None if prefix is None
+                               else jnp.asarray([prefix]))
   bias = nnx.jit(lambda r: r(length, length))(relpos)
   got = np.asarray(apply(attn, jnp.asarray(x), jnp.asarray(x), mask, bias))
 
@@ -267,6 +279,9 @@ def test_attention_with_relative_bias_and_packing_matches_numpy(causal, segments
   bias = table[np_bucket(rel, not causal, cfg.relative_attention_num_buckets,
                          cfg.relative_attention_max_distance)].transpose(2, 0, 1)
   allowed = np_allowed(seg[0], seg[0], causal)
+  if prefix is not None:  # both in the prefix (and, as always, in the same example)
+    both = np.outer(prefix, prefix).astype(bool)
+    allowed |= both & (seg[0][:, None] == seg[0][None, :])
   want = np_attention(x[0], x[0], p['query/kernel'], p['key/kernel'], p['value/kernel'],
                       p['out/kernel'], bias, allowed)
   real = seg[0] > 0   # Padding queries see nothing; their output is unused.

@@ -23,6 +23,15 @@ ARCHITECTURES = ('encoder_decoder', 'decoder_only', 'prefix_lm')
 # Rematerialisation per layer (what the backward pass recomputes instead of keeping): 'none' keeps
 # every residual, 'minimal' keeps the weight-matmul outputs, 'full' keeps only each layer's input.
 REMAT_POLICIES = ('none', 'minimal', 'full')
+# Which implementation of attention, projections and the relative-position bias runs: 'cpu' (the
+# hand-written backward passes of cpu_kernels.py), 'xla' (plain JAX that XLA fuses), 'cudnn'
+# (XLA, with attention in cuDNN's fused kernel where it supports the call), or 'auto': chosen by
+# the platform that runs the model, as below.
+KERNELS = ('auto', 'cpu', 'xla', 'cudnn')
+PLATFORM_KERNELS = {'cpu': 'cpu', 'gpu': 'cudnn', 'cuda': 'cudnn', 'tpu': 'xla'}
+# Large negative logit for masked positions (T5X's choice); finite, so fully masked rows (padding
+# queries) give a uniform softmax instead of NaN.
+MASKED_LOGIT = -1e10
 
 
 @gin.configurable(module='t5x_lite.models')
@@ -46,6 +55,10 @@ class T5Config:
   its residuals; 'minimal' keeps the outputs of the weight matmuls (projections, MLP) and
   recomputes attention scores, softmax, norms and activations; 'full' keeps only the layer's
   input and recomputes the whole layer (about one extra forward pass). Numerics are unchanged.
+
+  `kernels`: see KERNELS; `for_platform` resolves 'auto'. `scan_layers`: each stack's layers are
+  one layer with stacked parameters (leading logical axis 'layers') run by `jax.lax.scan`, so
+  compile time does not grow with depth (T5X's and MaxText's `scan_layers`).
   """
   vocab_size: int = 32128
   d_model: int = 512
@@ -65,6 +78,8 @@ class T5Config:
   architecture: str = 'encoder_decoder'
   shared_encoder_decoder: bool = False
   remat_policy: str = 'none'
+  kernels: str = 'auto'
+  scan_layers: bool = False
 
   def __post_init__(self):
     # gin may hand over a list; a tuple keeps the config hashable (usable as a jit static arg).
@@ -106,6 +121,9 @@ class T5Config:
       raise ValueError(f'T5Config.remat_policy must be one of {list(REMAT_POLICIES)}, '
                        f'got {self.remat_policy!r}.')
 
+    if self.kernels not in KERNELS:
+      raise ValueError(f'T5Config.kernels must be one of {list(KERNELS)}, got {self.kernels!r}.')
+
     if self.architecture not in ARCHITECTURES:
       raise ValueError(f'T5Config.architecture must be one of {list(ARCHITECTURES)}, '
                        f'got {self.architecture!r}.')
@@ -120,6 +138,19 @@ class T5Config:
         raise ValueError('T5Config.shared_encoder_decoder shares layer i of both stacks, so '
                          'num_encoder_layers must equal num_decoder_layers; got '
                          f'{self.num_encoder_layers} and {self.num_decoder_layers}.')
+
+  def for_platform(self, platform: str) -> 'T5Config':
+    """This config with `kernels='auto'` made concrete for a JAX platform ('cpu', 'gpu', 'tpu')."""
+    if self.kernels != 'auto':
+      return self
+    return dataclasses.replace(self, kernels=PLATFORM_KERNELS.get(platform, 'xla'))
+
+  @property
+  def dense_kernels(self) -> str:
+    """'cpu' or 'xla' for the projections. The CPU kernel's custom VJP hides its dots from
+    `jax.checkpoint`, so 'minimal' remat (which keeps the dots' outputs) uses the plain one."""
+    cpu = self.kernels == 'cpu' and self.remat_policy != 'minimal'
+    return 'cpu' if cpu else 'xla'
 
   @property
   def compute_dtype(self) -> jnp.dtype:

@@ -267,7 +267,8 @@ def lm_head(cfg: T5Config, rngs: nnx.Rngs) -> DenseGeneral | None:
     return None
   return DenseGeneral((cfg.d_model,), (cfg.vocab_size,), ('embed', 'vocab'),
                       kernel_init=fan_in_init(1, 1, 'truncated_normal'),
-                      dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype, rngs=rngs)
+                      dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
+                      kernels=cfg.dense_kernels, rngs=rngs)
 
 
 def output_logits(cfg: T5Config, embedder: Embed, head: DenseGeneral | None, x: jax.Array):
@@ -302,7 +303,7 @@ class EncoderDecoder(nnx.Module):
   """T5: shared token embedding, encoder, decoder and a tied (v1.0) or separate (v1.1) head."""
 
   def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
-    cfg = config
+    cfg = config.for_platform(jax.default_backend())
     if cfg.architecture != 'encoder_decoder':
       raise ValueError(f'EncoderDecoder needs architecture=\'encoder_decoder\', got '
                        f'{cfg.architecture!r}; use t5x_lite.models.build_model(config, rngs).')
