@@ -51,7 +51,7 @@ from flax import nnx
 
 from t5x_lite import checkpoints, gin_utils, models, partitioning, trainer
 from t5x_lite.gin_utils import UsageError
-from t5x_lite.models import T5Config
+from t5x_lite.models import T5Config, t5
 
 # HF `feed_forward_proj` -> our `mlp_activations`. HF's 'gated-gelu' is the tanh GELU (its
 # 'gelu_new', which T5.1.1 used); a plain 'gelu' there is the exact erf GELU, which we lack.
@@ -284,7 +284,8 @@ def hf_to_params(state_dict: Mapping[str, np.ndarray], config: T5Config) -> dict
     raise UsageError(f'the HF checkpoint has {len(unexpected)} tensor(s) with no place in a model '
                      f'of this config.json, e.g. {unexpected[:3]}.')
 
-  _, abstract, _ = trainer.abstract_params_and_axes(config)
+  unrolled = dataclasses.replace(config, scan_layers=False)  # HF names layers one by one
+  _, abstract, _ = trainer.abstract_params_and_axes(unrolled)
 
   def convert(path, leaf):
     hf_name, kind = mapping[_path_str(path)]
@@ -295,12 +296,15 @@ def hf_to_params(state_dict: Mapping[str, np.ndarray], config: T5Config) -> dict
                        f'{want} (for our {_path_str(path)} of shape {tuple(leaf.shape)}).')
     return tensor_to_ours(kind, x.astype(np.float32), leaf.shape)
 
-  return jax.tree_util.tree_map_with_path(convert, abstract)
+  params = jax.tree_util.tree_map_with_path(convert, abstract)
+  return jax.tree.map(np.asarray, t5.stack_layer_params(params)) if config.scan_layers else params
 
 
 def params_to_hf(params: Any, config: T5Config) -> dict[str, np.ndarray]:
   """Our params (pure dict) -> HF state dict, float32; the tied head stores no lm_head.weight."""
   mapping = param_map(config)
+  if config.scan_layers:
+    params = t5.unstack_layer_params(params)
   out = {}
   for path, x in jax.tree_util.tree_flatten_with_path(params)[0]:
     hf_name, kind = mapping[_path_str(path)]

@@ -173,11 +173,15 @@ def follow_params(param_axes: dict[tuple[str, ...], tuple | None],
   suffix match). A leaf may be shaped like its param, like a 2-D view of it (`trainer.as_matrices`:
   [embed, heads, kv] seen as [embed, heads·kv]; a merged dimension takes its major dimension's
   name, which splits it into the same blocks), or like either less one dimension (a factored
-  Adafactor row or column); it takes the names that remain. Anything else (counters,
+  Adafactor row or column); it takes the names that remain. A leading 'layers' axis (scanned
+  layers) stays in front of each view. Anything else (counters,
   placeholders) is replicated."""
 
   def candidates(names, shape):
     yield names, shape
+    if names and names[0] == 'layers':  # scanned layers: the views of each layer, stacked
+      for rest_names, rest_shape in candidates(names[1:], shape[1:]):
+        yield ('layers',) + rest_names, shape[:1] + rest_shape
     for k in range(1, len(shape)):
       if len(shape) > 2:
         yield (names[0], names[k]), (math.prod(shape[:k]), math.prod(shape[k:]))

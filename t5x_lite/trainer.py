@@ -87,15 +87,19 @@ def as_matrices(tx: optax.GradientTransformation,
 
   Adafactor factors a matrix's second moment into row and column statistics; on the 3-D view it
   would factor the wrong pair (and skip d_kv=64 < 128 entirely), so T5's optimizer needs this view.
-  Elementwise optimizers (AdamW) are unchanged by it.
+  Elementwise optimizers (AdamW) are unchanged by it. Scanned layers keep their leading
+  'layers' axis ([layers, embed, heads·kv]); Adafactor factors the two largest dimensions.
   """
 
   def shape_2d(path, x):
     names = param_axes.get(partitioning.path_key(path))
-    if not names or x.ndim < 3 or 'embed' not in names:
+    lead = 1 if names and names[0] == 'layers' else 0  # scanned: a matrix per layer
+    names, shape = (names or ())[lead:], x.shape[lead:]
+    if len(shape) < 3 or 'embed' not in names:
       return None
     i = names.index('embed')
-    return (x.shape[0], -1) if i == 0 else (-1, x.shape[-1]) if i == x.ndim - 1 else None
+    view = (shape[0], -1) if i == 0 else (-1, shape[-1]) if i == len(shape) - 1 else None
+    return None if view is None else x.shape[:lead] + view
 
   def to_2d(tree):
     return jax.tree_util.tree_map_with_path(

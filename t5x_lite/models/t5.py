@@ -72,6 +72,93 @@ def remat(call, policy: str):
   return nnx.remat(call, policy=REMAT_POLICIES[policy], prevent_cse=True)
 
 
+def stack_layers(layers: list[nnx.Module]) -> nnx.Module:
+  """One layer whose every parameter is its layers' parameters stacked on a new leading axis,
+  named 'layers' (scan_layers). Built from the unrolled layers, so the same seed gives the same
+  weights in both layouts."""
+  stacked = layers[0]
+  columns = zip(*(nnx.to_flat_state(nnx.state(layer, nnx.Param)) for layer in layers))
+  for column in columns:
+    (_, first), values = column[0], [var[...] for _, var in column]
+    names = first.get_metadata().get('out_sharding')
+    first.set_metadata('out_sharding', ('layers',) + tuple(names) if names else None)
+    first.set_value(jnp.stack(values))
+  return stacked
+
+
+def run_layers(layers, num_layers: int, scanned: bool, policy: str, x, *args,
+               deterministic: bool = True, rngs: nnx.Rngs | None = None):
+  """x through every layer, `layer(x, *args, deterministic=..., rngs=...)`, under remat.
+
+  Unrolled: a Python loop over the list. Scanned: `jax.lax.scan` over the stacked parameters,
+  one traced layer whatever the depth; each layer draws dropout from its own key, split here
+  (a scan body cannot advance an Rngs from outside it).
+  """
+  call = lambda layer, rngs, x, *a: layer(x, *a, deterministic=deterministic, rngs=rngs)
+  if not scanned:
+    call = remat(call, policy)
+    for layer in layers:
+      x = call(layer, rngs, x, *args)
+    return x
+  graphdef, params = nnx.split(layers)
+  keys = (None if deterministic or rngs is None
+          else jax.random.split(rngs.dropout(), num_layers))
+
+  def body(x, per_layer):
+    layer_params, key = per_layer
+    layer_rngs = None if key is None else nnx.Rngs(dropout=key)
+    return call(nnx.merge(graphdef, layer_params), layer_rngs, x, *args), None
+
+  if policy != 'none':
+    body = jax.checkpoint(body, policy=REMAT_POLICIES[policy], prevent_cse=False)
+  return jax.lax.scan(body, x, (params, keys))[0]
+
+
+def layer_list(layers, num_layers: int, scanned: bool) -> list:
+  """The layers one by one (decoding walks them with a cache each): the list itself, or views of
+  the stacked layer at each index."""
+  if not scanned:
+    return list(layers)
+  graphdef, params = nnx.split(layers)
+  return [nnx.merge(graphdef, jax.tree.map(lambda a, i=i: a[i], params))
+          for i in range(num_layers)]
+
+
+def stack_layer_params(params: dict) -> dict:
+  """Unrolled params (a pure dict) in the scan_layers layout: each stack's {'layers': {0: tree,
+  1: tree, ...}} becomes {'layers': tree of arrays stacked on a leading axis}."""
+  def walk(node):
+    if not isinstance(node, dict):
+      return node
+    out = {k: walk(v) for k, v in node.items()}
+    layers = out.get('layers')
+    if isinstance(layers, dict) and layers and all(isinstance(k, int) for k in layers):
+      out['layers'] = jax.tree.map(lambda *xs: jnp.stack(xs), *(layers[i]
+                                                                 for i in range(len(layers))))
+    return out
+  return walk(params)
+
+
+def unstack_layer_params(params: dict) -> dict:
+  """The inverse of `stack_layer_params`: scanned params (a pure dict) in the unrolled layout."""
+  def walk(node):
+    if not isinstance(node, dict):
+      return node
+    out = {k: walk(v) for k, v in node.items()}
+    layers = out.get('layers')
+    if isinstance(layers, dict) and layers and not any(isinstance(k, int) for k in layers):
+      depth = jax.tree.leaves(layers)[0].shape[0]
+      out['layers'] = {i: jax.tree.map(lambda a, i=i: a[i], layers) for i in range(depth)}
+    return out
+  return walk(params)
+
+
+def make_layers(make, num_layers: int, scanned: bool):
+  """`num_layers` layers from `make()`: an nnx.List, or one stacked layer (scan_layers)."""
+  layers = [make() for _ in range(num_layers)]
+  return stack_layers(layers) if scanned and layers else nnx.List(layers)
+
+
 def _norm(cfg: T5Config, rngs: nnx.Rngs) -> RMSNorm:
   return RMSNorm(cfg.d_model, epsilon=cfg.layer_norm_epsilon, dtype=cfg.compute_dtype,
                  param_dtype=cfg.weight_dtype, rngs=rngs)
@@ -145,8 +232,10 @@ class Encoder(nnx.Module):
 
   def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
     self.relpos_bias = RelativePositionBias(config, bidirectional=True, rngs=rngs)
-    self.layers = nnx.List([EncoderLayer(config, rngs=rngs)
-                            for _ in range(config.num_encoder_layers)])
+    self.num_layers = config.num_encoder_layers
+    self.scanned = config.scan_layers and self.num_layers > 0
+    self.layers = make_layers(lambda: EncoderLayer(config, rngs=rngs), self.num_layers,
+                              self.scanned)
     self.encoder_norm = _norm(config, rngs)
     self.dropout = nnx.Dropout(config.dropout_rate)
     self.remat_policy = config.remat_policy
@@ -158,12 +247,8 @@ class Encoder(nnx.Module):
     mask = attention_mask(segment_ids, segment_ids)
     bias = self.relpos_bias(length, length)
     x = with_logical_constraint(drop(embedded), ACTIVATION_AXES)
-    # `deterministic` is a Python bool, so it is closed over; `rngs` is state and is passed in
-    # (nnx.remat takes positional arguments only).
-    call = remat(lambda layer, rngs, *args: layer(*args, deterministic=deterministic, rngs=rngs),
-                 self.remat_policy)
-    for layer in self.layers:
-      x = call(layer, rngs, x, mask, bias)
+    x = run_layers(self.layers, self.num_layers, self.scanned, self.remat_policy, x, mask, bias,
+                   deterministic=deterministic, rngs=rngs)
     return drop(self.encoder_norm(x))
 
 
@@ -172,8 +257,11 @@ class Decoder(nnx.Module):
 
   def __init__(self, config: T5Config, *, cross_attention: bool = True, rngs: nnx.Rngs):
     self.relpos_bias = RelativePositionBias(config, bidirectional=False, rngs=rngs)
-    self.layers = nnx.List([DecoderLayer(config, cross_attention=cross_attention, rngs=rngs)
-                            for _ in range(config.num_decoder_layers)])
+    self.num_layers = config.num_decoder_layers
+    self.scanned = config.scan_layers and self.num_layers > 0
+    self.layers = make_layers(
+        lambda: DecoderLayer(config, cross_attention=cross_attention, rngs=rngs),
+        self.num_layers, self.scanned)
     self.decoder_norm = _norm(config, rngs)
     self.dropout = nnx.Dropout(config.dropout_rate)
     self.remat_policy = config.remat_policy
@@ -194,10 +282,8 @@ class Decoder(nnx.Module):
     cross_mask = (None if encoded is None
                   else attention_mask(segment_ids, encoder_segment_ids))
     x = with_logical_constraint(drop(embedded), ACTIVATION_AXES)
-    call = remat(lambda layer, rngs, *args: layer(*args, deterministic=deterministic, rngs=rngs),
-                 self.remat_policy)
-    for layer in self.layers:
-      x = call(layer, rngs, x, encoded, self_mask, self_bias, cross_mask)
+    x = run_layers(self.layers, self.num_layers, self.scanned, self.remat_policy, x, encoded,
+                   self_mask, self_bias, cross_mask, deterministic=deterministic, rngs=rngs)
     return drop(self.decoder_norm(x))
 
   def init_cache(self, batch_size: int, max_length: int, encoded=None) -> list[dict]:
@@ -205,7 +291,7 @@ class Decoder(nnx.Module):
     the encoder output, its cross-attention keys/values (computed once here); see
     layers.kv_cache for the layout."""
     cache = []
-    for layer in self.layers:
+    for layer in layer_list(self.layers, self.num_layers, self.scanned):
       attention = layer.self_attention
       empty = jnp.zeros((batch_size, max_length) + attention.key.kernel.shape[1:],
                         attention.key.dtype)
@@ -229,7 +315,8 @@ class Decoder(nnx.Module):
     self_bias = self.relpos_bias(query_length, max_length, query_offset=cache_index)
     x = with_logical_constraint(embedded, ACTIVATION_AXES)
     new_cache = []
-    for layer, layer_cache in zip(self.layers, cache, strict=True):
+    for layer, layer_cache in zip(layer_list(self.layers, self.num_layers, self.scanned), cache,
+                                  strict=True):
       x, layer_cache = layer(x, None, self_mask, self_bias, cross_mask, cache=layer_cache,
                              cache_index=cache_index)
       new_cache.append(layer_cache)
@@ -292,7 +379,9 @@ def share_encoder_with_decoder(encoder: Encoder, decoder: Decoder) -> None:
   # Only the table: the module also holds the bucketing direction, which stays causal.
   decoder.relpos_bias.embedding = encoder.relpos_bias.embedding
   decoder.decoder_norm = encoder.encoder_norm
-  for enc, dec in zip(encoder.layers, decoder.layers, strict=True):
+  pairs = ([(encoder.layers, decoder.layers)] if encoder.scanned
+           else zip(encoder.layers, decoder.layers, strict=True))
+  for enc, dec in pairs:
     dec.pre_self_attention_layer_norm = enc.pre_attention_layer_norm
     dec.self_attention = enc.attention
     dec.pre_mlp_layer_norm = enc.pre_mlp_layer_norm
