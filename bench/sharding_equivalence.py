@@ -4,7 +4,7 @@
 
 Trains the micro model of tests/micro.py (pretrain_tiny.gin, smaller) for `--steps` steps on one
 device, then in this process on 8 simulated CPU devices for every sharding preset (data_parallel,
-fsdp, 2d) on a 2×4 and an 8×1 (data × model) mesh, each through `t5x_lite.train.main` into its
+fsdp, 2d on a 2×4 and an 8×1 data × model mesh; fsdp_tp on 2×4; hsdp on 2 replicas × 4), each through `t5x_lite.train.main` into its
 own model directory. It prints, per run: wall and compile seconds, the per-step losses, their
 largest relative difference from one device, and the fraction of the train state's bytes that
 one device holds, read from the shardings Orbax recorded when it saved the arrays (so the layout
@@ -55,6 +55,10 @@ from micro import MICRO  # noqa: E402  (the tests' micro model: one copy)
 
 PRESETS = ('data_parallel', 'fsdp', '2d')
 MESHES = ({'data': 2, 'model': 4}, {'data': 8, 'model': 1})
+# (preset, mesh) pairs: every preset above on every mesh above, then the presets that need their
+# own axes: FSDP × tensor parallel, and HSDP with 'replica' standing in for two slices.
+RUNS = tuple((p, m) for m in MESHES for p in PRESETS) + (
+    ('fsdp_tp', {'data': 2, 'model': 4}), ('hsdp', {'replica': 2, 'data': 4}))
 REFERENCE_MESH = {'data': 1, 'model': 1}
 
 
@@ -201,14 +205,13 @@ def main(argv: list[str] | None = None) -> int:
     reference = ReferenceRun(os.path.join(root, 'reference_1x1'), args.steps)
     reference.start()
     runs = []
-    for mesh in MESHES:
-      for preset in PRESETS:
-        model_dir = os.path.join(root, f'{preset}_{mesh_name(mesh)}')
-        os.makedirs(model_dir)
-        print(f'training {preset} on {mesh_name(mesh)} ...', flush=True)
-        timing = train_in_process(model_dir, run_flags(model_dir, args.steps, mesh, preset))
-        runs.append({'preset': preset, 'mesh': mesh, **timing, 'losses': losses(model_dir),
-                     **per_device_fractions(model_dir)})
+    for preset, mesh in RUNS:
+      model_dir = os.path.join(root, f'{preset}_{mesh_name(mesh)}')
+      os.makedirs(model_dir)
+      print(f'training {preset} on {mesh_name(mesh)} ...', flush=True)
+      timing = train_in_process(model_dir, run_flags(model_dir, args.steps, mesh, preset))
+      runs.append({'preset': preset, 'mesh': mesh, **timing, 'losses': losses(model_dir),
+                   **per_device_fractions(model_dir)})
     reference.join()
     if reference.result is None or reference.result['returncode']:
       with open(os.path.join(reference.model_dir, 'stderr.txt')) as f:

@@ -76,16 +76,80 @@ def _group_size(line: str) -> int:
   return int(iota.group(1).split(',')[-1]) if iota else 1
 
 
+_CALL = re.compile(r'\b(calls|to_apply|body|condition)=%?([\w.\-]+)')
+_TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
+_CONDITION = re.compile(r'\bcondition=%?([\w.\-]+)')
+_COUNTER_BOUND = re.compile(r'=\s*[su](?:32|64)\[\][^ ]*\s+constant\((\d+)\)')
+
+
+def _computations(hlo_text: str) -> tuple[dict[str, list[str]], str | None]:
+  """({computation name: its instruction lines}, the ENTRY computation's name)."""
+  bodies: dict[str, list[str]] = {}
+  entry, computation = None, ''
+  for line in hlo_text.splitlines():
+    header = _COMPUTATION.match(line)
+    if header:
+      computation = header.group(1)
+      entry = computation if line.startswith('ENTRY') else entry
+      bodies[computation] = []
+    elif computation:
+      bodies[computation].append(line)
+  return bodies, entry
+
+
+def _trip_count(line: str, bodies: dict[str, list[str]]) -> int:
+  """A `while`'s iterations: XLA:GPU/CPU's known_trip_count, else the one bound its condition
+  compares the counter with (XLA:TPU; jax's scan and XLA's windowed einsums count from 0 while
+  `i < n`), else 1."""
+  known = _TRIP_COUNT.search(line)
+  if known:
+    return int(known.group(1))
+  condition = _CONDITION.search(line)
+  bounds = [int(n) for l in bodies.get(condition.group(1) if condition else '', [])
+            for n in _COUNTER_BOUND.findall(l)]
+  return bounds[0] if len(bounds) == 1 and 'direction=LT' in ''.join(
+      bodies[condition.group(1)]) else 1
+
+
+def executions(hlo_text: str) -> dict[str, int]:
+  """How many times each computation runs per step: a `while` body as many times as its loop
+  runs (a scanned stack: once per layer), through any nesting of calls."""
+  bodies, entry = _computations(hlo_text)
+  calls = {name: [(callee, _trip_count(line, bodies) if kind == 'body' else 1)
+                  for line in lines for kind, callee in _CALL.findall(line)]
+           for name, lines in bodies.items()}
+  runs: dict[str, int] = {}
+
+  def visit(name: str, times: int) -> None:
+    runs[name] = runs.get(name, 0) + times
+    for callee, n in calls.get(name, ()):
+      visit(callee, times * n)
+
+  if entry:
+    visit(entry, 1)
+  return runs
+
+
+def loop_trip_counts(hlo_text: str) -> list[int]:
+  """How often each of the program's `while` loops runs (scanned layers), largest first."""
+  bodies, _ = _computations(hlo_text)
+  return sorted((_trip_count(line, bodies) for lines in bodies.values() for line in lines
+                 if re.search(r'\bwhile\(', line)), reverse=True)
+
+
 def collectives(hlo_text: str) -> dict[str, dict[str, float]]:
-  """{kind: {'count', 'bytes'}} over the compiled program's collectives, each op counted once (a
-  collective inside a `while` body counts once, as XLA's cost analysis does).
+  """{kind: {'count', 'bytes'}} over the compiled program's collectives per step: an op inside a
+  `while` body counts once per iteration (`executions`), unlike XLA's cost analysis.
 
   'bytes' is the whole buffer each op assembles or reduces, per device: an all-gather's result, a
   reduce-scatter's input (its result times the group), an all-reduce's, all-to-all's or
   permute's result. Async '-start' ops may return (operands, results); XLA:TPU writes a reduce-scatter
-  as an all-reduce inside a computation named all-reduce-scatter, counted as a reduce-scatter.
+  as an all-reduce inside a computation named all-reduce-scatter, counted as a reduce-scatter;
+  its windowed einsums (collective matmuls) move weight shards by collective-permute-start, whose
+  (operand, result, contexts) tuple is one buffer.
   """
   out = {kind: {'count': 0, 'bytes': 0.0} for kind in COLLECTIVES}
+  runs = executions(hlo_text)
   computation = ''
   for line in hlo_text.splitlines():
     header = _COMPUTATION.match(line)
@@ -101,12 +165,15 @@ def collectives(hlo_text: str) -> dict[str, dict[str, float]]:
     if paired:
       sizes = sizes[:len(sizes) // 2] if kind == 'reduce-scatter' else sizes[len(sizes) // 2:]
     size = sum(sizes)
+    if kind == 'collective-permute' and start:  # (operand, result, u32 contexts): one buffer
+      size = max(sizes, default=0)
     if kind == 'reduce-scatter' and not paired:
       size *= _group_size(line)
     elif kind == 'all-reduce' and computation.startswith('all-reduce-scatter'):
       kind = 'reduce-scatter'
-    out[kind]['count'] += 1
-    out[kind]['bytes'] += size
+    times = runs.get(computation, 1)
+    out[kind]['count'] += times
+    out[kind]['bytes'] += size * times
   return out
 
 
@@ -165,6 +232,7 @@ def compile_train_step(model_config: T5Config, devices: Sequence, mesh_shape: Ma
       'optimal_seconds': float(cost['optimal_seconds']) if 'optimal_seconds' in cost else None,
       'collectives': collectives(text),
       'while_loops': len(re.findall(r'\bwhile\(', text)),
+      'loop_trip_counts': loop_trip_counts(text),
       'fused_attention': bool(_FUSED_ATTENTION.search(text)),
       'cudnn_attention_calls': len(_FUSED_ATTENTION.findall(text)),
       'params_bytes': params_bytes,

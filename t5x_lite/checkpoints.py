@@ -345,6 +345,13 @@ def abstract_with_shardings(tree: Any, shardings: Any) -> Any:
   return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings)
 
 
+def on_one_device(abstract: Any, device: jax.Device | None = None) -> Any:
+  """`abstract` placed whole on one device (the first by default): single-device evaluation and
+  inference restore straight into device memory instead of through a host copy of the model."""
+  sharding = jax.sharding.SingleDeviceSharding(device or jax.devices()[0])
+  return abstract_with_shardings(abstract, jax.tree.map(lambda _: sharding, abstract))
+
+
 def step_dirs(path: str) -> list[epath.Path]:
   """The step directories `path` names, newest first: the step dir itself (holding `state/`), or
   every step of a checkpoints dir or of a MODEL_DIR (its `checkpoints/`)."""

@@ -391,19 +391,20 @@ def save_train_state(model_dir: str, config: T5Config, params: Any, seed: int = 
   directory = os.path.join(model_dir, 'checkpoints')
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     params = jax.device_put(jax.tree.map(jnp.asarray, params), setup.shardings['params'])
-    opt_state = jax.jit(setup.tx.init, out_shardings=setup.shardings['opt_state'])(params)
-    state = {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': opt_state,
-             'rng': jax.random.key_data(jax.random.key(seed))}
+    state = setup.state_with_params(params, seed)
     ckpt = checkpoints.Checkpointer(directory, async_save=False)
     ckpt.save(0, state, {'batch': 0, 'seed': seed, **(data or {})})
     ckpt.close()
   return os.path.join(directory, '0')
 
 
-def load_params(checkpoint: str, config: T5Config) -> dict:
+def load_params(checkpoint: str, config: T5Config, on_device: bool = False) -> dict:
   """Only the params of a train-state checkpoint (a MODEL_DIR, its checkpoints/ or a step dir), as
-  numpy arrays; a missing, extra or misshapen param is a UsageError naming it."""
+  numpy arrays, or on the first device (`on_device`: no host copy); a missing, extra or misshapen
+  param is a UsageError naming it."""
   _, abstract, _ = trainer.abstract_params_and_axes(config)
+  if on_device:
+    abstract = checkpoints.on_one_device(abstract)
   try:
     return checkpoints.load_params(checkpoint, abstract)[0]
   except (FileNotFoundError, ValueError) as e:

@@ -112,7 +112,8 @@ def evaluate(*,
                                '(pretraining tasks have none); pick a fine-tuning task.')
   graphdef, abstract, _ = trainer.abstract_params_and_axes(model_config)
   try:
-    params, source = checkpoints.load_params(checkpoint_dir or model_dir, abstract)
+    params, source = checkpoints.load_params(checkpoint_dir or model_dir,
+                                             checkpoints.on_one_device(abstract))
   except (FileNotFoundError, ValueError) as e:
     raise gin_utils.UsageError(str(e)) from e
   model = nnx.merge(graphdef, jax.tree.map(jnp.asarray, params))

@@ -337,7 +337,8 @@ def run(argv: list[str]) -> int:
   batch_size = min(args.batch_size, len(lines))  # no rows of padding beyond the file's own
   check_fits(config, batch_size, inputs_length,
              targets_length if args.mode == 'score' else decode_options['max_decode_length'])
-  model = convert.model_with_params(config, convert.load_params(args.checkpoint_dir, config))
+  model = convert.model_with_params(
+      config, convert.load_params(args.checkpoint_dir, config, on_device=True))
   if args.mode == 'score':
     results = score(model, inputs, targets, inputs_length, targets_length, batch_size)
   else:

@@ -1,8 +1,9 @@
 """Mesh creation and logical→mesh axis rules.
 
 Model code only *names* axes (``('batch', 'length', 'embed')``); a short table of rules, bound in gin,
-decides which mesh axis (if any) each logical axis is split over. Data parallel, FSDP and 2-D
-(data × model) tensor parallelism are different tables, not different model code (T5X's design).
+decides which mesh axis (if any) each logical axis is split over. Data parallel, FSDP, 2-D
+(data × model) tensor parallelism, FSDP × TP and multi-slice HSDP are different tables, not
+different model code (T5X's design).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import jax
 import numpy as np
 from flax import nnx
 from flax.core import spmd as flax_spmd
+from jax.experimental import mesh_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from t5x_lite.gin_utils import UsageError
@@ -41,7 +43,23 @@ TWO_D_RULES: LogicalRules = (
     ('mlp', 'model'),
     ('heads', 'model'),
 )
-PRESETS = {'data_parallel': DATA_PARALLEL_RULES, 'fsdp': FSDP_RULES, '2d': TWO_D_RULES}
+# FSDP within each slice, data parallel across slices: the batch is split over both axes, weights
+# only over 'data', so the one collective crossing the data-centre network ('replica', the slow
+# axis) is the gradient all-reduce. Mesh e.g. {'replica': num_slices, 'data': -1}.
+HSDP_RULES: LogicalRules = (
+    ('batch', ('replica', 'data')),
+    ('embed', 'data'),
+)
+# FSDP over 'data' times tensor parallelism over 'model' (MaxText's fsdp + tensor axes).
+FSDP_TP_RULES: LogicalRules = (
+    ('batch', 'data'),
+    ('embed', 'data'),
+    ('vocab', 'model'),
+    ('mlp', 'model'),
+    ('heads', 'model'),
+)
+PRESETS = {'data_parallel': DATA_PARALLEL_RULES, 'fsdp': FSDP_RULES, '2d': TWO_D_RULES,
+           'hsdp': HSDP_RULES, 'fsdp_tp': FSDP_TP_RULES}
 
 
 @gin.configurable
@@ -78,10 +96,32 @@ def resolve_mesh_shape(mesh_shape: Mapping[str, int], num_devices: int) -> dict[
 
 
 def create_mesh(mesh_shape: Mapping[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-  """A Mesh over `devices` (all by default) with Auto axes (Explicit breaks sharded contractions)."""
+  """A Mesh over `devices` (all by default) with Auto axes (Explicit breaks sharded contractions).
+
+  Accelerators are laid out by `jax.experimental.mesh_utils` from their physical coordinates, so
+  each mesh axis runs along torus / NVLink neighbours. Devices in several TPU slices (or GPU
+  processes joined over the network) get a hybrid mesh: the slices split the 'replica' axis (hsdp),
+  or the first axis when there is none, and every other axis stays within a slice.
+  """
   devices = list(jax.devices() if devices is None else devices)
   shape = resolve_mesh_shape(mesh_shape, len(devices))
-  device_array = np.asarray(devices).reshape(tuple(shape.values()))
+  sizes = tuple(shape.values())
+  slices = len({getattr(d, 'slice_index', 0) for d in devices})
+  if devices[0].platform == 'cpu':
+    device_array = np.asarray(devices).reshape(sizes)
+  elif slices > 1:
+    axis = list(shape).index('replica') if 'replica' in shape else 0
+    if sizes[axis] % slices:
+      raise UsageError(
+          f'MESH_SHAPE {dict(mesh_shape)}: the devices span {slices} slices, which must split '
+          f'axis {list(shape)[axis]!r} ({sizes[axis]}); make it a multiple of {slices}, e.g. '
+          f"{{'replica': {slices}, 'data': -1}} with the hsdp preset.")
+    dcn = tuple(slices if i == axis else 1 for i in range(len(sizes)))
+    ici = tuple(n // m for n, m in zip(sizes, dcn))
+    device_array = mesh_utils.create_hybrid_device_mesh(ici, dcn, devices,
+                                                        allow_split_physical_axes=True)
+  else:
+    device_array = mesh_utils.create_device_mesh(sizes, devices, allow_split_physical_axes=True)
   return Mesh(device_array, tuple(shape), axis_types=(AxisType.Auto,) * len(shape))
 
 

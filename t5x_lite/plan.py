@@ -458,6 +458,8 @@ def compiled_figures(p: dict, compiled: dict, config: T5Config, preset: str, num
                                          compiled['compute_params_bytes'])
   optimal = compiled['optimal_seconds']
   peak = hardware.CHIPS[p['chip']].peak_flops if 'chip' in p else None
+  # XLA's cost analysis counts a loop body once: a scanned stack's FLOPs and time are one layer's.
+  looped = any(n > 1 for n in compiled['loop_trip_counts'])
   return {
       'target': target,
       'platform': compiled['platform'],
@@ -479,13 +481,14 @@ def compiled_figures(p: dict, compiled: dict, config: T5Config, preset: str, num
       'model_flops_per_step': flops_per_step,
       'model_flops_per_chip': flops_per_step / num_devices,
       'while_loops': compiled['while_loops'],
+      'loop_trip_counts': compiled['loop_trip_counts'],
       'collectives': coll,
       'collective_bytes_per_step': moved,
       'collective_bytes_minimum': minimum,
       'collective_bytes_ratio': moved / minimum if minimum else None,
       'optimal_seconds': optimal,
       'mfu_estimate': (flops_per_step / num_devices / peak / optimal
-                       if optimal and peak else None),
+                       if optimal and peak and not looped else None),
       'fused_attention': compiled['fused_attention'] if compiled['platform'] != 'tpu' else None,
   }
 
@@ -515,7 +518,12 @@ def _print_compiled(c: dict) -> None:
   print(f"  collectives {_gib(c['collective_bytes_per_step'])} per step" + (
       f"; the {c['preset']} minimum is {_gib(c['collective_bytes_minimum'])} (ratio {ratio:.2f})"
       if ratio is not None else f" (no minimum modelled for {c['preset']})"))
-  if c['optimal_seconds'] is not None:
+  if c['optimal_seconds'] is not None and any(n > 1 for n in c['loop_trip_counts']):
+    print(f"  XLA:TPU's estimate (optimal_seconds) counts each scanned layer once "
+          f"(loops of {c['loop_trip_counts']}): no MFU from it; for one, compile the unrolled "
+          f"model (--gin.t5x_lite.models.T5Config.scan_layers=False, or bench/aot_targets.py "
+          f"--depth=2,4)")
+  elif c['optimal_seconds'] is not None:
     mfu = f", MFU {c['mfu_estimate']:.1%}" if c['mfu_estimate'] is not None else ''
     print(f"  XLA:TPU's estimate (optimal_seconds, a serial per-op sum): "
           f"{c['optimal_seconds'] * 1e3:,.1f} ms per step{mfu}")

@@ -142,14 +142,17 @@ def train(*,
     skipped = 0
     if restored is None:
       batches = make_batches(num_data_shards or jax.process_count())  # bad data config: fail fast
-      state, start_step = setup.init(), 0
+      start_step = 0
       if initial_checkpoint_path:
         try:
-          state['params'], source = checkpoints.load_params(initial_checkpoint_path,
-                                                            setup.abstract_state['params'])
+          params, source = checkpoints.load_params(initial_checkpoint_path,
+                                                   setup.abstract_state['params'])
         except (FileNotFoundError, ValueError) as e:
           raise gin_utils.UsageError(f'INITIAL_CHECKPOINT_PATH: {e}') from e
+        state = setup.state_with_params(params, seed)
         log(f'Initialized params from {source}')
+      else:
+        state = setup.init()
     else:
       start_step, state, data_state, batches = restored
       skipped = int(data_state.get('skipped_steps', 0))

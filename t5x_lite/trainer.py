@@ -154,6 +154,13 @@ class StateSetup(NamedTuple):
   shardings: TrainState           # NamedShardings, for jit in/out_shardings
   init: Callable[[], TrainState]  # allocates a fresh state directly in its shards
 
+  def state_with_params(self, params: Any, seed: int) -> TrainState:
+    """A step-0 state around `params` (already in their shards): a fresh optimizer state built in
+    place, so starting from a checkpoint's weights never holds a second, initialised copy."""
+    opt_state = jax.jit(self.tx.init, out_shardings=self.shardings['opt_state'])(params)
+    return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': opt_state,
+            'rng': jax.random.key_data(jax.random.key(seed))}
+
 
 def setup_train_state(config: models.T5Config, tx: optax.GradientTransformation, seed: int,
                       mesh, rules) -> StateSetup:

@@ -34,6 +34,46 @@ def test_collectives_are_counted_with_the_whole_buffer_each_moves():
   assert got['all-to-all']['count'] == 0 and got['collective-permute']['count'] == 0
 
 
+# A scanned stack as XLA:TPU prints it (the bound only in the condition) and as XLA:GPU does
+# (known_trip_count), each with a per-layer all-gather, one of them inside a fusion's call.
+LOOPS = '''
+%cond.1 (p: (s32[], f32[8])) -> pred[] {
+  %constant.5 = s32[]{:T(128)} constant(24)
+  %gte = s32[]{:T(128)} get-tuple-element(%p), index=0
+  ROOT %lt.1 = pred[]{:T(512)} compare(%gte, %constant.5), direction=LT
+}
+
+%gather_in_fusion (a: f32[4]) -> f32[32] {
+  ROOT %all-gather.9 = f32[32]{0} all-gather(%a), channel_id=7, replica_groups=[1,8]<=[8], dimensions={0}
+}
+
+%body.1 (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %all-gather.1 = f32[64]{0} all-gather(%x), channel_id=1, replica_groups=[1,8]<=[8], dimensions={0}
+  %f = f32[32]{0} fusion(%y), kind=kCustom, calls=%gather_in_fusion
+}
+
+%body.2 (p: (s32[], f32[8])) -> (s32[], f32[8]) {
+  %all-gather.2 = f32[16]{0} all-gather(%x), channel_id=2, replica_groups=[1,8]<=[8], dimensions={0}
+  %collective-permute-start.1 = (bf16[1,64]{1,0:T(8,128)(2,1)}, bf16[1,64]{1,0:T(8,128)(2,1)}, u32[]{:S(2)}, u32[]{:S(2)}) collective-permute-start(%w), channel_id=4, source_target_pairs={{0,1},{1,0}}
+}
+
+ENTRY %main (p: f32[8]) -> f32[8] {
+  %while.1 = (s32[], f32[8]) while(%t), condition=%cond.1, body=%body.1
+  %while.2 = (s32[], f32[8]) while(%t), condition=%cond.2, body=%body.2, backend_config={"known_trip_count":{"n":"3"}}
+  ROOT %all-reduce.3 = f32[8]{0} all-reduce(%x), channel_id=3, replica_groups=[1,8]<=[8], to_apply=%add
+}
+'''
+
+
+def test_collectives_in_a_scanned_loop_count_once_per_iteration():
+  assert aot.loop_trip_counts(LOOPS) == [24, 3]
+  assert aot.executions(LOOPS)['gather_in_fusion'] == 24
+  got = aot.collectives(LOOPS)
+  assert got['all-gather'] == {'count': 24 + 24 + 3, 'bytes': 4 * (24 * (64 + 32) + 3 * 16)}
+  assert got['all-reduce'] == {'count': 1, 'bytes': 4 * 8}
+  assert got['collective-permute'] == {'count': 3, 'bytes': 3 * 2 * 64}  # one bf16[1,64] each
+
+
 def test_replica_group_sizes_in_each_notation():
   assert aot._group_size("replica_groups=mesh['axis_0'=4,'axis_1'=2] {'axis_1'}, x") == 2
   assert aot._group_size("replica_groups=mesh['a'=4,'b'=2] {'a','b'}") == 8

@@ -94,7 +94,8 @@ def _saved_mesh(model_dir, step):
 
 @pytest.mark.slow
 def test_every_preset_and_mesh_trains_like_one_device_and_shards_as_named(tmp_path):
-  """bench/sharding_equivalence.py: 1 device vs {data_parallel, fsdp, 2d} × {2×4, 8×1}."""
+  """bench/sharding_equivalence.py: 1 device vs {data_parallel, fsdp, 2d} × {2×4, 8×1}, fsdp_tp
+  on 2×4 and hsdp on 2 replicas × 4."""
   figures_file = tmp_path / 'figures.json'
   out = subprocess.run(
       [sys.executable, 'bench/sharding_equivalence.py', '--steps=4', f'--out={figures_file}',
@@ -109,20 +110,25 @@ def test_every_preset_and_mesh_trains_like_one_device_and_shards_as_named(tmp_pa
   reference = figures['reference']['losses']
   assert len(reference) == 4 and np.all(np.isfinite(reference))
   runs = {(r['preset'], tuple(r['mesh'].values())): r for r in figures['runs']}
-  assert set(runs) == {(p, m) for p in ('data_parallel', 'fsdp', '2d') for m in ((2, 4), (8, 1))}
-  for (preset, (data, model)), run in runs.items():
-    name = f'{preset} {data}x{model}'
+  assert set(runs) == {(p, m) for p in ('data_parallel', 'fsdp', '2d') for m in ((2, 4), (8, 1))
+                       } | {('fsdp_tp', (2, 4)), ('hsdp', (2, 4))}
+  for (preset, (first, second)), run in runs.items():
+    name = f'{preset} {first}x{second}'
     np.testing.assert_allclose(run['losses'], reference, rtol=RTOL, err_msg=name)
     assert run['max_rel_diff'] < RTOL
     # What one device holds of the weights: data parallel replicates them, FSDP splits them over
-    # the data axis, 2-D over the model axis (bar a few small vectors, below).
-    expected = {'data_parallel': 1.0, 'fsdp': 1 / data, '2d': 1 / model}[preset]
-    assert run['params_per_device'] == pytest.approx(expected, rel=0.01), name
+    # the data axis, 2-D over the model axis, FSDP × TP over both, HSDP over the data axis within
+    # a replica (bar a few small vectors, below).
+    expected = {'data_parallel': 1.0, 'fsdp': 1 / first, '2d': 1 / second,
+                'fsdp_tp': 1 / (first * second), 'hsdp': 1 / second}[preset]
+    assert run['params_per_device'] == pytest.approx(expected, rel=0.03), name
     # The weights every device holds whole are those without a dimension the preset splits.
     whole = {path.split('/')[-2] for path in run['params_replicated']}
-    if preset == 'fsdp':  # everything with an embed dimension is split
+    if preset in ('fsdp', 'hsdp'):  # everything with an embed dimension is split
       assert whole == {'relpos_bias'}, name
-    elif preset == '2d' and model > 1:  # everything with a vocab, mlp or heads dimension
+    elif preset == 'fsdp_tp':  # embed over data, heads over model: every weight is split
+      assert not whole, name
+    elif preset == '2d' and second > 1:  # everything with a vocab, mlp or heads dimension
       assert whole and all(w.endswith('norm') for w in whole), name
 
 

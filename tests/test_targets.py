@@ -5,9 +5,10 @@ them), an independent record of what each accelerator type is."""
 
 import types
 
+import numpy as np
 import pytest
 
-from t5x_lite import gin_utils, hardware, targets
+from t5x_lite import gin_utils, hardware, partitioning, targets
 
 
 @pytest.mark.parametrize('name, chips, topology, wrap', [
@@ -72,3 +73,46 @@ def test_an_accelerator_missing_from_the_table_has_no_mfu_rather_than_a_guess():
   assert hardware.peak_flops_per_device(unknown) is None
   assert '--gin.peak_flops_per_device.peak_flops=' in hardware.unknown_peak_message(unknown)
   assert hardware.peak_flops_per_device(unknown, peak_flops=5e14) == 5e14
+
+
+@pytest.mark.parametrize('kind, chip, peak', [
+    ('TPU v4', 'tpu_v4', 275e12), ('TPU v5 lite', 'tpu_v5e', 197e12), ('TPU v5', 'tpu_v5p', 459e12),
+    ('TPU v5p', 'tpu_v5p', 459e12), ('TPU v6 lite', 'tpu_v6e', 918e12),
+    ('NVIDIA A100-SXM4-40GB', 'a100', 312e12), ('NVIDIA H100 80GB HBM3', 'h100', 989e12),
+    ('NVIDIA H200', 'h200', 989e12), ('NVIDIA B200', 'b200', 2250e12),
+])
+def test_mfu_divides_by_the_published_bf16_peak_of_each_device_kind(kind, chip, peak):
+  """Device kinds as the runtimes report them (libtpu calls v5p 'TPU v5', v6e 'TPU v6 lite')."""
+  device = types.SimpleNamespace(device_kind=kind, platform='tpu' if 'TPU' in kind else 'gpu')
+  assert hardware.chip_for_device(device) == chip
+  assert hardware.peak_flops_per_device(device) == peak
+
+
+@pytest.mark.parametrize('name, shape', [('v5p-64', {'data': 8, 'model': 4}),
+                                         ('v5e-16', {'data': 4, 'model': 4})])
+def test_mesh_axes_run_along_physical_neighbours(name, shape):
+  """create_mesh orders libtpu's devices by their coordinates (mesh_utils): along 'model' each
+  chip's successor is one ICI hop away, and each 'model' group is a compact block of the torus.
+  Reshaping the device list in libtpu's order does not do this on these slices (2x2 blocks:
+  every other step is two hops)."""
+  devices = targets.devices(targets.parse(name))
+  mesh = partitioning.create_mesh(shape, devices)
+  hops = lambda a, b: int(np.abs(np.subtract(a.coords, b.coords)).sum())
+  for group in mesh.devices:
+    assert [hops(a, b) for a, b in zip(group[:-1], group[1:])] == [1] * (len(group) - 1)
+    coords = np.array([d.coords for d in group])
+    assert np.prod(coords.max(0) - coords.min(0) + 1) == len(group)
+  naive = np.asarray(devices).reshape(tuple(shape.values()))
+  assert any(hops(a, b) > 1 for group in naive for a, b in zip(group[:-1], group[1:]))
+
+
+def test_a_multislice_mesh_puts_the_slices_on_the_replica_axis():
+  """Two v5p-16 slices: 'replica' (hsdp's data-parallel axis over DCN) indexes the slice, so every
+  other axis stays on one slice's ICI; without a 'replica' axis the first axis takes the slices."""
+  devices = targets.devices(targets.parse('2xv5p-16'))
+  mesh = partitioning.create_mesh({'replica': 2, 'data': -1, 'model': 1}, devices)
+  assert [{d.slice_index for d in row.flat} for row in mesh.devices] == [{0}, {1}]
+  mesh = partitioning.create_mesh({'data': 4, 'model': 4}, devices)
+  assert [{d.slice_index for d in row} for row in mesh.devices] == [{0}, {0}, {1}, {1}]
+  with pytest.raises(gin_utils.UsageError, match="span 2 slices"):
+    partitioning.create_mesh({'data': 1, 'model': 16}, devices)
