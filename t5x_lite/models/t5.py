@@ -32,6 +32,12 @@ Rematerialisation (`config.remat_policy`) wraps each layer call of both stacks i
 Dropout keys are drawn from the `rngs` passed into the rematerialised call, so the recomputed
 forward pass draws the same masks and gradients are unchanged.
 
+Scanned layers (`config.scan_layers`): each stack holds one layer whose parameters carry a leading
+'layers' axis (`encoder/layers/mlp/wo/kernel` is [layers, d_ff, d_model]) and runs it under
+`jax.lax.scan`, so the traced and compiled program has one layer per stack whatever the depth.
+`stack_layer_params` / `unstack_layer_params` convert between the two layouts (HF conversion
+uses the unrolled names); decoding walks per-layer views of the stacked layer.
+
 Decoding (t5x_lite/decoding.py) runs the same layers over a cache, a pytree of arrays:
 `init_cache` encodes the inputs once and projects each layer's cross-attention keys/values;
 `decode_step(cache, tokens, index)` embeds the new tokens, writes their self-attention keys/values
