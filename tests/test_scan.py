@@ -154,3 +154,13 @@ def test_compiled_program_size_does_not_grow_with_depth():
 
   small, deep = lowered_size(2), lowered_size(8)
   assert abs(deep - small) < 0.01 * small, (small, deep)
+
+
+def test_a_checkpoint_in_the_other_layout_names_the_flag_that_reads_it():
+  from t5x_lite import checkpoints, gin_utils  # pylint: disable=import-outside-toplevel
+  tree = lambda scan: {'params': nnx.to_pure_dict(nnx.state(abstract_model(
+      dataclasses.replace(TINY, scan_layers=scan))))}
+  with pytest.raises(gin_utils.UsageError, match='unrolled layers.*scan_layers=False'):
+    checkpoints._check_matches(tree(False), tree(True), 'step 5', 'Use a new MODEL_DIR.')
+  with pytest.raises(gin_utils.UsageError, match='scanned layers.*scan_layers=True'):
+    checkpoints._check_matches(tree(True), tree(False), 'step 5', 'Use a new MODEL_DIR.')
