@@ -213,28 +213,36 @@ def follow_params(param_axes: dict[tuple[str, ...], tuple | None],
   suffix match). A leaf may be shaped like its param, like a 2-D view of it (`trainer.as_matrices`:
   [embed, heads, kv] seen as [embed, heads·kv]; a merged dimension takes its major dimension's
   name, which splits it into the same blocks), or like either less one dimension (a factored
-  Adafactor row or column); it takes the names that remain. A leading 'layers' axis (scanned
-  layers) stays in front of each view. Anything else (counters,
+  Adafactor row or column); it takes the names that remain. A leaf of one layer of a scanned
+  param (path ending in the layer's index, as `trainer.as_matrices` hands them over) takes the
+  param's names without 'layers'. Anything else (counters,
   placeholders) is replicated."""
 
   def candidates(names, shape):
     yield names, shape
-    if names and names[0] == 'layers':  # scanned layers: the views of each layer, stacked
-      for rest_names, rest_shape in candidates(names[1:], shape[1:]):
-        yield ('layers',) + rest_names, shape[:1] + rest_shape
     for k in range(1, len(shape)):
       if len(shape) > 2:
         yield (names[0], names[k]), (math.prod(shape[:k]), math.prod(shape[k:]))
 
-  def names_fn(path, leaf):
-    keys = path_key(path)
+  def lookup(keys):
     for start in range(len(keys)):
       suffix = keys[start:]
       if suffix in param_axes:
-        names, shape = param_axes[suffix], tuple(param_shapes[suffix])
-        break
-    else:
+        return param_axes[suffix], tuple(param_shapes[suffix])
+    return None
+
+  def names_fn(path, leaf):
+    keys = path_key(path)
+    found = lookup(keys)
+    if found is None and keys and keys[-1].isdigit():  # one layer of a scanned param
+      found = lookup(keys[:-1])
+      if found is not None and (found[0] or ())[:1] == ('layers',):
+        found = found[0][1:], found[1][1:]
+      else:
+        found = None
+    if found is None:
       return None
+    names, shape = found
     if names is None:
       return None
     leaf_shape = tuple(leaf.shape)

@@ -87,30 +87,36 @@ def as_matrices(tx: optax.GradientTransformation,
 
   Adafactor factors a matrix's second moment into row and column statistics; on the 3-D view it
   would factor the wrong pair (and skip d_kv=64 < 128 entirely), so T5's optimizer needs this view.
-  Elementwise optimizers (AdamW) are unchanged by it. Scanned layers keep their leading
-  'layers' axis ([layers, embed, heads·kv]); Adafactor factors the two largest dimensions.
+  Elementwise optimizers (AdamW) are unchanged by it. A scanned parameter (leading 'layers' axis)
+  is handed over as a list of its layers' matrices: Adafactor's parameter scale and update
+  clipping are per-matrix RMS figures, so the optimizer then steps exactly as on unrolled layers.
   """
 
-  def shape_2d(path, x):
-    names = param_axes.get(partitioning.path_key(path))
-    lead = 1 if names and names[0] == 'layers' else 0  # scanned: a matrix per layer
-    names, shape = (names or ())[lead:], x.shape[lead:]
-    if len(shape) < 3 or 'embed' not in names:
-      return None
+  def matrix(names, x):
+    if x.ndim < 3 or 'embed' not in names:
+      return x
     i = names.index('embed')
-    view = (shape[0], -1) if i == 0 else (-1, shape[-1]) if i == len(shape) - 1 else None
-    return None if view is None else x.shape[:lead] + view
+    return (x.reshape(x.shape[0], -1) if i == 0 else
+            x.reshape(-1, x.shape[-1]) if i == x.ndim - 1 else x)
 
-  def to_2d(tree):
-    return jax.tree_util.tree_map_with_path(
-        lambda p, x: x if (s := shape_2d(p, x)) is None else x.reshape(s), tree)
+  def view(path, x):
+    names = param_axes.get(partitioning.path_key(path)) or ()
+    if names[:1] == ('layers',):
+      return [matrix(names[1:], layer) for layer in x]
+    return matrix(names, x)
+
+  def to_views(tree):
+    return jax.tree_util.tree_map_with_path(view, tree)
 
   def init(params):
-    return tx.init(to_2d(params))
+    return tx.init(to_views(params))
 
   def update(updates, state, params=None):
-    new, state = tx.update(to_2d(updates), state, None if params is None else to_2d(params))
-    return jax.tree.map(lambda n, u: n.reshape(u.shape), new, updates), state
+    new, state = tx.update(to_views(updates), state,
+                           None if params is None else to_views(params))
+    back = lambda u, n: (jnp.stack([m.reshape(u.shape[1:]) for m in n]) if isinstance(n, list)
+                         else n.reshape(u.shape))
+    return jax.tree.map(back, updates, new), state
 
   return optax.GradientTransformation(init, update)
 

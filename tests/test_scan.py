@@ -121,23 +121,41 @@ def test_scanned_model_decodes_the_unrolled_tokens(family):
   np.testing.assert_allclose(got[1], want[1], rtol=1e-5, atol=1e-5)
 
 
-def test_optimizer_sees_a_matrix_per_layer_and_its_state_keeps_the_names():
-  """Adafactor gets [layers, embed, heads·kv] for a scanned attention kernel, and its factored
-  statistics (one dimension less) take the param's names, so FSDP shards them like the weight."""
+def test_optimizer_sees_each_layers_matrix_and_its_state_keeps_the_names():
+  """A scanned attention kernel reaches the optimizer as one [embed, heads·kv] matrix per layer;
+  each layer's state (moments, Adafactor's factored rows and columns) takes the param's names
+  without 'layers', so FSDP shards it as it shards the weight."""
   axes = {('layers', 'q', 'kernel'): ('layers', 'embed', 'heads', 'kv')}
   shapes = {('layers', 'q', 'kernel'): (3, 64, 4, 8)}
   seen = []
-  probe = optax.GradientTransformation(lambda p: seen.append(jax.tree.leaves(p)[0].shape) or (),
-                                       None)
+  probe = optax.GradientTransformation(
+      lambda p: seen.extend(x.shape for x in jax.tree.leaves(p)) or (), None)
   trainer.as_matrices(probe, axes).init({'layers': {'q': {'kernel': np.zeros((3, 64, 4, 8))}}})
-  assert seen == [(3, 64, 32)]
+  assert seen == [(64, 32)] * 3
   names = partitioning.follow_params(axes, shapes)
-  k = jax.tree_util.DictKey
-  path = lambda *p: tuple(k(x) for x in p)
-  assert names(path('mu', 'layers', 'q', 'kernel'), np.zeros((3, 64, 32))) == (
-      'layers', 'embed', 'heads')
-  assert names(path('v_row', 'layers', 'q', 'kernel'), np.zeros((3, 64))) == ('layers', 'embed')
-  assert names(path('v_col', 'layers', 'q', 'kernel'), np.zeros((3, 32))) == ('layers', 'heads')
+  path = lambda *p: tuple(jax.tree_util.DictKey(x) for x in p[:-1]) + (
+      jax.tree_util.SequenceKey(p[-1]),)
+  assert names(path('mu', 'layers', 'q', 'kernel', 2), np.zeros((64, 32))) == ('embed', 'heads')
+  assert names(path('v_row', 'layers', 'q', 'kernel', 0), np.zeros((64,))) == ('embed',)
+  assert names(path('v_col', 'layers', 'q', 'kernel', 1), np.zeros((32,))) == ('heads',)
+
+
+def test_adafactor_steps_scanned_layers_exactly_as_unrolled_ones():
+  """T5's optimizer (factored, parameter-scaled, update-clipped per matrix) with global-norm
+  clipping: the scanned model's update is the unrolled model's, stacked."""
+  model = random_model(dataclasses.replace(TINY, d_model=128, num_heads=4, d_kv=32, d_ff=256))
+  batch = batch_for(model.config)
+
+  def update(m):
+    params = nnx.to_pure_dict(nnx.state(m))
+    axes = partitioning.param_logical_axes(nnx.state(m))
+    tx = trainer.as_matrices(trainer.make_optimizer(0.01, grad_clip_norm=0.5), axes)
+    grads = nnx.to_pure_dict(loss_and_grads(m, batch)[1])
+    return jax.jit(lambda g, p: tx.update(g, tx.init(p), p)[0])(grads, params)
+
+  want = t5.stack_layer_params(update(model))
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7),
+               update(scanned_twin(model)), want)
 
 
 def test_compiled_program_size_does_not_grow_with_depth():
