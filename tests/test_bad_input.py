@@ -252,7 +252,8 @@ CASES: list[Case] = [
     Case('mesh_axis_unknown_to_rules', ("--gin.MESH_SHAPE={'dta': -1}",),
          r"MESH_SHAPE axis 'dta' is not one logical_axis_rules shard over .* Fix its name"),
     Case('unknown_rules_preset', ("--gin.logical_axis_rules.preset='3d'",),
-         r"Unknown sharding preset '3d'; choose one of \['2d', 'data_parallel', 'fsdp'\]"),
+         r"Unknown sharding preset '3d'; choose one of \['2d', 'data_parallel', 'fsdp', "
+         r"'fsdp_tp', 'hsdp'\]"),
     # sequence lengths
     Case('lengths_too_short_for_span_corruption',
          ("--gin.TASK_FEATURE_LENGTHS={'inputs': 4, 'targets': 2}",),

@@ -564,7 +564,7 @@ def test_config_rejects_an_unknown_remat_policy():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize('kernels,scan', [('cpu', False), ('xla', False), ('xla', True)])
+@pytest.mark.parametrize('kernels,scan', [('cpu', False), ('xla', True)])
 def test_remat_policies_trade_memory_for_flops_in_order(kernels, scan):
   """XLA's buffer assignment and FLOP count for the compiled train step, so they can be asserted:
   temp memory none > minimal > full, FLOPs none < minimal < full ≈ 4/3·none (the layers run
