@@ -23,7 +23,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.ad_checkpoint import checkpoint_name
 
 from t5x_lite.models import cpu_kernels
 from t5x_lite.models.config import MASKED_LOGIT, T5Config
@@ -284,10 +283,7 @@ class DenseGeneral(nnx.Module):
     self.kernels = kernels
 
   def __call__(self, x: jax.Array, out_dtype=None) -> jax.Array:
-    # Named so a scanned stack can decline to keep it (t5.run_layers): under FSDP this is the
-    # gathered weight, which the backward pass gathers again rather than holding every layer's.
-    kernel = checkpoint_name(self.kernel[...].astype(self.dtype), 'kernel')
-    return dense(x.astype(self.dtype), kernel, self.num_in,
+    return dense(x.astype(self.dtype), self.kernel[...].astype(self.dtype), self.num_in,
                  None if out_dtype is None else jnp.dtype(out_dtype), self.kernels)
 
 

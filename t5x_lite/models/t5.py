@@ -71,9 +71,6 @@ REMAT_POLICIES = {
 }
 
 
-SCANNED_NONE_POLICY = jax.checkpoint_policies.save_anything_except_these_names('kernel')
-
-
 def remat(call, policy: str):
   """`call(layer, *args)` under nnx.remat with the named policy; 'none' returns it as is."""
   if policy == 'none':
@@ -118,10 +115,8 @@ def run_layers(layers, num_layers: int, scanned: bool, policy: str, x, *args,
     layer_rngs = None if key is None else nnx.Rngs(dropout=key)
     return call(nnx.merge(graphdef, layer_params), layer_rngs, x, *args), None
 
-  # Even without remat, the scan body keeps everything but the compute-dtype weights: a loop
-  # saves its residuals stacked, and the weights' would be every layer's gathered copy.
-  body = jax.checkpoint(body, policy=REMAT_POLICIES.get(policy, SCANNED_NONE_POLICY),
-                        prevent_cse=False)
+  if policy != 'none':
+    body = jax.checkpoint(body, policy=REMAT_POLICIES[policy], prevent_cse=False)
   return jax.lax.scan(body, x, (params, keys))[0]
 
 
