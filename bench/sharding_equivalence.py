@@ -4,8 +4,8 @@
 
 Trains the micro model of tests/micro.py (pretrain_tiny.gin, smaller) for `--steps` steps on one
 device, then in this process on 8 simulated CPU devices for every sharding preset (data_parallel,
-fsdp, 2d on a 2×4 and an 8×1 data × model mesh; fsdp_tp on 2×4; hsdp on 2 replicas × 4), each through `t5x_lite.train.main` into its
-own model directory. It prints, per run: wall and compile seconds, the per-step losses, their
+fsdp, 2d on a 2×4 and an 8×1 data × model mesh; fsdp_tp on 2×4; hsdp on 2 replicas × 4), each
+through `t5x_lite.train.main` into its own model directory. It prints, per run: wall and compile seconds, the per-step losses, their
 largest relative difference from one device, and the fraction of the train state's bytes that
 one device holds, read from the shardings Orbax recorded when it saved the arrays (so the layout
 the step really produced, not the rule table's intent). The last line printed is one JSON object.

@@ -114,7 +114,10 @@ def _trip_count(line: str, bodies: dict[str, list[str]]) -> int:
 def executions(hlo_text: str) -> dict[str, int]:
   """How many times each computation runs per step: a `while` body as many times as its loop
   runs (a scanned stack: once per layer), through any nesting of calls."""
-  bodies, entry = _computations(hlo_text)
+  return _executions(*_computations(hlo_text))
+
+
+def _executions(bodies: dict[str, list[str]], entry: str | None) -> dict[str, int]:
   calls = {name: [(callee, _trip_count(line, bodies) if kind == 'body' else 1)
                   for line in lines for kind, callee in _CALL.findall(line)]
            for name, lines in bodies.items()}
@@ -149,13 +152,9 @@ def collectives(hlo_text: str) -> dict[str, dict[str, float]]:
   (operand, result, contexts) tuple is one buffer.
   """
   out = {kind: {'count': 0, 'bytes': 0.0} for kind in COLLECTIVES}
-  runs = executions(hlo_text)
-  computation = ''
-  for line in hlo_text.splitlines():
-    header = _COMPUTATION.match(line)
-    if header:
-      computation = header.group(1)
-      continue
+  bodies, entry = _computations(hlo_text)
+  runs = _executions(bodies, entry)
+  for computation, line in ((c, l) for c, lines in bodies.items() for l in lines):
     m = _INSTRUCTION.match(line)
     if not m:
       continue
@@ -215,6 +214,7 @@ def compile_train_step(model_config: T5Config, devices: Sequence, mesh_shape: Ma
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
   text = compiled.as_text()
+  cudnn_calls = len(_FUSED_ATTENTION.findall(text))
   params_bytes = sum(x.size * x.dtype.itemsize
                      for x in jax.tree.leaves(setup.abstract_state['params']))
   return {
@@ -233,8 +233,8 @@ def compile_train_step(model_config: T5Config, devices: Sequence, mesh_shape: Ma
       'collectives': collectives(text),
       'while_loops': len(re.findall(r'\bwhile\(', text)),
       'loop_trip_counts': loop_trip_counts(text),
-      'fused_attention': bool(_FUSED_ATTENTION.search(text)),
-      'cudnn_attention_calls': len(_FUSED_ATTENTION.findall(text)),
+      'fused_attention': cudnn_calls > 0,
+      'cudnn_attention_calls': cudnn_calls,
       'params_bytes': params_bytes,
       'compute_params_bytes': params_bytes * jnp.dtype(model_config.dtype).itemsize // 4,
   }

@@ -333,10 +333,10 @@ def _check_matches(saved_tree: Any, abstract: Any, what: str, fix: str) -> None:
     detail = (f'{differ[0]} has shape {saved[differ[0]]} there, {want[differ[0]]} here' if differ
               else f'it lacks {missing[:2]}' if missing else f'it has extra {extra[:2]}')
     kind = 'model or optimizer' if 'opt_state' in str(missing + extra + differ) else 'model'
-    unrolled = lambda keys: any(re.search(r'/layers/\d+/', k) for k in keys)
-    if unrolled(saved) != unrolled(want):  # the same model in the other layer layout
-      fix = ('It holds ' + ('unrolled' if unrolled(saved) else 'scanned') + ' layers: add '
-             f'--gin.t5x_lite.models.T5Config.scan_layers={not unrolled(saved)} to read it.')
+    unrolled = [any(re.search(r'/layers/\d+/', k) for k in keys) for keys in (saved, want)]
+    if unrolled[0] != unrolled[1]:  # the same model in the other layer layout
+      fix = ('It holds ' + ('unrolled' if unrolled[0] else 'scanned') + ' layers: add '
+             f'--gin.t5x_lite.models.T5Config.scan_layers={not unrolled[0]} to read it.')
     raise UsageError(f'{what} was written by a different {kind} ({detail}). {fix}')
 
 

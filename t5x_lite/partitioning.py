@@ -235,16 +235,12 @@ def follow_params(param_axes: dict[tuple[str, ...], tuple | None],
     keys = path_key(path)
     found = lookup(keys)
     if found is None and keys and keys[-1].isdigit():  # one layer of a scanned param
-      found = lookup(keys[:-1])
-      if found is not None and (found[0] or ())[:1] == ('layers',):
-        found = found[0][1:], found[1][1:]
-      else:
-        found = None
-    if found is None:
+      stacked = lookup(keys[:-1])
+      if stacked and (stacked[0] or ())[:1] == ('layers',):
+        found = stacked[0][1:], stacked[1][1:]
+    if found is None or found[0] is None:
       return None
     names, shape = found
-    if names is None:
-      return None
     leaf_shape = tuple(leaf.shape)
     for view_names, view_shape in candidates(tuple(names), shape):
       if leaf_shape == view_shape:

@@ -164,8 +164,12 @@ class StateSetup(NamedTuple):
     """A step-0 state around `params` (already in their shards): a fresh optimizer state built in
     place, so starting from a checkpoint's weights never holds a second, initialised copy."""
     opt_state = jax.jit(self.tx.init, out_shardings=self.shardings['opt_state'])(params)
-    return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': opt_state,
-            'rng': jax.random.key_data(jax.random.key(seed))}
+    return _step_zero(params, opt_state, seed)
+
+
+def _step_zero(params: Any, opt_state: Any, seed: int) -> TrainState:
+  return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': opt_state,
+          'rng': jax.random.key_data(jax.random.key(seed))}
 
 
 def setup_train_state(config: models.T5Config, tx: optax.GradientTransformation, seed: int,
@@ -197,8 +201,7 @@ def setup_train_state(config: models.T5Config, tx: optax.GradientTransformation,
   def init():
     model = models.build_model(config, models.eager_rngs(seed))
     params = nnx.to_pure_dict(nnx.state(model))
-    return {'step': jnp.zeros((), jnp.int32), 'params': params, 'opt_state': tx.init(params),
-            'rng': jax.random.key_data(jax.random.key(seed))}
+    return _step_zero(params, tx.init(params), seed)
 
   abstract = checkpoints.abstract_with_shardings(abstract, shardings)
   return StateSetup(graphdef, tx, abstract, shardings, jax.jit(init, out_shardings=shardings))

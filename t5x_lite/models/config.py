@@ -12,6 +12,7 @@ import dataclasses
 from typing import Sequence
 
 import gin
+import jax
 import jax.numpy as jnp
 
 # MLP activation names. 'gelu' is the tanh approximation (`gelu_new` in HF), which is what T5.1.1
@@ -140,16 +141,22 @@ class T5Config:
                          f'{self.num_encoder_layers} and {self.num_decoder_layers}.')
 
   def for_platform(self, platform: str) -> 'T5Config':
-    """This config with `kernels='auto'` made concrete for a JAX platform ('cpu', 'gpu', 'tpu')."""
+    """This config with `kernels='auto'` made concrete for a JAX platform ('cpu', 'gpu', 'tpu'):
+    what the trainer does for its mesh's devices, which need not be this host's."""
     if self.kernels != 'auto':
       return self
     return dataclasses.replace(self, kernels=PLATFORM_KERNELS.get(platform, 'xla'))
 
   @property
+  def resolved_kernels(self) -> str:
+    """`kernels`, with 'auto' read as this host's default backend (see `for_platform`)."""
+    return self.for_platform(jax.default_backend()).kernels
+
+  @property
   def dense_kernels(self) -> str:
     """'cpu' or 'xla' for the projections. The CPU kernel's custom VJP hides its dots from
     `jax.checkpoint`, so 'minimal' remat (which keeps the dots' outputs) uses the plain one."""
-    cpu = self.kernels == 'cpu' and self.remat_policy != 'minimal'
+    cpu = self.resolved_kernels == 'cpu' and self.remat_policy != 'minimal'
     return 'cpu' if cpu else 'xla'
 
   @property

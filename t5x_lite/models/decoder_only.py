@@ -43,7 +43,7 @@ class DecoderOnly(nnx.Module):
   """
 
   def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
-    cfg = config.for_platform(jax.default_backend())
+    cfg = config
     if cfg.architecture not in ('decoder_only', 'prefix_lm'):
       raise ValueError(f'DecoderOnly needs architecture \'decoder_only\' or \'prefix_lm\', got '
                        f'{cfg.architecture!r}; use t5x_lite.models.build_model(config, rngs).')

@@ -294,7 +294,7 @@ class MLP(nnx.Module):
   """
 
   def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
-    cfg = config.for_platform(jax.default_backend())
+    cfg = config
     self.activations = tuple(cfg.mlp_activations)
     kernel_init = fan_in_init(1, 1, 'truncated_normal')
     n = len(self.activations)
@@ -337,7 +337,7 @@ class RelativePositionBias(nnx.Module):
     self.bidirectional = bidirectional
     self.num_buckets = config.relative_attention_num_buckets
     self.max_distance = config.relative_attention_max_distance
-    self.kernels = config.for_platform(jax.default_backend()).kernels
+    self.kernels = config.resolved_kernels
 
   def __call__(self, query_length: int, key_length: int,
                query_offset: int | jax.Array = 0) -> jax.Array:
@@ -367,10 +367,10 @@ class MultiHeadAttention(nnx.Module):
   """
 
   def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
-    cfg = config.for_platform(jax.default_backend())
+    cfg = config
     common = dict(dtype=cfg.compute_dtype, param_dtype=cfg.weight_dtype,
                   kernels=cfg.dense_kernels, rngs=rngs)
-    self.kernels = cfg.kernels
+    self.kernels = cfg.resolved_kernels
     heads = (cfg.num_heads, cfg.d_kv)
     in_axes = ('embed', 'heads', 'kv')
     self.query = DenseGeneral((cfg.d_model,), heads, in_axes,

@@ -398,7 +398,7 @@ class EncoderDecoder(nnx.Module):
   """T5: shared token embedding, encoder, decoder and a tied (v1.0) or separate (v1.1) head."""
 
   def __init__(self, config: T5Config, *, rngs: nnx.Rngs):
-    cfg = config.for_platform(jax.default_backend())
+    cfg = config
     if cfg.architecture != 'encoder_decoder':
       raise ValueError(f'EncoderDecoder needs architecture=\'encoder_decoder\', got '
                        f'{cfg.architecture!r}; use t5x_lite.models.build_model(config, rngs).')
