@@ -80,6 +80,9 @@ _CALL = re.compile(r'\b(calls|to_apply|body|condition)=%?([\w.\-]+)')
 _TRIP_COUNT = re.compile(r'"known_trip_count":\{"n":"(\d+)"')
 _CONDITION = re.compile(r'\bcondition=%?([\w.\-]+)')
 _COUNTER_BOUND = re.compile(r'=\s*[su](?:32|64)\[\][^ ]*\s+constant\((\d+)\)')
+_BODY = re.compile(r'\bbody=%?([\w.\-]+)')
+_TUPLE_INDEX = re.compile(r'get-tuple-element\([^)]*\),\s*index=(\d+)')
+_DEFINITION = re.compile(r'^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=\s*(.*)$')
 
 
 def _computations(hlo_text: str) -> tuple[dict[str, list[str]], str | None]:
@@ -98,17 +101,36 @@ def _computations(hlo_text: str) -> tuple[dict[str, list[str]], str | None]:
 
 
 def _trip_count(line: str, bodies: dict[str, list[str]]) -> int:
-  """A `while`'s iterations: XLA:GPU/CPU's known_trip_count, else the one bound its condition
-  compares the counter with (XLA:TPU; jax's scan and XLA's windowed einsums count from 0 while
-  `i < n`), else 1."""
+  """A `while`'s iterations: XLA:GPU/CPU's known_trip_count, else from its condition (XLA:TPU):
+  the counter runs from 0 while `i < bound`, growing by the step its body adds (jax's scan: 1;
+  XLA:TPU's windowed einsums, unrolled twice: 2), else 1."""
   known = _TRIP_COUNT.search(line)
   if known:
     return int(known.group(1))
   condition = _CONDITION.search(line)
-  bounds = [int(n) for l in bodies.get(condition.group(1) if condition else '', [])
-            for n in _COUNTER_BOUND.findall(l)]
-  return bounds[0] if len(bounds) == 1 and 'direction=LT' in ''.join(
-      bodies[condition.group(1)]) else 1
+  cond = bodies.get(condition.group(1) if condition else '', [])
+  bounds = [int(n) for l in cond for n in _COUNTER_BOUND.findall(l)]
+  counters = [int(i) for l in cond for i in _TUPLE_INDEX.findall(l)]
+  if len(bounds) != 1 or 'direction=LT' not in ''.join(cond):
+    return 1
+  body = _BODY.search(line)
+  step = (_counter_step(bodies.get(body.group(1), []), counters[0])
+          if body and len(counters) == 1 else 1)
+  return -(-bounds[0] // step)
+
+
+def _counter_step(body: list[str], index: int) -> int:
+  """What a loop body adds to tuple element `index` (its counter): the constant in the `add`
+  that the body's ROOT tuple returns at that index; 1 where the body says otherwise."""
+  defs = dict(m.groups() for m in map(_DEFINITION.match, body) if m)
+  root = next((l for l in body if l.lstrip().startswith('ROOT')), '')
+  operands = re.search(r'\btuple\(([^)]*)\)', re.sub(r'/\*.*?\*/', '', root))
+  names = [o.strip().lstrip('%') for o in operands.group(1).split(',')] if operands else []
+  add = re.search(r'\badd\(%?([\w.\-]+),\s*%?([\w.\-]+)\)',
+                  defs.get(names[index], '') if index < len(names) else '')
+  steps = [int(c.group(1)) for c in (re.search(r'\bconstant\((\d+)\)', defs.get(a, ''))
+                                     for a in (add.groups() if add else ())) if c]
+  return steps[0] if len(steps) == 1 and steps[0] > 0 else 1
 
 
 def executions(hlo_text: str) -> dict[str, int]:
@@ -176,15 +198,17 @@ def collectives(hlo_text: str) -> dict[str, dict[str, float]]:
   return out
 
 
-def minimum_collective_bytes(preset: str, params_bytes: float, compute_bytes: float) -> float | None:
-  """The least a step can move under `preset`, in the units of `collectives` (whole buffers):
-  FSDP gathers every parameter for the forward and again for the backward pass (in the compute
-  dtype) and reduce-scatters the gradients once; data parallelism all-reduces the gradients once.
-  None for presets without such a simple bound (2d also moves activations)."""
+def minimum_collective_bytes(preset: str, compute_bytes: float) -> float | None:
+  """The least a step can move under `preset`, in the units of `collectives` (whole buffers), with
+  every parameter in the compute dtype (`compute_bytes` in all): FSDP gathers each parameter for
+  the forward and again for the backward pass and reduce-scatters its gradient once (the gradient
+  of the compute-dtype copy, which XLA reduces before casting it to the parameter's dtype); data
+  parallelism all-reduces the gradients once. None for presets without such a simple bound (2d
+  also moves activations)."""
   if preset == 'fsdp':
-    return 2 * compute_bytes + params_bytes
+    return 3 * compute_bytes
   if preset == 'data_parallel':
-    return params_bytes
+    return compute_bytes
   return None
 
 

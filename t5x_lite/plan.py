@@ -454,8 +454,7 @@ def compiled_figures(p: dict, compiled: dict, config: T5Config, preset: str, num
   flops_per_step = p['training_flops_per_step']
   coll = compiled['collectives']
   moved = sum(c['bytes'] for c in coll.values())
-  minimum = aot.minimum_collective_bytes(preset, compiled['params_bytes'],
-                                         compiled['compute_params_bytes'])
+  minimum = aot.minimum_collective_bytes(preset, compiled['compute_params_bytes'])
   optimal = compiled['optimal_seconds']
   peak = hardware.CHIPS[p['chip']].peak_flops if 'chip' in p else None
   # XLA's cost analysis counts a loop body once: a scanned stack's FLOPs and time are one layer's.

@@ -35,8 +35,27 @@ def test_collectives_are_counted_with_the_whole_buffer_each_moves():
 
 
 # A scanned stack as XLA:TPU prints it (the bound only in the condition) and as XLA:GPU does
-# (known_trip_count), each with a per-layer all-gather, one of them inside a fusion's call.
+# (known_trip_count), each with a per-layer all-gather, one of them inside a fusion's call; and
+# XLA:TPU's windowed einsum, unrolled twice: `i < 16` with the counter growing by 2 is 8 trips.
 LOOPS = '''
+%cond.3 (p: (bf16[1,64], u32[])) -> pred[] {
+  %p = (bf16[1,64], u32[]) parameter(0)
+  %constant.16 = u32[]{:T(128)} constant(16)
+  %gte.3 = u32[]{:T(128)} get-tuple-element(%p), index=1
+  ROOT %compare.3 = pred[]{:T(512)} compare(%gte.3, %constant.16), direction=LT
+}
+
+%body.3 (p: (bf16[1,64], u32[])) -> (bf16[1,64], u32[]) {
+  %p = (bf16[1,64], u32[]) parameter(0)
+  %counter = u32[]{:T(128)} get-tuple-element(%p), index=1
+  %constant.1 = u32[]{:T(128)} constant(1)
+  %constant.2 = u32[]{:T(128)} constant(2)
+  %shard.1 = u32[]{:T(128)} add(%counter, %constant.1)
+  %collective-permute-start.3 = (bf16[1,64]{1,0}, bf16[1,64]{1,0}, u32[]{:S(2)}, u32[]{:S(2)}) collective-permute-start(%w), channel_id=5, source_target_pairs={{0,1},{1,0}}
+  %next = u32[]{:T(128)} add(%counter, %constant.2), metadata={op_name="jit(step)/while"}
+  ROOT %tuple.3 = (bf16[1,64], /*index=1*/u32[]) tuple(%collective-permute-done.3, /*index=1*/%next)
+}
+
 %cond.1 (p: (s32[], f32[8])) -> pred[] {
   %constant.5 = s32[]{:T(128)} constant(24)
   %gte = s32[]{:T(128)} get-tuple-element(%p), index=0
@@ -60,18 +79,20 @@ LOOPS = '''
 ENTRY %main (p: f32[8]) -> f32[8] {
   %while.1 = (s32[], f32[8]) while(%t), condition=%cond.1, body=%body.1
   %while.2 = (s32[], f32[8]) while(%t), condition=%cond.2, body=%body.2, backend_config={"known_trip_count":{"n":"3"}}
+  %while.3 = (bf16[1,64], u32[]) while(%t3), condition=%cond.3, body=%body.3
   ROOT %all-reduce.3 = f32[8]{0} all-reduce(%x), channel_id=3, replica_groups=[1,8]<=[8], to_apply=%add
 }
 '''
 
 
 def test_collectives_in_a_scanned_loop_count_once_per_iteration():
-  assert aot.loop_trip_counts(LOOPS) == [24, 3]
+  assert aot.loop_trip_counts(LOOPS) == [24, 8, 3]
   assert aot.executions(LOOPS)['gather_in_fusion'] == 24
   got = aot.collectives(LOOPS)
   assert got['all-gather'] == {'count': 24 + 24 + 3, 'bytes': 4 * (24 * (64 + 32) + 3 * 16)}
   assert got['all-reduce'] == {'count': 1, 'bytes': 4 * 8}
-  assert got['collective-permute'] == {'count': 3, 'bytes': 3 * 2 * 64}  # one bf16[1,64] each
+  # one bf16[1,64] each
+  assert got['collective-permute'] == {'count': 3 + 8, 'bytes': (3 + 8) * 2 * 64}
 
 
 def test_replica_group_sizes_in_each_notation():
@@ -82,9 +103,9 @@ def test_replica_group_sizes_in_each_notation():
 
 
 def test_fsdp_reference_volume_is_two_gathers_and_one_reduce_scatter():
-  assert aot.minimum_collective_bytes('fsdp', 400, 200) == 2 * 200 + 400
-  assert aot.minimum_collective_bytes('data_parallel', 400, 200) == 400
-  assert aot.minimum_collective_bytes('2d', 400, 200) is None
+  assert aot.minimum_collective_bytes('fsdp', 200) == 3 * 200
+  assert aot.minimum_collective_bytes('data_parallel', 200) == 200
+  assert aot.minimum_collective_bytes('2d', 200) is None
 
 
 @pytest.mark.slow
