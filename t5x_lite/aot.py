@@ -156,10 +156,15 @@ def _executions(bodies: dict[str, list[str]], entry: str | None) -> dict[str, in
 
 
 def loop_trip_counts(hlo_text: str) -> list[int]:
-  """How often each of the program's `while` loops runs (scanned layers), largest first."""
+  """How often each of the program's own `while` loops runs (scanned layers, microbatches),
+  largest first. XLA:TPU's windowed einsums (collective matmuls, bodies named
+  windowed_dot_general_body_*) are left out: its time estimate counts them in full (XL, 2 layers
+  on v5p-64: 12.80 ms with them, 12.96 ms compiled without), only its FLOP count does not."""
   bodies, _ = _computations(hlo_text)
   return sorted((_trip_count(line, bodies) for lines in bodies.values() for line in lines
-                 if re.search(r'\bwhile\(', line)), reverse=True)
+                 if re.search(r'\bwhile\(', line)
+                 and 'windowed_dot_general_body' not in (_BODY.search(line) or [''])[0]),
+                reverse=True)
 
 
 def collectives(hlo_text: str) -> dict[str, dict[str, float]]:
