@@ -28,8 +28,12 @@ The loss fitted is the validation loss: after training, each run's last checkpoi
 task's whole validation split (the same packed examples for every size), in nats per target
 token without z-loss; it is logged to metrics.jsonl as `eval/<task>/loss`. A run without it
 falls back to the mean training cross-entropy of its last logged steps (the CSV says which).
-Outputs in OUT_DIR: results.csv, scaling.png (points, fit, residuals), report.md. The fits are
-in launch/scaling_fit.py, the plot and report.md in launch/scaling_report.py.
+Outputs in OUT_DIR: results.csv, scaling.png (points, fit, residuals), report.md, summary.json.
+With 2+ `--flops` budgets: iso-FLOP profiles (each budget's minimum over N, N_opt ∝ C^a and
+D_opt ∝ C^b with bootstrap intervals, isoflop.png), and a held-out run at `--heldout` (4) × the
+largest budget, sized by the fitted N_opt and its loss predicted from L(N, D) into heldout.json
+before it trains (local mode; on a cluster, rerun `run` locally once the grid is done). The fits
+are in launch/scaling_fit.py, the plots and report.md in launch/scaling_report.py.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import argparse
 import csv
 import dataclasses
 import json
+import math
 import os
 import re
 import shlex
@@ -54,8 +59,10 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)  # `python launch/scaling.py` imports launch.* and t5x_lite
 
-from launch.scaling_fit import fit_rows  # noqa: E402  (after the path above)
-from launch.scaling_report import format_seconds, plot, report_markdown, si  # noqa: E402
+from launch.scaling_fit import (HELDOUT, budget_value, compute_optimal, fit_isoflop,  # noqa: E402
+                                fit_rows, predict_compute_optimal_loss)
+from launch.scaling_report import (format_seconds, isoflop_markdown, plot,  # noqa: E402
+                                   plot_isoflop, report_markdown, si)
 
 BASE_GIN = 'gin/runs/scaling.gin'
 DEFAULT_SIZES = (32, 64, 96, 128, 192)  # d_model: 36x in non-embedding params at fixed depth
@@ -63,6 +70,8 @@ DEFAULT_STEPS = 600
 DEFAULT_VOCAB_SIZE = 4000  # pieces; the model's embedding rows add T5's 100 sentinels, padded
 LAST_K = 5                 # training-loss fallback: mean over this many last logged steps
 MIN_STEPS = 20             # an iso-FLOP budget that buys fewer steps than this skips the size
+HELDOUT_FACTOR = 4.0       # the held-out run's budget, over the largest fitted one
+HELDOUT_BOOTSTRAP = 100    # refits behind its prediction interval
 # Size fields the sweep sets; binding them after `--` would silently change every run.
 SIZE_FIELDS = ('d_model', 'num_heads', 'd_kv', 'd_ff', 'num_encoder_layers', 'num_decoder_layers')
 # Parameters Kaplan et al. leave out of N: token embedding, output layer, position embeddings.
@@ -200,18 +209,25 @@ def parse_budgets(steps: str | None, tokens: str | None, flops: str | None) -> t
   return kind, values
 
 
+def size_of(family: Family, d_model: int, base: Base, num_layers: int | None = 2,
+            aspect_ratio: float | None = None) -> tuple[dict, int, int, float]:
+  """(size fields, parameters, non-embedding parameters, training FLOPs per step) of one size."""
+  from t5x_lite import models  # pylint: disable=import-outside-toplevel
+  fields = model_fields(family, d_model, num_layers, aspect_ratio)
+  config = dataclasses.replace(base.config, **fields)
+  total, non_embedding = count_parameters(config)
+  return (fields, total, non_embedding,
+          models.training_flops_per_example(config, base.task_feature_lengths) * base.batch_size)
+
+
 def build_grid(family: Family, sizes: Sequence[int], budget_kind: str, budgets: Sequence[float],
                base: Base, num_layers: int | None = 2,
                aspect_ratio: float | None = None) -> list[RunSpec]:
   """Every (size, budget) run, smallest model first, with parameter counts and training FLOPs."""
-  from t5x_lite import models  # pylint: disable=import-outside-toplevel
   specs = []
   for d_model in sorted(set(sizes)):
-    fields = model_fields(family, d_model, num_layers, aspect_ratio)
-    config = dataclasses.replace(base.config, **fields)
-    total, non_embedding = count_parameters(config)
-    flops_per_step = models.training_flops_per_example(
-        config, base.task_feature_lengths) * base.batch_size
+    fields, total, non_embedding, flops_per_step = size_of(family, d_model, base, num_layers,
+                                                           aspect_ratio)
     for budget in budgets:
       if budget_kind == 'steps':
         steps = int(budget)
@@ -749,6 +765,66 @@ def evaluate_pending(out_dir: str, max_batches: int = 0) -> int:
   return count
 
 
+# ------------------------------------------------------------------------------- held-out run
+
+
+def closest_size(family: Family, base: Base, n_target: float, num_layers: int | None = 2,
+                 aspect_ratio: float | None = None, limit: int = 8192) -> int:
+  """The d_model (a multiple of d_kv) whose non-embedding parameter count is nearest `n_target`
+  in log space; N grows with d_model, so the search stops once it passes the target."""
+  best, best_gap = family.d_kv, math.inf
+  for d_model in range(family.d_kv, limit + 1, family.d_kv):
+    n = size_of(family, d_model, base, num_layers, aspect_ratio)[2]
+    gap = abs(math.log(n / n_target))
+    if gap < best_gap:
+      best, best_gap = d_model, gap
+    if n >= n_target:
+      break
+  return best
+
+
+def heldout_run(out_dir: str, family: Family, base: Base, num_layers: int | None = 2,
+                aspect_ratio: float | None = None, factor: float = HELDOUT_FACTOR,
+                bootstrap: int = HELDOUT_BOOTSTRAP) -> RunSpec:
+  """The run that tests the sweep's fit: at `factor` × the largest iso-FLOP budget, the size the
+  fitted N_opt(C) picks, its loss predicted from L(N, D) with a bootstrap interval. Sized and
+  predicted once, before it trains, into OUT_DIR/heldout.json; a rerun reads that back."""
+  path = os.path.join(out_dir, 'heldout.json')
+  saved = read_json(path)
+  if saved is None:
+    rows = [r for r in collect(out_dir)
+            if r['complete'] and r['budget'].startswith('flops=') and math.isfinite(r['loss'])]
+    points = [(budget_value(r['budget']), r['non_embedding_params'], r['tokens'], r['loss'])
+              for r in rows]
+    try:
+      iso = fit_isoflop(*zip(*points), bootstrap=0) if points else fit_isoflop([], [], [], [])
+    except ValueError as e:
+      raise SweepError(f'no held-out run: {e}') from e
+    budget = factor * max(iso['budgets'])
+    d_model = closest_size(family, base, compute_optimal(iso, budget)[0], num_layers,
+                           aspect_ratio)
+    flops_per_step = size_of(family, d_model, base, num_layers, aspect_ratio)[3]
+    steps = int(round(budget / flops_per_step))
+    n = size_of(family, d_model, base, num_layers, aspect_ratio)[2]
+    say(f'Held-out run: budget {budget:.3g} FLOPs ({factor:g}x the largest fitted), predicting '
+        f'its loss from {bootstrap} bootstrap refits...')
+    prediction = predict_compute_optimal_loss(
+        *zip(*points), budget, at=(n, steps * base.tokens_per_step), bootstrap=bootstrap)
+    saved = {'budget': budget, 'factor': factor, 'fitted_budgets': iso['budgets'],
+             'a': iso['a'], 'b': iso['b'], 'n_opt': prediction['n_opt'],
+             'd_opt': prediction['d_opt'], 'd_model': d_model, 'steps': steps,
+             'non_embedding_params': n, 'tokens': steps * base.tokens_per_step,
+             'predicted_loss': prediction['loss'], 'interval': prediction['interval'],
+             'bootstrap': prediction['bootstrap'], 'written': time.strftime('%Y-%m-%d %H:%M:%S')}
+    write_json(path, saved)
+  fields, total, non_embedding, flops_per_step = size_of(family, saved['d_model'], base,
+                                                         num_layers, aspect_ratio)
+  return RunSpec(f"{HELDOUT}_d{saved['d_model']:04d}_l{fields['num_decoder_layers']}_"
+                 f"s{saved['steps']:06d}", saved['d_model'], fields, saved['steps'], total,
+                 non_embedding, flops_per_step, base.tokens_per_step,
+                 f"{HELDOUT}={saved['budget']:g}")
+
+
 # ------------------------------------------------------------------------------- collect
 
 
@@ -804,7 +880,8 @@ def write_csv(rows: Sequence[dict], path: str) -> None:
 
 
 def write_report(out_dir: str, last_k: int = LAST_K) -> dict:
-  """Collects OUT_DIR's runs, fits them and writes results.csv, scaling.png and report.md."""
+  """Collects OUT_DIR's runs, fits them and writes results.csv, scaling.png, report.md,
+  summary.json and, for an iso-FLOP sweep, isoflop.png."""
   rows = collect(out_dir, last_k)
   if not rows:
     raise UsageError(f'no runs in {out_dir}/runs; start one with `launch/scaling.py run`.')
@@ -813,8 +890,23 @@ def write_report(out_dir: str, last_k: int = LAST_K) -> dict:
   write_csv(rows, os.path.join(out_dir, 'results.csv'))
   what = ' on '.join(v for v in (sweep.get('family'), sweep.get('task')) if v) or 'scaling sweep'
   plot(rows, fits, os.path.join(out_dir, 'scaling.png'), f'{what}: loss vs N')
+  summary = write_summary(out_dir, rows, fits, sweep)
+  iso = fits.get('isoflop')
+  heldout = read_json(os.path.join(out_dir, 'heldout.json'))
   with open(os.path.join(out_dir, 'report.md'), 'w') as f:
-    f.write(report_markdown(rows, fits, sweep))
+    f.write('\n'.join([report_markdown(rows, fits, sweep),
+                       *isoflop_markdown(iso, heldout, summary)]))
+  if iso and 'a' in iso:
+    plot_isoflop(rows, iso, heldout, os.path.join(out_dir, 'isoflop.png'),
+                 f'{what}: iso-FLOP profiles')
+    say(f"iso-FLOP fit over {len(iso['budgets'])} budgets: N_opt ∝ C^{iso['a']:.3f} "
+        f"(68% {iso['a_interval'][0]:.3f}..{iso['a_interval'][1]:.3f}), D_opt ∝ "
+        f"C^{iso['b']:.3f} (68% {iso['b_interval'][0]:.3f}..{iso['b_interval'][1]:.3f})")
+  elif iso:
+    say(f"iso-FLOP fit: {iso['error']}")
+  if summary['heldout_loss'] is not None:
+    say(f"Held-out run: predicted {summary['heldout_predicted_loss']:.4f}, measured "
+        f"{summary['heldout_loss']:.4f} ({summary['heldout_rel_error']:+.2%}).")
   for g, fit in fits['groups'].items():
     low_high = fit.get('alpha_range')
     profile = f' (68% range {low_high[0]:.3g}..{low_high[1]:.3g})' if low_high else ''
@@ -824,8 +916,32 @@ def write_report(out_dir: str, last_k: int = LAST_K) -> dict:
     j = fits['joint']
     say(f'L(N,D) fit: alpha={j["alpha"]:.4f} beta={j["beta"]:.4f} E={j["E"]:.4f} '
         f'R2={j["r2"]:.4f}')
-  say(f'Wrote {out_dir}/results.csv, scaling.png and report.md.')
+  say(f"Wrote {out_dir}/results.csv, scaling.png{', isoflop.png' if iso and 'a' in iso else ''}, "
+      'report.md and summary.json.')
   return fits
+
+
+def write_summary(out_dir: str, rows: Sequence[dict], fits: dict, sweep: dict) -> dict:
+  """OUT_DIR/summary.json: the figures a sweep is judged by, for scripts (None where not known)."""
+  iso = fits.get('isoflop') or {}
+  held = read_json(os.path.join(out_dir, 'heldout.json'), {})
+  measured = next((r['eval_loss'] for r in rows if r['budget'].startswith(HELDOUT + '=')
+                   and r['complete'] and math.isfinite(r['eval_loss'])), None)
+  predicted = held.get('predicted_loss')
+  summary = {
+      'a': iso.get('a'), 'a_interval': iso.get('a_interval'),
+      'b': iso.get('b'), 'b_interval': iso.get('b_interval'),
+      'isoflop_budgets': iso.get('budgets'),
+      'heldout_budget': held.get('budget'), 'heldout_predicted_loss': predicted,
+      'heldout_interval': held.get('interval'), 'heldout_loss': measured,
+      'heldout_rel_error': ((measured - predicted) / measured
+                            if measured is not None and predicted is not None else None),
+      'wall_s': (sweep.get('timing') or {}).get('total_s'),
+      'corpus_tokens': sweep.get('corpus_tokens'),
+      'runs_complete': sum(bool(r['complete']) for r in rows),
+  }
+  write_json(os.path.join(out_dir, 'summary.json'), summary)
+  return summary
 
 
 # ------------------------------------------------------------------------------- CLI
@@ -864,6 +980,10 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--steps', help=f'steps per run, comma-separated (default {DEFAULT_STEPS})')
     s.add_argument('--tokens', help='token budgets per run (inputs + targets), comma-separated')
     s.add_argument('--flops', help='iso-FLOP budgets: each size trains for budget / FLOPs per step')
+    s.add_argument('--heldout', type=float, default=HELDOUT_FACTOR,
+                   help='with 2+ --flops budgets: after the grid, train the size the fit calls '
+                   'compute-optimal at this many times the largest budget and compare its loss '
+                   'with the prediction (0: no held-out run)')
     s.add_argument('--vocab_size', type=int, default=DEFAULT_VOCAB_SIZE,
                    help='SentencePiece pieces trained on the bundled corpus; 0 keeps the gin\'s '
                    'vocabulary')
@@ -976,6 +1096,23 @@ def run(args, extra: Sequence[str]) -> int:
   t_eval = time.monotonic()
   _evaluate_in_subprocess(out_dir, args.eval_batches)
   eval_s = time.monotonic() - t_eval
+  if budget_kind == 'flops' and args.heldout > 0 and len(budgets) >= 2:
+    spec = heldout_run(out_dir, family, base, args.num_layers, args.aspect_ratio, args.heldout)
+    held = read_json(os.path.join(out_dir, 'heldout.json'))
+    low_high = held['interval'] or [math.nan, math.nan]
+    say(f"Held-out run {spec.name}: N={si(spec.non_embedding_params)} (fitted N_opt "
+        f"{si(held['n_opt'])}), {spec.steps} steps; predicted loss {held['predicted_loss']:.4f} "
+        f"(68% {low_high[0]:.4f}..{low_high[1]:.4f}).")
+    write_run_files(out_dir, [spec], args.family, args.base_gin, vocab_bindings, train_flags)
+    t_held = time.monotonic()
+    heldout = Sweep(out_dir, [spec])
+    if not heldout.train_all():
+      return 130
+    sweep.trained += heldout.trained
+    t_eval_held = time.monotonic()
+    _evaluate_in_subprocess(out_dir, args.eval_batches)
+    train_s += t_eval_held - t_held
+    eval_s += time.monotonic() - t_eval_held
   if sweep.trained:  # a rerun that only re-fits keeps the timing of the sweep that trained
     state['timing'] = {'train_s': train_s, 'eval_s': eval_s,
                        'total_s': time.monotonic() - t_start}

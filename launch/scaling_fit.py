@@ -1,5 +1,8 @@
-"""The fits behind launch/scaling.py's report: L(N) = E + A·N^(-α) per token budget and
-L(N, D) = E + A·N^(-α) + B·D^(-β) across budgets, with R² and profile ranges.
+"""The fits behind launch/scaling.py's report: L(N) = E + A·N^(-α) per token budget,
+L(N, D) = E + A·N^(-α) + B·D^(-β) across budgets, with R² and profile ranges, and iso-FLOP
+profiles (Hoffmann et al. 2022, approach 2): each compute budget's loss minimum over N, the
+exponents of N_opt(C) ∝ C^a and D_opt(C) ∝ C^b, bootstrap intervals, and the loss a
+compute-optimal run at a new budget should reach.
 
 Apart from the sweep (numpy and, when there, scipy; no training code) so that a fit can be
 checked on any set of (N, D, loss) points.
@@ -135,10 +138,23 @@ def fit_joint(n, d, loss) -> dict:
           'points': len(loss), 'method': 'grid + curve_fit' if errors is not None else 'grid'}
 
 
-def fit_rows(rows: Sequence[dict]) -> dict:
-  """L(N) per budget group whose runs share D (3+ sizes), and L(N, D) when D varies."""
-  done = [r for r in rows if r['complete'] and math.isfinite(r['loss'])]
-  fits = {'groups': {}, 'joint': None}
+HELDOUT = 'heldout'  # the budget kind of a sweep's held-out run: predicted, never fitted
+
+
+def fit_rows(rows: Sequence[dict], bootstrap: int = 1000) -> dict:
+  """L(N) per budget group whose runs share D (3+ sizes), L(N, D) when D varies, and iso-FLOP
+  exponents over 'flops=' budgets (2+ of them with 3+ sizes each). A held-out run is left out."""
+  done = [r for r in rows if r['complete'] and math.isfinite(r['loss'])
+          and not r['budget'].startswith(HELDOUT + '=')]
+  fits = {'groups': {}, 'joint': None, 'isoflop': None}
+  flops = [r for r in done if r['budget'].startswith('flops=')]
+  if len({r['budget'] for r in flops}) >= 2:
+    try:
+      fits['isoflop'] = fit_isoflop(
+          *zip(*[(budget_value(r['budget']), r['non_embedding_params'], r['tokens'], r['loss'])
+                 for r in flops]), bootstrap=bootstrap)
+    except ValueError as e:
+      fits['isoflop'] = {'error': str(e)}
   for group in sorted({r['budget'] for r in done}, key=budget_order):
     members = [r for r in done if r['budget'] == group]
     if len({r['tokens'] for r in members}) == 1 and len({r['non_embedding_params']
@@ -160,3 +176,106 @@ def budget_order(group: str) -> tuple:
   """Sort key of a budget group such as 'tokens=2e5': by kind, then by value as a number."""
   kind, value = group.split('=')
   return kind, float(value)
+
+
+def budget_value(group: str) -> float:
+  """The number in a budget group such as 'flops=2e+13'."""
+  return budget_order(group)[1]
+
+
+def isoflop_minimum(n, d, loss) -> dict | None:
+  """One budget's loss minimum over N: the vertex of a parabola in log N through its runs; D there
+  from the runs' own log D-log N line (D ∝ C/N for whatever FLOP count set the budget). None when
+  the parabola does not open upward. `bracketed`: the vertex lies within the sizes run."""
+  x, y = np.log(np.asarray(n, float)), np.asarray(loss, float)
+  if len(np.unique(x)) < 3:
+    return None
+  c2, c1, c0 = np.polyfit(x, y, 2)
+  if c2 <= 0:
+    return None
+  vertex = -c1 / (2 * c2)
+  slope, intercept = np.polyfit(x, np.log(np.asarray(d, float)), 1)
+  return {'n_opt': float(np.exp(vertex)), 'd_opt': float(np.exp(intercept + slope * vertex)),
+          'loss': float(c0 + c1 * vertex + c2 * vertex ** 2),
+          'bracketed': bool(x.min() <= vertex <= x.max())}
+
+
+def _isoflop_exponents(groups) -> dict | None:
+  """a, b and their intercepts (log-log least squares over budgets) from [(C, n, d, loss), ...]."""
+  minima = [isoflop_minimum(n, d, loss) for _, n, d, loss in groups]
+  if any(m is None for m in minima):
+    return None
+  log_c = np.log([c for c, *_ in groups])
+  a, log_ka = np.polyfit(log_c, np.log([m['n_opt'] for m in minima]), 1)
+  b, log_kb = np.polyfit(log_c, np.log([m['d_opt'] for m in minima]), 1)
+  return {'a': float(a), 'b': float(b), 'log_ka': float(log_ka), 'log_kb': float(log_kb),
+          'minima': minima}
+
+
+def fit_isoflop(c, n, d, loss, bootstrap: int = 1000, seed: int = 0) -> dict:
+  """N_opt(C) = k_a·C^a and D_opt(C) = k_b·C^b from each budget's minimum, with 68% bootstrap
+  intervals (runs resampled with replacement within each budget, every fit redone; a draw whose
+  parabola opens downward is dropped and counted)."""
+  c, n, d, loss = (np.asarray(v, float) for v in (c, n, d, loss))
+  budgets = sorted(set(c.tolist()))
+  if len(budgets) < 2 or any(len(np.unique(n[c == b])) < 3 for b in budgets):
+    raise ValueError('iso-FLOP fits need 2+ compute budgets with 3+ sizes each, got '
+                     + ', '.join(f'{b:.3g}: {len(np.unique(n[c == b]))} sizes' for b in budgets)
+                     + '.')
+  groups = [(b, n[c == b], d[c == b], loss[c == b]) for b in budgets]
+  point = _isoflop_exponents(groups)
+  if point is None:
+    raise ValueError('a budget\'s losses do not bend upward around a minimum over N: add sizes '
+                     'on both sides of its best run.')
+  rng = np.random.default_rng(seed)
+  draws, dropped = [], 0
+  for _ in range(bootstrap):
+    picks = [rng.integers(0, len(g[1]), len(g[1])) for g in groups]
+    fit = _isoflop_exponents([(b, gn[i], gd[i], gl[i]) for (b, gn, gd, gl), i in zip(groups, picks)])
+    if fit is None:
+      dropped += 1
+    else:
+      draws.append((fit['a'], fit['b']))
+  interval = lambda k: ([float(v) for v in np.percentile([x[k] for x in draws], [16, 84])]
+                        if draws else None)
+  return {**point, 'budgets': budgets, 'a_interval': interval(0), 'b_interval': interval(1),
+          'bootstrap': len(draws), 'bootstrap_dropped': dropped}
+
+
+def compute_optimal(fit: dict, budget: float) -> tuple[float, float]:
+  """(N_opt, D_opt) at `budget` from fit_isoflop's power laws (extrapolated beyond its budgets)."""
+  log_c = math.log(budget)
+  return (math.exp(fit['log_ka'] + fit['a'] * log_c), math.exp(fit['log_kb'] + fit['b'] * log_c))
+
+
+def joint_loss(fit: dict, n: float, d: float) -> float:
+  """fit_joint's L(N, D) at one point."""
+  return fit['E'] + fit['A'] * n ** -fit['alpha'] + fit['B'] * d ** -fit['beta']
+
+
+def predict_compute_optimal_loss(c, n, d, loss, budget: float, at: tuple | None = None,
+                                 bootstrap: int = 200, seed: int = 0) -> dict:
+  """The loss of the compute-optimal run at `budget`: N_opt and D_opt from the iso-FLOP exponents
+  (or the run actually trained there, `at` = (N, D)), the loss from L(N, D) fitted to the same
+  runs; a 68% interval from the same refit on bootstrap resamples of the runs (within each
+  budget)."""
+  c, n, d, loss = (np.asarray(v, float) for v in (c, n, d, loss))
+  iso = fit_isoflop(c, n, d, loss, bootstrap=0)
+  joint = fit_joint(n, d, loss)
+  n_opt, d_opt = compute_optimal(iso, budget)
+  rng = np.random.default_rng(seed)
+  budgets = sorted(set(c.tolist()))
+  draws = []
+  for _ in range(bootstrap):
+    idx = np.concatenate([rng.choice(np.flatnonzero(c == b), int(np.sum(c == b)))
+                          for b in budgets])
+    try:
+      iso_b = fit_isoflop(c[idx], n[idx], d[idx], loss[idx], bootstrap=0)
+      joint_b = fit_joint(n[idx], d[idx], loss[idx])
+    except ValueError:
+      continue
+    draws.append(joint_loss(joint_b, *(at or compute_optimal(iso_b, budget))))
+  return {'budget': budget, 'n_opt': n_opt, 'd_opt': d_opt, 'at': list(at) if at else None,
+          'loss': joint_loss(joint, *(at or (n_opt, d_opt))),
+          'interval': [float(v) for v in np.percentile(draws, [16, 84])] if draws else None,
+          'bootstrap': len(draws), 'isoflop': iso, 'joint': joint}

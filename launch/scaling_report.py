@@ -189,3 +189,104 @@ def plot(rows: Sequence[dict], fits: dict, path: str, title: str) -> None:
   fig = figure(rows, fits, title)
   if fig is not None:
     fig.savefig(path, format='png')
+
+
+def isoflop_figure(rows: Sequence[dict], iso: dict, heldout: dict | None, title: str):
+  """Iso-FLOP profiles: left, loss vs N per compute budget with its parabola in log N and its
+  minimum (and the held-out run, its 68% prediction interval as an error bar); right, N_opt(C)
+  with the fitted power law, extended to the held-out budget."""
+  from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
+  from matplotlib import ticker  # pylint: disable=import-outside-toplevel
+  fig = Figure(figsize=(11.0, 4.8), dpi=DPI, layout='constrained')
+  left, right = fig.subplots(1, 2, width_ratios=(3, 2))
+  for i, (budget, minimum) in enumerate(zip(iso['budgets'], iso['minima'])):
+    members = sorted((r for r in rows if r['complete'] and math.isfinite(r['loss'])
+                      and r['budget'].startswith('flops=')
+                      and float(r['budget'].split('=')[1]) == budget),
+                     key=lambda r: r['non_embedding_params'])
+    n = np.array([r['non_embedding_params'] for r in members], float)
+    loss = np.array([r['loss'] for r in members])
+    left.scatter(n, loss, s=28, color=f'C{i}', zorder=3, label=f'C = {budget:.3g} FLOPs')
+    x = np.log(n)
+    grid = np.linspace(x.min(), x.max(), 100)
+    left.plot(np.exp(grid), np.polyval(np.polyfit(x, loss, 2), grid), color=f'C{i}',
+              linewidth=1.2)
+    left.scatter([minimum['n_opt']], [minimum['loss']], marker='*', s=160, color=f'C{i}',
+                 edgecolor='black', zorder=4)
+  budgets = list(iso['budgets'])
+  if heldout:
+    measured = next((r['eval_loss'] for r in rows if r['budget'].startswith('heldout=')
+                     and r['complete'] and math.isfinite(r['eval_loss'])), None)
+    low, high = heldout['interval'] or (heldout['predicted_loss'],) * 2
+    n_run = heldout['non_embedding_params']
+    left.errorbar([n_run], [heldout['predicted_loss']],
+                  yerr=[[heldout['predicted_loss'] - low], [high - heldout['predicted_loss']]],
+                  fmt='D', color='black', mfc='white', capsize=4, zorder=5,
+                  label=f"held-out C = {heldout['budget']:.3g}: predicted (68%)")
+    if measured is not None:
+      left.scatter([n_run], [measured], marker='D', s=40, color='black', zorder=6,
+                   label=f'held-out: measured {measured:.4f}')
+    budgets.append(heldout['budget'])
+  left.set_xscale('log')
+  left.set_xlabel('N (non-embedding parameters)')
+  left.set_ylabel('loss (nats/token)')
+  left.xaxis.set_major_formatter(ticker.FuncFormatter(lambda v, _: si(v)))
+  left.legend(fontsize=8, frameon=False)
+  c = np.array(iso['budgets'], float)
+  right.scatter(c, [m['n_opt'] for m in iso['minima']], color='C0', zorder=3,
+                label='N_opt from each profile')
+  line = np.geomspace(min(budgets) / 1.5, max(budgets) * 1.5, 50)
+  right.plot(line, np.exp(iso['log_ka']) * line ** iso['a'], color='C0',
+             label=f"N_opt ∝ C^{iso['a']:.3f} (68% {iso['a_interval'][0]:.3f}.."
+                   f"{iso['a_interval'][1]:.3f})" if iso.get('a_interval') else
+                   f"N_opt ∝ C^{iso['a']:.3f}")
+  if heldout:
+    right.scatter([heldout['budget']], [heldout['non_embedding_params']], marker='D',
+                  color='black', zorder=4, label='held-out run (the nearest size trained)')
+  right.set_xscale('log')
+  right.set_yscale('log')
+  right.set_xlabel('C (training FLOPs)')
+  right.set_ylabel('N_opt')
+  right.legend(fontsize=8, frameon=False)
+  for ax in (left, right):
+    ax.grid(True, color='0.92')
+  fig.suptitle(title)
+  return fig
+
+
+def plot_isoflop(rows: Sequence[dict], iso: dict, heldout: dict | None, path: str,
+                 title: str) -> None:
+  """Writes isoflop_figure() to `path` as a PNG."""
+  isoflop_figure(rows, iso, heldout, title).savefig(path, format='png')
+
+
+def isoflop_markdown(iso: dict | None, heldout: dict | None, summary: dict) -> list[str]:
+  """report.md's iso-FLOP section: each budget's minimum, the exponents, the held-out test."""
+  if not iso:
+    return []
+  if 'error' in iso:
+    return ['## Iso-FLOP profiles', '', f"No fit: {iso['error']}", '']
+  lines = ['## Iso-FLOP profiles (Hoffmann et al. 2022, approach 2)', '',
+           'Each budget\'s loss minimum over N is the vertex of a parabola in log N through its '
+           'runs; N_opt(C) ∝ C^a and D_opt(C) ∝ C^b are least-squares lines in log-log over the '
+           f"budgets; 68% intervals from {iso['bootstrap']} bootstrap resamples of the runs "
+           f"within each budget ({iso['bootstrap_dropped']} draws without a minimum dropped).", '',
+           '| C (FLOPs) | N_opt | D_opt | loss at the minimum | minimum inside the sizes run |',
+           '|---|---|---|---|---|']
+  for budget, m in zip(iso['budgets'], iso['minima']):
+    lines.append(f"| {budget:.3g} | {si(m['n_opt'])} | {si(m['d_opt'])} | {m['loss']:.4f} | "
+                 f"{'yes' if m['bracketed'] else 'no (extrapolated)'} |")
+  interval = lambda k: (f" (68% {iso[k][0]:.3f} to {iso[k][1]:.3f})" if iso.get(k) else '')
+  lines += ['', f"- a = {iso['a']:.3f}{interval('a_interval')} (Chinchilla: 0.50)",
+            f"- b = {iso['b']:.3f}{interval('b_interval')} (Chinchilla: 0.50)", '']
+  if heldout:
+    low_high = heldout['interval']
+    lines += [f"**Held-out run** at C = {heldout['budget']:.3g} ({heldout['factor']:g}× the "
+              f"largest fitted budget), fitted N_opt {si(heldout['n_opt'])}, trained at N = "
+              f"{si(heldout['non_embedding_params'])} for {heldout['steps']} steps: predicted "
+              f"loss {heldout['predicted_loss']:.4f}"
+              + (f" (68% {low_high[0]:.4f} to {low_high[1]:.4f})" if low_high else '') + '; '
+              + (f"measured {summary['heldout_loss']:.4f}, error "
+                 f"{summary['heldout_rel_error']:+.2%}." if summary['heldout_loss'] is not None
+                 else 'not trained and evaluated yet.'), '']
+  return lines + ['![iso-FLOP profiles](isoflop.png)', '']

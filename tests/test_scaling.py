@@ -166,6 +166,63 @@ def test_fit_needs_three_sizes():
     scaling_fit.fit_power_law([1e5, 1e5, 1e6], [3.0, 3.1, 2.5])
 
 
+# Hoffmann et al. 2022's fitted surface (their eq. 10), which synthetic iso-FLOP sweeps sample:
+# with C = 6ND the optimum is N_opt ∝ C^(β/(α+β)) = C^0.4516 and D_opt ∝ C^(α/(α+β)) = C^0.5484.
+CHINCHILLA = {'E': 1.69, 'A': 406.4, 'B': 410.7, 'alpha': 0.34, 'beta': 0.28}
+
+
+def _chinchilla_optimum(budget):
+  """The exact minimiser of L(N, C/6N) over N, solved by hand (dL/dN = 0)."""
+  e, a, b, alpha, beta = (CHINCHILLA[k] for k in ('E', 'A', 'B', 'alpha', 'beta'))
+  n = (alpha * a / (beta * b)) ** (1 / (alpha + beta)) * (budget / 6) ** (beta / (alpha + beta))
+  return n, budget / (6 * n)
+
+
+def _isoflop_sweep(budgets, noise=0.0, sizes=7, span=8.0):
+  """Runs at `sizes` sizes spanning `span`x around each budget's optimum, losses from the surface
+  plus Gaussian noise: (C, N, D, loss) arrays."""
+  rng = np.random.default_rng(0)
+  rows = []
+  for budget in budgets:
+    for n in _chinchilla_optimum(budget)[0] * np.geomspace(span ** -0.5, span ** 0.5, sizes):
+      d = budget / (6 * n)
+      rows.append((budget, n, d, scaling_fit.joint_loss(CHINCHILLA, n, d)
+                   + noise * rng.standard_normal()))
+  return [np.array(v) for v in zip(*rows)]
+
+
+@pytest.mark.parametrize('noise,tolerance', [(0.0, 1e-3), (0.002, 0.02)])
+def test_isoflop_fit_recovers_the_exponents_of_a_known_surface(noise, tolerance):
+  beta_share = CHINCHILLA['beta'] / (CHINCHILLA['alpha'] + CHINCHILLA['beta'])
+  fit = scaling_fit.fit_isoflop(*_isoflop_sweep([1e18, 1e19, 1e20], noise), bootstrap=300)
+  assert fit['a'] == pytest.approx(beta_share, abs=tolerance)
+  assert fit['b'] == pytest.approx(1 - beta_share, abs=tolerance)
+  assert all(m['bracketed'] for m in fit['minima'])
+  for m, budget in zip(fit['minima'], fit['budgets']):  # each minimum near the true optimum
+    assert m['n_opt'] == pytest.approx(_chinchilla_optimum(budget)[0], rel=0.1)
+  low, high = fit['a_interval']
+  assert low < fit['a'] < high and high - low < 0.05 and fit['bootstrap'] > 250
+
+
+def test_isoflop_prediction_4x_past_the_fitted_budgets_matches_the_surface():
+  c, n, d, loss = _isoflop_sweep([1e18, 3e18, 1e19], noise=0.002)
+  got = scaling_fit.predict_compute_optimal_loss(c, n, d, loss, 4e19, bootstrap=4)
+  n_opt, d_opt = _chinchilla_optimum(4e19)
+  want = scaling_fit.joint_loss(CHINCHILLA, n_opt, d_opt)
+  assert got['loss'] == pytest.approx(want, rel=2e-3)
+  assert got['n_opt'] == pytest.approx(n_opt, rel=0.15)
+  assert got['interval'][0] <= got['interval'][1]
+
+
+def test_isoflop_fit_refuses_a_budget_without_a_minimum():
+  c, n, d, loss = _isoflop_sweep([1e18, 1e19])
+  with pytest.raises(ValueError, match=r'3\+ sizes each'):
+    scaling_fit.fit_isoflop(c[:-5], n[:-5], d[:-5], loss[:-5])
+  hump = 3.0 - 0.01 * (np.log(n) - np.log(n).mean()) ** 2  # a maximum, not a minimum
+  with pytest.raises(ValueError, match='do not bend upward'):
+    scaling_fit.fit_isoflop(c, n, d, hump)
+
+
 # --- sweep state: run files, collect, resume --------------------------------------------------
 
 def _specs(steps=(20,), sizes=(32, 64, 96, 128)):
@@ -356,6 +413,52 @@ def test_report_writes_csv_png_and_markdown(tmp_path):
   assert _png_size(png) == (960, 780) == tuple(
       round(inches * scaling_report.DPI) for inches in scaling_report.FIGSIZE)
 
+
+
+def test_heldout_run_is_sized_and_predicted_by_the_fit_then_scored(tmp_path, default_grid):
+  """An iso-FLOP sweep over 3 budgets whose losses come from a known surface: the held-out run at
+  4x the largest budget is the size nearest the fitted N_opt, its loss is predicted before it
+  trains, and the report scores the prediction (summary.json, isoflop.png, report.md)."""
+  base, _ = default_grid
+  family = scaling.FAMILIES['t5_1_1']
+  out = str(tmp_path)
+  specs = scaling.build_grid(family, (32, 64, 96, 128, 160, 192), 'flops', [1e13, 2e13, 4e13],
+                             base)
+  surface = lambda spec: scaling_fit.joint_loss(CHINCHILLA, spec.non_embedding_params,
+                                                spec.tokens)
+
+  def finish(spec):  # what a trained and evaluated run leaves behind
+    run_dir = scaling.run_dir_of(out, spec.name)
+    _write_metrics(run_dir, [{'step': spec.steps, 'loss': 99.0, 'cross_ent_loss': 99.0},
+                             {'step': spec.steps, 'eval/wiki_span_corruption/loss': surface(spec)}])
+
+  scaling.write_run_files(out, specs, 't5_1_1', scaling.BASE_GIN, [], [])
+  for spec in specs:
+    finish(spec)
+  held = scaling.heldout_run(out, family, base, bootstrap=4)
+  saved = json.load(open(os.path.join(out, 'heldout.json')))
+  assert held.budget == 'heldout=1.6e+14' and saved['fitted_budgets'] == [1e13, 2e13, 4e13]
+  assert held.steps == round(1.6e14 / held.flops_per_step)
+  # The size nearest the fitted N_opt: no other multiple of d_kv is closer in log N.
+  gap = lambda d: abs(np.log(scaling.size_of(family, d, base)[2] / saved['n_opt']))
+  assert gap(held.d_model) <= min(gap(held.d_model - 32), gap(held.d_model + 32))
+  # Exact losses: L(N, D) is recovered, so the prediction is the surface at the run's (N, D).
+  assert saved['predicted_loss'] == pytest.approx(surface(held), rel=1e-3)
+  assert scaling.heldout_run(out, family, base, bootstrap=4) == held  # read back, not refitted
+  assert json.load(open(os.path.join(out, 'heldout.json'))) == saved
+
+  scaling.write_run_files(out, [held], 't5_1_1', scaling.BASE_GIN, [], [])
+  finish(held)
+  fits = scaling.write_report(out)
+  summary = json.load(open(os.path.join(out, 'summary.json')))
+  assert summary['isoflop_budgets'] == [1e13, 2e13, 4e13]  # the held-out run is not fitted
+  assert summary['a'] == pytest.approx(fits['isoflop']['a'])
+  assert summary['a_interval'][0] <= summary['a'] <= summary['a_interval'][1]
+  assert summary['heldout_loss'] == pytest.approx(surface(held))
+  assert abs(summary['heldout_rel_error']) < 1e-3
+  assert os.path.getsize(os.path.join(out, 'isoflop.png')) > 10_000
+  report = open(os.path.join(out, 'report.md')).read()
+  assert '## Iso-FLOP profiles' in report and '**Held-out run** at C = 1.6e+14' in report
 
 def _row(name, budget, n, tokens, loss, complete=True):
   return {'name': name, 'budget': budget, 'non_embedding_params': n, 'tokens': tokens,
