@@ -1,9 +1,11 @@
-"""Pretraining tasks: every T5-study objective on the bundled Wikipedia sample (offline) and C4.
+"""Pretraining tasks: every T5-study objective on the bundled Wikipedia sample (offline), the
+larger offline English corpus (``offline_english``, 54 MB, for scaling sweeps) and C4.
 
-Task names are ``wiki_<objective>`` and ``c4_<objective>`` for the objectives in `OBJECTIVES`
-(Raffel et al. 2020, Table 3; see `t5x_lite.data.objectives`), except span corruption, which keeps
-T5's names ``wiki_span_corruption`` and ``c4_v220_span_corruption``. ``wiki_objectives_mix`` and
-``c4_objectives_mix`` sample the encoder-decoder objectives at `MIX_RATES`.
+Task names are ``wiki_<objective>``, ``english_<objective>`` and ``c4_<objective>`` for the
+objectives in `OBJECTIVES` (Raffel et al. 2020, Table 3; see `t5x_lite.data.objectives`), except
+span corruption, which keeps T5's names ``wiki_span_corruption`` and ``c4_v220_span_corruption``
+(and ``english_span_corruption``). ``<corpus>_objectives_mix`` samples the encoder-decoder
+objectives at `MIX_RATES`.
 
 Both follow T5's ``c4_v220_span_corruption`` recipe (Raffel et al. 2020, §3.1.4; t5.data.tasks):
 rekey text → targets, tokenize, [cache point], span corruption (15% noise, mean span 3), append EOS
@@ -29,9 +31,10 @@ import seqio
 import tensorflow as tf
 
 from t5x_lite import paths, vocab
-from t5x_lite.data import corpus, objectives
+from t5x_lite.data import corpus, english_corpus, objectives
 
 WIKI_TASK = 'wiki_span_corruption'
+ENGLISH_TASK = 'english_span_corruption'
 C4_TASK = 'c4_v220_span_corruption'
 # Objective name -> seqio preprocessor (tokens in 'targets' -> inputs/targets without EOS).
 OBJECTIVES = {
@@ -49,8 +52,10 @@ OBJECTIVES = {
 MIX_RATES = {'span_corruption': 6.0, 'prefix_lm': 1.0, 'bert_style': 1.0, 'deshuffling': 1.0,
              'iid_mask': 1.0, 'iid_replace_spans': 1.0, 'iid_drop': 1.0}
 WIKI_MIXTURE = 'wiki_objectives_mix'
+ENGLISH_MIXTURE = 'english_objectives_mix'
 C4_MIXTURE = 'c4_objectives_mix'
 WIKI_TFDS_NAME = 'wiki_sample:1.0.0'
+ENGLISH_TFDS_NAME = f'{english_corpus.NAME}:{english_corpus.OfflineEnglish.VERSION}'
 C4_TFDS_NAME = 'c4/en:3.1.0'
 SPLITS = ('train', 'validation')
 
@@ -110,11 +115,11 @@ def _output_features(vocabulary: seqio.Vocabulary) -> dict[str, seqio.Feature]:
 
 
 def task_name(corpus_name: str, objective: str) -> str:
-  """``wiki_<objective>`` / ``c4_<objective>``; span corruption keeps T5's names."""
+  """``<corpus>_<objective>``; span corruption keeps T5's names."""
   if objective not in OBJECTIVES:
     raise ValueError(f'unknown objective {objective!r}; choose one of {sorted(OBJECTIVES)}.')
   if objective == 'span_corruption':
-    return {'wiki': WIKI_TASK, 'c4': C4_TASK}[corpus_name]
+    return {'wiki': WIKI_TASK, 'english': ENGLISH_TASK, 'c4': C4_TASK}[corpus_name]
   return f'{corpus_name}_{objective}'
 
 
@@ -152,7 +157,8 @@ def register_all(vocabulary: seqio.Vocabulary | None = None,
 
   Args:
     vocabulary: defaults to the gin-configured `t5x_lite.vocab.get_vocabulary()`.
-    wiki_data_dir, c4_data_dir: TFDS data dirs; default `t5x_lite.paths.tfds_data_dir()`.
+    wiki_data_dir, c4_data_dir: TFDS data dirs; default `t5x_lite.paths.tfds_data_dir()`
+      (the offline English corpus is prepared beside the Wikipedia sample).
     c4_tfds_name: TFDS name and version of C4 (see the module docstring).
     mix_rates: objective -> rate for the ``*_objectives_mix`` mixtures; default `MIX_RATES`.
   """
@@ -161,11 +167,14 @@ def register_all(vocabulary: seqio.Vocabulary | None = None,
   c4_data_dir = str(c4_data_dir or paths.tfds_data_dir())
   wiki_source = PreparedTfdsDataSource(WIKI_TFDS_NAME, wiki_data_dir,
                                        functools.partial(corpus.prepare_corpus, wiki_data_dir))
+  english_source = PreparedTfdsDataSource(
+      ENGLISH_TFDS_NAME, wiki_data_dir, functools.partial(english_corpus.prepare, wiki_data_dir))
   c4_source = PreparedTfdsDataSource(c4_tfds_name, c4_data_dir,
                                      functools.partial(_require_c4, c4_tfds_name, c4_data_dir))
   for objective in OBJECTIVES:
     # One source object per corpus: its data check then runs once for all objectives.
     _add_task(task_name('wiki', objective), wiki_source, vocabulary, objective)
+    _add_task(task_name('english', objective), english_source, vocabulary, objective)
     _add_task(task_name('c4', objective), c4_source, vocabulary, objective)
   rates = MIX_RATES if mix_rates is None else mix_rates
   unknown = set(rates) - set(OBJECTIVES)
@@ -173,6 +182,7 @@ def register_all(vocabulary: seqio.Vocabulary | None = None,
     raise ValueError(f'mix_rates names unknown objectives {sorted(unknown)}; '
                      f'choose from {sorted(OBJECTIVES)}.')
   _add_mixture(WIKI_MIXTURE, 'wiki', rates)
+  _add_mixture(ENGLISH_MIXTURE, 'english', rates)
   _add_mixture(C4_MIXTURE, 'c4', rates)
 
 

@@ -227,27 +227,30 @@ class WikiSample(tfds.core.GeneratorBasedBuilder):
       yield title, {'title': title, 'text': text}
 
 
-def prepare_corpus(data_dir: str | None = None) -> tfds.core.DatasetBuilder:
-  """Prepares ``wiki_sample`` under `data_dir` once (default `paths.tfds_data_dir()`); returns it.
+def prepare_corpus(data_dir: str | None = None, name: str = 'wiki_sample'
+                   ) -> tfds.core.DatasetBuilder:
+  """Prepares the offline corpus `name` (this module's ``wiki_sample``, or english_corpus.py's
+  ``offline_english``) under `data_dir` once (default `paths.tfds_data_dir()`); returns it.
 
   Idempotent and safe to call from several processes at once: the first prepares under a file lock,
   the others wait and then read. When already prepared this is one stat and a builder construction.
   """
   data_dir = str(data_dir or paths.tfds_data_dir())
-  builder = _builder(data_dir)
+  builder = _builder(data_dir, name)
   if builder.is_prepared():
     check_prepared(builder)
     return builder
-  with paths.file_lock(Path(data_dir) / '.wiki_sample.lock'):
-    builder = _builder(data_dir)
+  with paths.file_lock(Path(data_dir) / f'.{name}.lock'):
+    builder = _builder(data_dir, name)
     if not builder.is_prepared():
       start = time.time()
-      print(f'Preparing the bundled corpus in {data_dir} (once per machine) ...', flush=True)
+      print(f'Preparing the offline corpus {name} in {data_dir} (once per machine) ...',
+            flush=True)
       with _no_progress_bars():
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-      logging.info('Prepared wiki_sample in %s in %.1f s.', data_dir, time.time() - start)
-  return _builder(data_dir)
+      logging.info('Prepared %s in %s in %.1f s.', name, data_dir, time.time() - start)
+  return _builder(data_dir, name)
 
 
 @contextlib.contextmanager
@@ -262,15 +265,15 @@ def _no_progress_bars() -> Iterator[None]:
 
 
 def _rebuild_advice(version_dir) -> str:
-  return (f'delete {version_dir} and rerun: the corpus is rebuilt from the gensim sample (about a '
-          'minute). Nothing else is stored there.')
+  return (f'delete {version_dir} and rerun: the corpus is rebuilt from installed packages (a '
+          'minute or two). Nothing else is stored there.')
 
 
-def _builder(data_dir: str) -> tfds.core.DatasetBuilder:
+def _builder(data_dir: str, name: str = 'wiki_sample') -> tfds.core.DatasetBuilder:
   """`tfds.builder`, with an unreadable prepared copy's dataset_info.json said in one line."""
-  version_dir = Path(data_dir) / 'wiki_sample' / str(WikiSample.VERSION)
+  version_dir = Path(data_dir) / name / str(tfds.builder_cls(name).VERSION)
   try:
-    return tfds.builder('wiki_sample', data_dir=data_dir)
+    return tfds.builder(name, data_dir=data_dir)
   except (json_format.ParseError, tf.errors.OpError, OSError, UnicodeDecodeError) as e:
     raise gin_utils.UsageError(
         f'prepared corpus file {version_dir / "dataset_info.json"} cannot be read '
