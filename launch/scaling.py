@@ -2,7 +2,8 @@
 
     python launch/scaling.py run --out_dir=DIR [--family=t5_1_1] [--sizes=32,64,96,128,192] \
         [--steps=600 | --tokens=2e5,4e5 | --flops=2e13,4e13] [--num_layers=2 | --aspect_ratio=64] \
-        [--vocab_size=4000] [--mode=local|slurm|tpu] [--dry_run] [-- extra train flags]
+        [--vocab_size=4000] [--corpus=wiki|english] [--heldout=4] [--mode=local|slurm|tpu] \
+        [--dry_run] [-- extra train flags]
     python launch/scaling.py plan ...               # the grid, parameter counts, FLOPs, time estimate
     python launch/scaling.py report --out_dir=DIR   # evaluate, collect, fit and plot existing runs
 
@@ -70,6 +71,7 @@ DEFAULT_STEPS = 600
 DEFAULT_VOCAB_SIZE = 4000  # pieces; the model's embedding rows add T5's 100 sentinels, padded
 LAST_K = 5                 # training-loss fallback: mean over this many last logged steps
 MIN_STEPS = 20             # an iso-FLOP budget that buys fewer steps than this skips the size
+CORPORA = {'wiki': 'wiki_sample', 'english': 'offline_english'}  # --corpus -> offline corpus
 HELDOUT_FACTOR = 4.0       # the held-out run's budget, over the largest fitted one
 HELDOUT_BOOTSTRAP = 100    # refits behind its prediction interval
 # Size fields the sweep sets; binding them after `--` would silently change every run.
@@ -299,15 +301,17 @@ def model_vocab_size(pieces: int) -> int:
   return -(-(pieces + 100) // 128) * 128
 
 
-def prepare_vocabulary(out_dir: str, pieces: int, dry_run: bool = False) -> str:
-  """A SentencePiece model of `pieces` trained on the bundled corpus (cached once per machine by
+def prepare_vocabulary(out_dir: str, pieces: int, dry_run: bool = False,
+                       corpus_name: str = 'wiki_sample') -> str:
+  """A SentencePiece model of `pieces` trained on an offline corpus (cached once per machine by
   t5x_lite.vocab), copied into OUT_DIR so that cluster jobs find it; returns its path."""
   from t5x_lite import vocab  # pylint: disable=import-outside-toplevel
-  dest = os.path.join(out_dir, 'vocab', os.path.basename(vocab.default_spm_path(pieces)))
+  dest = os.path.join(out_dir, 'vocab',
+                      os.path.basename(vocab.default_spm_path(pieces, corpus_name)))
   if dry_run or os.path.isfile(dest):
     return dest
   try:
-    source = vocab.ensure_default_spm(pieces)
+    source = vocab.ensure_default_spm(pieces, corpus_name)
   except ValueError as e:
     raise UsageError(f'--vocab_size={pieces}: {e}') from e
   os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -984,8 +988,11 @@ def _parser() -> argparse.ArgumentParser:
                    help='with 2+ --flops budgets: after the grid, train the size the fit calls '
                    'compute-optimal at this many times the largest budget and compare its loss '
                    'with the prediction (0: no held-out run)')
+    s.add_argument('--corpus', default='wiki', choices=sorted(CORPORA),
+                   help='offline text the runs train and validate on: wiki (the bundled 2.8 MB '
+                   'Wikipedia sample) or english (offline_english, 53.8 MB)')
     s.add_argument('--vocab_size', type=int, default=DEFAULT_VOCAB_SIZE,
-                   help='SentencePiece pieces trained on the bundled corpus; 0 keeps the gin\'s '
+                   help='SentencePiece pieces trained on the sweep\'s corpus; 0 keeps the gin\'s '
                    'vocabulary')
     s.add_argument('--base_gin', default=BASE_GIN)
     s.add_argument('--mode', default='local', choices=('local', 'slurm', 'tpu'))
@@ -1039,8 +1046,18 @@ def run(args, extra: Sequence[str]) -> int:
   except ValueError as e:
     raise UsageError(f'--sizes={args.sizes}: expected comma-separated ints.') from e
   out_dir = os.path.abspath(args.out_dir)
-  base = read_base(args.base_gin, family, extra, args.vocab_size
-                   if args.vocab_size and args.vocab_size != _default_pieces() else None)
+  corpus_name = CORPORA[args.corpus]
+  # The gin's default vocabulary is the bundled corpus's; another corpus gets its own.
+  own_vocab = bool(args.vocab_size) and (args.vocab_size != _default_pieces()
+                                         or args.corpus != 'wiki')
+  base = read_base(args.base_gin, family, extra, args.vocab_size if own_vocab else None)
+  data_bindings = []
+  if args.corpus != 'wiki':
+    if not base.task.startswith('wiki_'):
+      raise UsageError(f'--corpus={args.corpus} replaces the wiki_* task, but the runs train on '
+                       f'{base.task}; drop --corpus or the MIXTURE_OR_TASK_NAME binding.')
+    base = dataclasses.replace(base, task=f"{args.corpus}_{base.task[len('wiki_'):]}")
+    data_bindings = [f'MIXTURE_OR_TASK_NAME = {base.task!r}']
   specs = build_grid(family, sizes, budget_kind, budgets, base, args.num_layers, args.aspect_ratio)
   say(f'Sweep: {args.family} ({family.description}) on {base.task}, batch {base.batch_size}, '
       f'lengths {base.task_feature_lengths}, vocabulary {base.config.vocab_size} rows.')
@@ -1048,13 +1065,15 @@ def run(args, extra: Sequence[str]) -> int:
   say(plan_table(specs, sweep.times))
   if args.command == 'plan':
     return 0
-  vocab_bindings = []
-  if args.vocab_size and args.vocab_size != _default_pieces():
+  vocab_bindings = list(data_bindings)
+  if own_vocab:
     if not args.dry_run:
-      say(f'Vocabulary: {args.vocab_size} SentencePiece pieces on the bundled corpus '
+      say(f'Vocabulary: {args.vocab_size} SentencePiece pieces on {corpus_name} '
           '(trained once per machine, then cached).')
-    spm = prepare_vocabulary(out_dir, args.vocab_size, dry_run=args.dry_run)
-    vocab_bindings = [f'VOCAB_SIZE = {base.config.vocab_size}', f'get_vocabulary.spm_path = {spm!r}']
+    spm = prepare_vocabulary(out_dir, args.vocab_size, dry_run=args.dry_run,
+                             corpus_name=corpus_name)
+    vocab_bindings += [f'VOCAB_SIZE = {base.config.vocab_size}',
+                       f'get_vocabulary.spm_path = {spm!r}']
   train_flags = list(extra)
   if args.dry_run:
     for s in specs:

@@ -102,19 +102,31 @@ def _write_atomically(path: str, data: bytes) -> None:
 # ---------------------------------------------------------------------------- default vocabulary
 
 
-def default_spm_path(vocab_size: int = DEFAULT_VOCAB_SIZE) -> Path:
-  """Where the default model lives once trained (it may not exist yet)."""
-  return paths.vocab_dir() / f'wiki_sample-{corpus.WikiSample.VERSION}_unigram_{vocab_size}.model'
+def _corpora() -> dict:
+  """Offline corpus name -> (its TFDS builder version, (split) -> (id, text) iterator)."""
+  from t5x_lite.data import english_corpus  # pylint: disable=import-outside-toplevel
+  return {'wiki_sample': (corpus.WikiSample.VERSION, corpus.iter_split),
+          english_corpus.NAME: (english_corpus.OfflineEnglish.VERSION, english_corpus.iter_split)}
 
 
-def ensure_default_spm(vocab_size: int = DEFAULT_VOCAB_SIZE) -> str:
-  """Trains the default model on the bundled corpus's train split unless it is already cached.
+def default_spm_path(vocab_size: int = DEFAULT_VOCAB_SIZE, corpus_name: str = 'wiki_sample'
+                     ) -> Path:
+  """Where the model of `corpus_name` (an offline corpus) lives once trained (it may not exist
+  yet)."""
+  version = _corpora()[corpus_name][0]
+  return paths.vocab_dir() / f'{corpus_name}-{version}_unigram_{vocab_size}.model'
+
+
+def ensure_default_spm(vocab_size: int = DEFAULT_VOCAB_SIZE,
+                       corpus_name: str = 'wiki_sample') -> str:
+  """Trains a model on an offline corpus's train split (by default the bundled one) unless it is
+  already cached.
 
   The text comes straight from the corpus generator (the same text TFDS stores), not from TFDS,
   because the first use is often inside a tf.data graph being traced, where eager reads fail.
   Safe under concurrent first use (file lock; the losers wait, then find the model).
   """
-  path = default_spm_path(vocab_size)
+  path = default_spm_path(vocab_size, corpus_name)
   if path.is_file():
     return str(path)
   with paths.file_lock(path.with_suffix('.lock')):
@@ -124,12 +136,12 @@ def ensure_default_spm(vocab_size: int = DEFAULT_VOCAB_SIZE) -> str:
     text_path = path.with_suffix(f'.train{os.getpid()}.txt')
     try:
       with open(text_path, 'w', encoding='utf-8') as f:
-        for _, text in corpus.iter_split('train'):
+        for _, text in _corpora()[corpus_name][1]('train'):
           f.write(text + '\n')
       train_sentencepiece([text_path], path.with_suffix(''), vocab_size)
     finally:
       text_path.unlink(missing_ok=True)
-    logging.info('Trained the default vocabulary %s in %.1f s.', path, time.time() - start)
+    logging.info('Trained the vocabulary %s in %.1f s.', path, time.time() - start)
   return str(path)
 
 

@@ -563,6 +563,17 @@ def test_dry_run_prints_and_writes_nothing(tmp_path, capsys):
   assert len(commands) == 3 and all('-m t5x_lite.train --gin_file=' in c for c in commands)
 
 
+
+def test_the_english_corpus_sweep_trains_and_tokenizes_on_it(tmp_path, capsys):
+  out = tmp_path / 'sweep'
+  rc = scaling.main(['run', f'--out_dir={out}', '--sizes=32,64,96', '--steps=30', '--dry_run',
+                     '--corpus=english'])
+  assert rc == 0 and not out.exists()
+  printed = capsys.readouterr().out
+  assert printed.count("MIXTURE_OR_TASK_NAME = 'english_span_corruption'") == 3
+  assert printed.count(f"get_vocabulary.spm_path = '{out}/vocab/offline_english-") == 3
+  assert 'on english_span_corruption' in printed
+
 @pytest.mark.parametrize('argv,message', [
     (['--steps=10', '--tokens=1e5'], 'one of --steps'),
     (['--sizes=32,48'], 'multiple of d_kv'),
@@ -570,6 +581,8 @@ def test_dry_run_prints_and_writes_nothing(tmp_path, capsys):
     (['--', '--gin.t5x_lite.models.T5Config.d_model=64'], 'sets d_model'),
     (['--', '--gin.TRAIN_STEPS=5'], 'sets TRAIN_STEPS'),
     (['--steps=20,100'], 'no more than the learning-rate warm-up'),
+    (['--corpus=english', '--family=decoder_only', '--',
+      "--gin.MIXTURE_OR_TASK_NAME='c4_full_lm'"], 'replaces the wiki_* task'),
 ])
 def test_bad_input_exits_2_with_one_line(argv, message, tmp_path, capsys):
   assert scaling.main(['plan', f'--out_dir={tmp_path}', *argv]) == 2
