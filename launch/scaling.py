@@ -63,7 +63,7 @@ if REPO not in sys.path:
 from launch.scaling_fit import (HELDOUT, budget_value, compute_optimal, fit_isoflop,  # noqa: E402
                                 fit_rows, predict_compute_optimal_loss)
 from launch.scaling_report import (format_seconds, isoflop_markdown, plot,  # noqa: E402
-                                   plot_isoflop, report_markdown, si)
+                                   plot_isoflop, report_markdown, si, unbracketed_minima)
 
 BASE_GIN = 'gin/runs/scaling.gin'
 DEFAULT_SIZES = (32, 64, 96, 128, 192)  # d_model: 36x in non-embedding params at fixed depth
@@ -906,6 +906,8 @@ def write_report(out_dir: str, last_k: int = LAST_K) -> dict:
     say(f"iso-FLOP fit over {len(iso['budgets'])} budgets: N_opt ∝ C^{iso['a']:.3f} "
         f"(68% {iso['a_interval'][0]:.3f}..{iso['a_interval'][1]:.3f}), D_opt ∝ "
         f"C^{iso['b']:.3f} (68% {iso['b_interval'][0]:.3f}..{iso['b_interval'][1]:.3f})")
+    for phrase in unbracketed_minima(iso):
+      say(f'warning: {phrase}.')
   elif iso:
     say(f"iso-FLOP fit: {iso['error']}")
   if summary['heldout_loss'] is not None:

@@ -197,7 +197,8 @@ def isoflop_minimum(n, d, loss) -> dict | None:
   slope, intercept = np.polyfit(x, np.log(np.asarray(d, float)), 1)
   return {'n_opt': float(np.exp(vertex)), 'd_opt': float(np.exp(intercept + slope * vertex)),
           'loss': float(c0 + c1 * vertex + c2 * vertex ** 2),
-          'bracketed': bool(x.min() <= vertex <= x.max())}
+          'bracketed': bool(x.min() <= vertex <= x.max()),
+          'n_range': [float(np.exp(x.min())), float(np.exp(x.max()))]}
 
 
 def _isoflop_exponents(groups) -> dict | None:

@@ -276,6 +276,11 @@ def isoflop_markdown(iso: dict | None, heldout: dict | None, summary: dict) -> l
   for budget, m in zip(iso['budgets'], iso['minima']):
     lines.append(f"| {budget:.3g} | {si(m['n_opt'])} | {si(m['d_opt'])} | {m['loss']:.4f} | "
                  f"{'yes' if m['bracketed'] else 'no (extrapolated)'} |")
+  unbracketed = unbracketed_minima(iso)
+  if unbracketed:
+    lines += ['', '**Not a measured minimum:** ' + '; '.join(unbracketed) + '. The exponents '
+              'below extrapolate the parabolas and mean little until the sizes bracket every '
+              "budget's minimum."]
   interval = lambda k: (f" (68% {iso[k][0]:.3f} to {iso[k][1]:.3f})" if iso.get(k) else '')
   lines += ['', f"- a = {iso['a']:.3f}{interval('a_interval')} (Chinchilla: 0.50)",
             f"- b = {iso['b']:.3f}{interval('b_interval')} (Chinchilla: 0.50)", '']
@@ -290,3 +295,17 @@ def isoflop_markdown(iso: dict | None, heldout: dict | None, summary: dict) -> l
                  f"{summary['heldout_rel_error']:+.2%}." if summary['heldout_loss'] is not None
                  else 'not trained and evaluated yet.'), '']
   return lines + ['![iso-FLOP profiles](isoflop.png)', '']
+
+
+def unbracketed_minima(iso: dict) -> list[str]:
+  """One phrase per budget whose parabola's vertex lies outside the sizes it ran, saying which
+  sizes to add."""
+  out = []
+  for budget, m in zip(iso['budgets'], iso['minima']):
+    low, high = m['n_range']
+    if not m['bracketed']:
+      side = 'smaller' if m['n_opt'] < low else 'larger'
+      out.append(f"at C = {budget:.3g} the fitted minimum N = {si(m['n_opt'])} lies outside the "
+                 f'sizes run ({si(low)} to {si(high)}): add {side} sizes or '
+                 f"{'less' if side == 'larger' else 'more'} compute")
+  return out

@@ -214,6 +214,19 @@ def test_isoflop_prediction_4x_past_the_fitted_budgets_matches_the_surface():
   assert got['interval'][0] <= got['interval'][1]
 
 
+def test_a_minimum_outside_the_sizes_run_is_reported_with_the_sizes_to_add():
+  c, n, d, loss = _isoflop_sweep([1e18, 1e19])
+  small = n < _chinchilla_optimum(1e18)[0] * 0.99  # only sizes below the first budget's optimum
+  keep = (c == 1e19) | small
+  fit = scaling_fit.fit_isoflop(c[keep], n[keep], d[keep], loss[keep], bootstrap=10)
+  assert [m['bracketed'] for m in fit['minima']] == [False, True]
+  phrases = scaling_report.unbracketed_minima(fit)
+  assert len(phrases) == 1 and phrases[0].startswith('at C = 1e+18')
+  assert 'add larger sizes or less compute' in phrases[0]  # less compute moves N_opt down
+  report = '\n'.join(scaling_report.isoflop_markdown(fit, None, {'heldout_loss': None}))
+  assert '**Not a measured minimum:** at C = 1e+18' in report
+
+
 def test_isoflop_fit_refuses_a_budget_without_a_minimum():
   c, n, d, loss = _isoflop_sweep([1e18, 1e19])
   with pytest.raises(ValueError, match=r'3\+ sizes each'):
