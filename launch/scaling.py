@@ -60,8 +60,8 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)  # `python launch/scaling.py` imports launch.* and t5x_lite
 
-from launch.scaling_fit import (HELDOUT, budget_value, compute_optimal, fit_isoflop,  # noqa: E402
-                                fit_rows, predict_compute_optimal_loss)
+from launch.scaling_fit import (HELDOUT, compute_optimal, fit_isoflop, fit_rows,  # noqa: E402
+                                isoflop_columns, predict_compute_optimal_loss)
 from launch.scaling_report import (format_seconds, isoflop_markdown, plot,  # noqa: E402
                                    plot_isoflop, report_markdown, si, unbracketed_minima)
 
@@ -789,31 +789,28 @@ def closest_size(family: Family, base: Base, n_target: float, num_layers: int | 
 
 def heldout_run(out_dir: str, family: Family, base: Base, num_layers: int | None = 2,
                 aspect_ratio: float | None = None, factor: float = HELDOUT_FACTOR,
-                bootstrap: int = HELDOUT_BOOTSTRAP) -> RunSpec:
+                bootstrap: int = HELDOUT_BOOTSTRAP) -> tuple[RunSpec, dict]:
   """The run that tests the sweep's fit: at `factor` × the largest iso-FLOP budget, the size the
   fitted N_opt(C) picks, its loss predicted from L(N, D) with a bootstrap interval. Sized and
-  predicted once, before it trains, into OUT_DIR/heldout.json; a rerun reads that back."""
+  predicted once, before it trains, into OUT_DIR/heldout.json; a rerun reads that back.
+  Returns the run and what heldout.json holds."""
   path = os.path.join(out_dir, 'heldout.json')
   saved = read_json(path)
   if saved is None:
-    rows = [r for r in collect(out_dir)
-            if r['complete'] and r['budget'].startswith('flops=') and math.isfinite(r['loss'])]
-    points = [(budget_value(r['budget']), r['non_embedding_params'], r['tokens'], r['loss'])
-              for r in rows]
+    columns = isoflop_columns(collect(out_dir))
     try:
-      iso = fit_isoflop(*zip(*points), bootstrap=0) if points else fit_isoflop([], [], [], [])
+      iso = fit_isoflop(*columns, bootstrap=0)
     except ValueError as e:
       raise SweepError(f'no held-out run: {e}') from e
     budget = factor * max(iso['budgets'])
     d_model = closest_size(family, base, compute_optimal(iso, budget)[0], num_layers,
                            aspect_ratio)
-    flops_per_step = size_of(family, d_model, base, num_layers, aspect_ratio)[3]
+    _, _, n, flops_per_step = size_of(family, d_model, base, num_layers, aspect_ratio)
     steps = int(round(budget / flops_per_step))
-    n = size_of(family, d_model, base, num_layers, aspect_ratio)[2]
     say(f'Held-out run: budget {budget:.3g} FLOPs ({factor:g}x the largest fitted), predicting '
         f'its loss from {bootstrap} bootstrap refits...')
     prediction = predict_compute_optimal_loss(
-        *zip(*points), budget, at=(n, steps * base.tokens_per_step), bootstrap=bootstrap)
+        *columns, budget, at=(n, steps * base.tokens_per_step), bootstrap=bootstrap)
     saved = {'budget': budget, 'factor': factor, 'fitted_budgets': iso['budgets'],
              'a': iso['a'], 'b': iso['b'], 'n_opt': prediction['n_opt'],
              'd_opt': prediction['d_opt'], 'd_model': d_model, 'steps': steps,
@@ -826,7 +823,7 @@ def heldout_run(out_dir: str, family: Family, base: Base, num_layers: int | None
   return RunSpec(f"{HELDOUT}_d{saved['d_model']:04d}_l{fields['num_decoder_layers']}_"
                  f"s{saved['steps']:06d}", saved['d_model'], fields, saved['steps'], total,
                  non_embedding, flops_per_step, base.tokens_per_step,
-                 f"{HELDOUT}={saved['budget']:g}")
+                 f"{HELDOUT}={saved['budget']:g}"), saved
 
 
 # ------------------------------------------------------------------------------- collect
@@ -894,15 +891,15 @@ def write_report(out_dir: str, last_k: int = LAST_K) -> dict:
   write_csv(rows, os.path.join(out_dir, 'results.csv'))
   what = ' on '.join(v for v in (sweep.get('family'), sweep.get('task')) if v) or 'scaling sweep'
   plot(rows, fits, os.path.join(out_dir, 'scaling.png'), f'{what}: loss vs N')
-  summary = write_summary(out_dir, rows, fits, sweep)
   iso = fits.get('isoflop')
   heldout = read_json(os.path.join(out_dir, 'heldout.json'))
+  summary = write_summary(out_dir, rows, fits, sweep, heldout)
   with open(os.path.join(out_dir, 'report.md'), 'w') as f:
     f.write('\n'.join([report_markdown(rows, fits, sweep),
                        *isoflop_markdown(iso, heldout, summary)]))
   if iso and 'a' in iso:
-    plot_isoflop(rows, iso, heldout, os.path.join(out_dir, 'isoflop.png'),
-                 f'{what}: iso-FLOP profiles')
+    plot_isoflop(rows, iso, heldout, summary['heldout_loss'],
+                 os.path.join(out_dir, 'isoflop.png'), f'{what}: iso-FLOP profiles')
     say(f"iso-FLOP fit over {len(iso['budgets'])} budgets: N_opt ∝ C^{iso['a']:.3f} "
         f"(68% {iso['a_interval'][0]:.3f}..{iso['a_interval'][1]:.3f}), D_opt ∝ "
         f"C^{iso['b']:.3f} (68% {iso['b_interval'][0]:.3f}..{iso['b_interval'][1]:.3f})")
@@ -927,10 +924,12 @@ def write_report(out_dir: str, last_k: int = LAST_K) -> dict:
   return fits
 
 
-def write_summary(out_dir: str, rows: Sequence[dict], fits: dict, sweep: dict) -> dict:
-  """OUT_DIR/summary.json: the figures a sweep is judged by, for scripts (None where not known)."""
+def write_summary(out_dir: str, rows: Sequence[dict], fits: dict, sweep: dict,
+                  heldout: dict | None) -> dict:
+  """OUT_DIR/summary.json: the figures a sweep is judged by, for scripts (None where not known).
+  `heldout`: what OUT_DIR/heldout.json holds, if anything."""
   iso = fits.get('isoflop') or {}
-  held = read_json(os.path.join(out_dir, 'heldout.json'), {})
+  held = heldout or {}
   measured = next((r['eval_loss'] for r in rows if r['budget'].startswith(HELDOUT + '=')
                    and r['complete'] and math.isfinite(r['eval_loss'])), None)
   predicted = held.get('predicted_loss')
@@ -1118,8 +1117,8 @@ def run(args, extra: Sequence[str]) -> int:
   _evaluate_in_subprocess(out_dir, args.eval_batches)
   eval_s = time.monotonic() - t_eval
   if budget_kind == 'flops' and args.heldout > 0 and len(budgets) >= 2:
-    spec = heldout_run(out_dir, family, base, args.num_layers, args.aspect_ratio, args.heldout)
-    held = read_json(os.path.join(out_dir, 'heldout.json'))
+    spec, held = heldout_run(out_dir, family, base, args.num_layers, args.aspect_ratio,
+                             args.heldout)
     low_high = held['interval'] or [math.nan, math.nan]
     say(f"Held-out run {spec.name}: N={si(spec.non_embedding_params)} (fitted N_opt "
         f"{si(held['n_opt'])}), {spec.steps} steps; predicted loss {held['predicted_loss']:.4f} "

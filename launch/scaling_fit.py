@@ -147,12 +147,10 @@ def fit_rows(rows: Sequence[dict], bootstrap: int = 1000) -> dict:
   done = [r for r in rows if r['complete'] and math.isfinite(r['loss'])
           and not r['budget'].startswith(HELDOUT + '=')]
   fits = {'groups': {}, 'joint': None, 'isoflop': None}
-  flops = [r for r in done if r['budget'].startswith('flops=')]
-  if len({r['budget'] for r in flops}) >= 2:
+  columns = isoflop_columns(rows)
+  if len(set(columns[0])) >= 2:
     try:
-      fits['isoflop'] = fit_isoflop(
-          *zip(*[(budget_value(r['budget']), r['non_embedding_params'], r['tokens'], r['loss'])
-                 for r in flops]), bootstrap=bootstrap)
+      fits['isoflop'] = fit_isoflop(*columns, bootstrap=bootstrap)
     except ValueError as e:
       fits['isoflop'] = {'error': str(e)}
   for group in sorted({r['budget'] for r in done}, key=budget_order):
@@ -183,10 +181,23 @@ def budget_value(group: str) -> float:
   return budget_order(group)[1]
 
 
+def isoflop_rows(rows: Sequence[dict]) -> list[dict]:
+  """The runs iso-FLOP fits read: complete, with a finite loss, in a 'flops=' budget."""
+  return [r for r in rows if r['complete'] and math.isfinite(r['loss'])
+          and r['budget'].startswith('flops=')]
+
+
+def isoflop_columns(rows: Sequence[dict]) -> list[tuple]:
+  """(C, N, D, loss) of isoflop_rows, column by column, as fit_isoflop takes them."""
+  return list(zip(*[(budget_value(r['budget']), r['non_embedding_params'], r['tokens'], r['loss'])
+                    for r in isoflop_rows(rows)])) or [()] * 4
+
+
 def isoflop_minimum(n, d, loss) -> dict | None:
   """One budget's loss minimum over N: the vertex of a parabola in log N through its runs; D there
   from the runs' own log D-log N line (D ∝ C/N for whatever FLOP count set the budget). None when
-  the parabola does not open upward. `bracketed`: the vertex lies within the sizes run."""
+  the parabola does not open upward. `bracketed`: the vertex lies within the sizes run
+  (`n_range`)."""
   x, y = np.log(np.asarray(n, float)), np.asarray(loss, float)
   if len(np.unique(x)) < 3:
     return None
@@ -197,6 +208,7 @@ def isoflop_minimum(n, d, loss) -> dict | None:
   slope, intercept = np.polyfit(x, np.log(np.asarray(d, float)), 1)
   return {'n_opt': float(np.exp(vertex)), 'd_opt': float(np.exp(intercept + slope * vertex)),
           'loss': float(c0 + c1 * vertex + c2 * vertex ** 2),
+          'parabola': [float(c2), float(c1), float(c0)],  # loss in log N, for np.polyval
           'bracketed': bool(x.min() <= vertex <= x.max()),
           'n_range': [float(np.exp(x.min())), float(np.exp(x.max()))]}
 

@@ -12,7 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
-from launch.scaling_fit import budget_order
+from launch.scaling_fit import budget_order, budget_value, isoflop_rows
 
 FIGSIZE = (8.0, 6.5)  # inches; at DPI, a 960 x 780 pixel PNG
 DPI = 120
@@ -191,32 +191,26 @@ def plot(rows: Sequence[dict], fits: dict, path: str, title: str) -> None:
     fig.savefig(path, format='png')
 
 
-def isoflop_figure(rows: Sequence[dict], iso: dict, heldout: dict | None, title: str):
+def isoflop_figure(rows: Sequence[dict], iso: dict, heldout: dict | None,
+                   measured: float | None, title: str):
   """Iso-FLOP profiles: left, loss vs N per compute budget with its parabola in log N and its
-  minimum (and the held-out run, its 68% prediction interval as an error bar); right, N_opt(C)
-  with the fitted power law, extended to the held-out budget."""
+  minimum (and the held-out run, its 68% prediction interval as an error bar and its `measured`
+  loss); right, N_opt(C) with the fitted power law, extended to the held-out budget."""
   from matplotlib.figure import Figure  # pylint: disable=import-outside-toplevel
   from matplotlib import ticker  # pylint: disable=import-outside-toplevel
   fig = Figure(figsize=(11.0, 4.8), dpi=DPI, layout='constrained')
   left, right = fig.subplots(1, 2, width_ratios=(3, 2))
   for i, (budget, minimum) in enumerate(zip(iso['budgets'], iso['minima'])):
-    members = sorted((r for r in rows if r['complete'] and math.isfinite(r['loss'])
-                      and r['budget'].startswith('flops=')
-                      and float(r['budget'].split('=')[1]) == budget),
-                     key=lambda r: r['non_embedding_params'])
+    members = [r for r in isoflop_rows(rows) if budget_value(r['budget']) == budget]
     n = np.array([r['non_embedding_params'] for r in members], float)
-    loss = np.array([r['loss'] for r in members])
-    left.scatter(n, loss, s=28, color=f'C{i}', zorder=3, label=f'C = {budget:.3g} FLOPs')
-    x = np.log(n)
-    grid = np.linspace(x.min(), x.max(), 100)
-    left.plot(np.exp(grid), np.polyval(np.polyfit(x, loss, 2), grid), color=f'C{i}',
-              linewidth=1.2)
+    left.scatter(n, [r['loss'] for r in members], s=28, color=f'C{i}', zorder=3,
+                 label=f'C = {budget:.3g} FLOPs')
+    grid = np.linspace(np.log(n.min()), np.log(n.max()), 100)
+    left.plot(np.exp(grid), np.polyval(minimum['parabola'], grid), color=f'C{i}', linewidth=1.2)
     left.scatter([minimum['n_opt']], [minimum['loss']], marker='*', s=160, color=f'C{i}',
                  edgecolor='black', zorder=4)
   budgets = list(iso['budgets'])
   if heldout:
-    measured = next((r['eval_loss'] for r in rows if r['budget'].startswith('heldout=')
-                     and r['complete'] and math.isfinite(r['eval_loss'])), None)
     low, high = heldout['interval'] or (heldout['predicted_loss'],) * 2
     n_run = heldout['non_embedding_params']
     left.errorbar([n_run], [heldout['predicted_loss']],
@@ -254,10 +248,10 @@ def isoflop_figure(rows: Sequence[dict], iso: dict, heldout: dict | None, title:
   return fig
 
 
-def plot_isoflop(rows: Sequence[dict], iso: dict, heldout: dict | None, path: str,
-                 title: str) -> None:
+def plot_isoflop(rows: Sequence[dict], iso: dict, heldout: dict | None, measured: float | None,
+                 path: str, title: str) -> None:
   """Writes isoflop_figure() to `path` as a PNG."""
-  isoflop_figure(rows, iso, heldout, title).savefig(path, format='png')
+  isoflop_figure(rows, iso, heldout, measured, title).savefig(path, format='png')
 
 
 def isoflop_markdown(iso: dict | None, heldout: dict | None, summary: dict) -> list[str]:

@@ -448,8 +448,8 @@ def test_heldout_run_is_sized_and_predicted_by_the_fit_then_scored(tmp_path, def
   scaling.write_run_files(out, specs, 't5_1_1', scaling.BASE_GIN, [], [])
   for spec in specs:
     finish(spec)
-  held = scaling.heldout_run(out, family, base, bootstrap=4)
-  saved = json.load(open(os.path.join(out, 'heldout.json')))
+  held, saved = scaling.heldout_run(out, family, base, bootstrap=4)
+  assert json.load(open(os.path.join(out, 'heldout.json'))) == saved
   assert held.budget == 'heldout=1.6e+14' and saved['fitted_budgets'] == [1e13, 2e13, 4e13]
   assert held.steps == round(1.6e14 / held.flops_per_step)
   # The size nearest the fitted N_opt: no other multiple of d_kv is closer in log N.
@@ -457,7 +457,7 @@ def test_heldout_run_is_sized_and_predicted_by_the_fit_then_scored(tmp_path, def
   assert gap(held.d_model) <= min(gap(held.d_model - 32), gap(held.d_model + 32))
   # Exact losses: L(N, D) is recovered, so the prediction is the surface at the run's (N, D).
   assert saved['predicted_loss'] == pytest.approx(surface(held), rel=1e-3)
-  assert scaling.heldout_run(out, family, base, bootstrap=4) == held  # read back, not refitted
+  assert scaling.heldout_run(out, family, base, bootstrap=4) == (held, saved)  # read back
   assert json.load(open(os.path.join(out, 'heldout.json'))) == saved
 
   scaling.write_run_files(out, [held], 't5_1_1', scaling.BASE_GIN, [], [])
