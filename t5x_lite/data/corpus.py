@@ -50,14 +50,20 @@ _DROPPED_LINK_NAMESPACES = ('file:', 'image:', 'category:', 'media:')
 # --------------------------------------------------------------------------------------- source
 
 
-def gensim_sample_path() -> Path:
-  """The bz2 XML dump inside the installed gensim package (gensim itself is not imported)."""
-  spec = importlib.util.find_spec('gensim')
+def package_dir(module: str, pip_name: str, what: str) -> Path:
+  """The directory of an installed package that ships corpus text, found without importing it,
+  or a MissingFileError saying how to install it."""
+  spec = importlib.util.find_spec(module)
   if spec is None or not spec.submodule_search_locations:
     raise gin_utils.MissingFileError(
-        'The bundled corpus is read from the gensim package, which is not installed. '
-        'Run `pip install -e .` in the t5x_lite checkout (it installs gensim==4.4.0).')
-  path = Path(list(spec.submodule_search_locations)[0]) / GENSIM_SAMPLE
+        f'{what} is read from the {pip_name} package, which is not installed. Run '
+        '`pip install -e .` (or `make install`) in the t5x_lite checkout: setup.cfg installs it.')
+  return Path(list(spec.submodule_search_locations)[0])
+
+
+def gensim_sample_path() -> Path:
+  """The bz2 XML dump inside the installed gensim package (gensim itself is not imported)."""
+  path = package_dir('gensim', 'gensim', 'The bundled corpus') / GENSIM_SAMPLE
   if not path.is_file():
     raise gin_utils.MissingFileError(
         f'The bundled Wikipedia sample is missing: {path} does not exist. Reinstall gensim with '

