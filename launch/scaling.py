@@ -66,10 +66,12 @@ from launch.scaling_report import (format_seconds, isoflop_markdown, plot,  # no
                                    plot_isoflop, report_markdown, si, unbracketed_minima)
 
 BASE_GIN = 'gin/runs/scaling.gin'
-DEFAULT_SIZES = (32, 64, 96, 128, 192)  # d_model: 36x in non-embedding params at fixed depth
-DEFAULT_STEPS = 600
+DEFAULT_SIZES = (8, 16, 24, 32, 48, 64, 96)  # d_model: ~500x in non-embedding params
+DEFAULT_FLOPS = (5e11, 1.6e12, 5e12)         # iso-FLOP budgets of the default sweep: 10x
+DEFAULT_WINDOW = 5                           # sizes per iso-FLOP budget (--sizes_per_budget)
 DEFAULT_VOCAB_SIZE = 4000  # pieces; the model's embedding rows add T5's 100 sentinels, padded
 LAST_K = 5                 # training-loss fallback: mean over this many last logged steps
+SIZE_STEP = 8              # d_model values are multiples of this
 MIN_STEPS = 20             # an iso-FLOP budget that buys fewer steps than this skips the size
 CORPORA = {'wiki': 'wiki_sample', 'english': 'offline_english'}  # --corpus -> offline corpus
 HELDOUT_FACTOR = 4.0       # the held-out run's budget, over the largest fitted one
@@ -123,20 +125,24 @@ FAMILIES = {
 
 def model_fields(family: Family, d_model: int, num_layers: int | None = 2,
                  aspect_ratio: float | None = None) -> dict[str, int]:
-  """The T5Config size fields of one family member: all follow from d_model.
+  """The T5Config size fields of one family member: all follow from d_model, with heads of
+  about d_kv (one head of d_model below it, so that models narrower than a head still exist).
 
   Depth is `num_layers` per stack, or d_model / aspect_ratio (Kaplan's fixed-shape sweeps).
   """
-  if d_model <= 0 or d_model % family.d_kv:
-    raise UsageError(f'size {d_model}: d_model must be a positive multiple of d_kv = '
-                     f'{family.d_kv} (num_heads = d_model / d_kv).')
+  if d_model <= 0 or d_model % SIZE_STEP:
+    raise UsageError(f'size {d_model}: d_model must be a positive multiple of {SIZE_STEP}.')
+  num_heads = max(1, round(d_model / family.d_kv))  # heads of about d_kv; one below it
+  if d_model % num_heads:
+    raise UsageError(f'size {d_model}: it does not split into {num_heads} heads of about '
+                     f'd_kv = {family.d_kv}; use a multiple of {family.d_kv}.')
   if aspect_ratio:
     layers = max(1, round(d_model / aspect_ratio))
   elif num_layers and num_layers > 0:
     layers = num_layers
   else:
     raise UsageError(f'--num_layers must be >= 1 (or give --aspect_ratio), got {num_layers}.')
-  return {'d_model': d_model, 'num_heads': d_model // family.d_kv, 'd_kv': family.d_kv,
+  return {'d_model': d_model, 'num_heads': num_heads, 'd_kv': d_model // num_heads,
           'd_ff': int(round(family.ff_ratio * d_model)),
           'num_encoder_layers': 0 if family.decoder_only else layers,
           'num_decoder_layers': layers}
@@ -196,12 +202,13 @@ class RunSpec:
 
 
 def parse_budgets(steps: str | None, tokens: str | None, flops: str | None) -> tuple[str, list]:
-  """('steps'|'tokens'|'flops', values) from the one budget flag given (default: steps)."""
+  """('steps'|'tokens'|'flops', values) from the one budget flag given (default: the default
+  sweep's iso-FLOP budgets)."""
   given = [(k, v) for k, v in (('steps', steps), ('tokens', tokens), ('flops', flops)) if v]
   if len(given) > 1:
     raise UsageError('give one of --steps, --tokens, --flops (got '
                      f'{", ".join("--" + k for k, _ in given)}).')
-  kind, text = given[0] if given else ('steps', str(DEFAULT_STEPS))
+  kind, text = given[0] if given else ('flops', ','.join(f'{b:g}' for b in DEFAULT_FLOPS))
   try:
     values = [float(v) for v in text.split(',') if v.strip()]
   except ValueError as e:
@@ -224,13 +231,30 @@ def size_of(family: Family, d_model: int, base: Base, num_layers: int | None = 2
 
 def build_grid(family: Family, sizes: Sequence[int], budget_kind: str, budgets: Sequence[float],
                base: Base, num_layers: int | None = 2,
-               aspect_ratio: float | None = None) -> list[RunSpec]:
-  """Every (size, budget) run, smallest model first, with parameter counts and training FLOPs."""
+               aspect_ratio: float | None = None,
+               sizes_per_budget: int | None = None) -> list[RunSpec]:
+  """Every (size, budget) run, smallest model first, with parameter counts and training FLOPs.
+
+  With `sizes_per_budget` = K, each budget trains a window of K consecutive sizes that slides
+  from the smallest sizes at the smallest budget to the largest at the largest, as iso-FLOP
+  profiles are laid out around an optimum that grows with compute (Hoffmann et al. 2022): a
+  small model at a large budget would spend most of the sweep's time far from any minimum.
+  """
+  sizes, budgets = sorted(set(sizes)), sorted(budgets)
+  window = {b: sizes for b in budgets}
+  if sizes_per_budget:
+    if not 3 <= sizes_per_budget <= len(sizes):
+      raise UsageError(f'--sizes_per_budget={sizes_per_budget}: needs 3 to {len(sizes)} '
+                       '(the number of --sizes) to place a minimum.')
+    spare = len(sizes) - sizes_per_budget
+    for i, b in enumerate(budgets):
+      start = round(i * spare / (len(budgets) - 1)) if len(budgets) > 1 else spare // 2
+      window[b] = sizes[start:start + sizes_per_budget]
   specs = []
-  for d_model in sorted(set(sizes)):
+  for d_model in sizes:
     fields, total, non_embedding, flops_per_step = size_of(family, d_model, base, num_layers,
                                                            aspect_ratio)
-    for budget in budgets:
+    for budget in (b for b in budgets if d_model in window[b]):
       if budget_kind == 'steps':
         steps = int(budget)
       elif budget_kind == 'tokens':
@@ -429,9 +453,12 @@ class TimeModel:
   """Predicts a run's wall time: a start-up cost (imports, data, compile, saves) plus steps ×
   seconds per step, which grows linearly with the step's FLOPs. Calibrated by finished runs."""
 
-  DEFAULT_STARTUP_S = 60.0       # measured on 2 shared CPU cores: imports, tf.data, XLA compile
-  DEFAULT_FLOPS_PER_S = 2e10     # ~20 GFLOP/s effective on those cores
-  DEFAULT_STEP_OVERHEAD_S = 0.03
+  # Fitted to the offline_english calibration sweep on 2 shared CPU cores (d_model 32..192,
+  # bench/results/scaling_english_calibration): ~27 s to start (imports, tf.data, XLA compile),
+  # then 0.017 s + FLOPs / 8e10 per step, plus logging and checkpoints.
+  DEFAULT_STARTUP_S = 30.0
+  DEFAULT_FLOPS_PER_S = 7e10
+  DEFAULT_STEP_OVERHEAD_S = 0.02
 
   def __init__(self):
     self.steps: list[tuple[float, float]] = []   # (flops per step, seconds per step)
@@ -774,11 +801,15 @@ def evaluate_pending(out_dir: str, max_batches: int = 0) -> int:
 
 def closest_size(family: Family, base: Base, n_target: float, num_layers: int | None = 2,
                  aspect_ratio: float | None = None, limit: int = 8192) -> int:
-  """The d_model (a multiple of d_kv) whose non-embedding parameter count is nearest `n_target`
-  in log space; N grows with d_model, so the search stops once it passes the target."""
-  best, best_gap = family.d_kv, math.inf
-  for d_model in range(family.d_kv, limit + 1, family.d_kv):
-    n = size_of(family, d_model, base, num_layers, aspect_ratio)[2]
+  """The d_model (a multiple of SIZE_STEP that splits into heads) whose non-embedding parameter
+  count is nearest `n_target` in log space; N grows with d_model, so the search stops once it
+  passes the target."""
+  best, best_gap = SIZE_STEP, math.inf
+  for d_model in range(SIZE_STEP, limit + 1, SIZE_STEP):
+    try:
+      n = size_of(family, d_model, base, num_layers, aspect_ratio)[2]
+    except UsageError:  # no whole number of heads
+      continue
     gap = abs(math.log(n / n_target))
     if gap < best_gap:
       best, best_gap = d_model, gap
@@ -978,18 +1009,24 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument('--out_dir', required=name == 'run', default='/tmp/t5x_lite/scaling')
     s.add_argument('--family', default='t5_1_1', choices=sorted(FAMILIES))
     s.add_argument('--sizes', default=','.join(map(str, DEFAULT_SIZES)),
-                   help='d_model values, comma-separated (multiples of d_kv=32)')
+                   help=f'd_model values, comma-separated (multiples of {SIZE_STEP}; heads of '
+                   'about 32)')
+    s.add_argument('--sizes_per_budget', type=int, default=None,
+                   help=f'iso-FLOP: each budget trains this many consecutive sizes, sliding up '
+                   f'with the budget (default {DEFAULT_WINDOW} when --flops has 2+ budgets and '
+                   f'there are more sizes; 0: every size at every budget)')
     s.add_argument('--num_layers', type=int, default=2, help='layers per stack (fixed depth)')
     s.add_argument('--aspect_ratio', type=float, default=None,
                    help='instead of --num_layers: layers = d_model / aspect_ratio')
-    s.add_argument('--steps', help=f'steps per run, comma-separated (default {DEFAULT_STEPS})')
+    s.add_argument('--steps', help='steps per run, comma-separated')
     s.add_argument('--tokens', help='token budgets per run (inputs + targets), comma-separated')
-    s.add_argument('--flops', help='iso-FLOP budgets: each size trains for budget / FLOPs per step')
+    s.add_argument('--flops', help='iso-FLOP budgets: each size trains for budget / FLOPs per '
+                   f"step (the default: {','.join(f'{b:g}' for b in DEFAULT_FLOPS)})")
     s.add_argument('--heldout', type=float, default=HELDOUT_FACTOR,
                    help='with 2+ --flops budgets: after the grid, train the size the fit calls '
                    'compute-optimal at this many times the largest budget and compare its loss '
                    'with the prediction (0: no held-out run)')
-    s.add_argument('--corpus', default='wiki', choices=sorted(CORPORA),
+    s.add_argument('--corpus', default='english', choices=sorted(CORPORA),
                    help='offline text the runs train and validate on: wiki (the bundled 2.8 MB '
                    'Wikipedia sample) or english (offline_english, 53.8 MB)')
     s.add_argument('--vocab_size', type=int, default=DEFAULT_VOCAB_SIZE,
@@ -1059,7 +1096,12 @@ def run(args, extra: Sequence[str]) -> int:
                        f'{base.task}; drop --corpus or the MIXTURE_OR_TASK_NAME binding.')
     base = dataclasses.replace(base, task=f"{args.corpus}_{base.task[len('wiki_'):]}")
     data_bindings = [f'MIXTURE_OR_TASK_NAME = {base.task!r}']
-  specs = build_grid(family, sizes, budget_kind, budgets, base, args.num_layers, args.aspect_ratio)
+  window = args.sizes_per_budget
+  if window is None:
+    window = DEFAULT_WINDOW if (budget_kind == 'flops' and len(budgets) > 1
+                                and len(set(sizes)) > DEFAULT_WINDOW) else 0
+  specs = build_grid(family, sizes, budget_kind, budgets, base, args.num_layers, args.aspect_ratio,
+                     window or None)
   say(f'Sweep: {args.family} ({family.description}) on {base.task}, batch {base.batch_size}, '
       f'lengths {base.task_feature_lengths}, vocabulary {base.config.vocab_size} rows.')
   sweep = Sweep(out_dir, specs)
@@ -1075,6 +1117,12 @@ def run(args, extra: Sequence[str]) -> int:
                              corpus_name=corpus_name)
     vocab_bindings += [f'VOCAB_SIZE = {base.config.vocab_size}',
                        f'get_vocabulary.spm_path = {spm!r}']
+  corpus_tokens = None
+  if own_vocab and not args.dry_run:
+    from t5x_lite import vocab  # pylint: disable=import-outside-toplevel
+    corpus_tokens = vocab.corpus_tokens(spm, corpus_name)
+    say(f'Corpus: {corpus_name}, {corpus_tokens:,} training tokens; the longest run reads '
+        f'{max(s.tokens for s in specs) / corpus_tokens:.2f} epochs of them (inputs + targets).')
   train_flags = list(extra)
   if args.dry_run:
     for s in specs:
@@ -1095,7 +1143,8 @@ def run(args, extra: Sequence[str]) -> int:
     raise UsageError(f"{out_dir} holds a {old['family']} sweep; use a new --out_dir for "
                      f'{args.family} (one family per fit).')
   state = {'family': args.family, 'task': base.task, 'mode': args.mode,
-           'command': shlex.join(['launch/scaling.py', *args.argv]), 'timing': old.get('timing')}
+           'command': shlex.join(['launch/scaling.py', *args.argv]), 'timing': old.get('timing'),
+           'corpus_tokens': corpus_tokens or old.get('corpus_tokens')}
   write_json(state_path, state)
   write_run_files(out_dir, specs, args.family, args.base_gin, vocab_bindings, train_flags)
   if args.mode != 'local':

@@ -145,6 +145,21 @@ def ensure_default_spm(vocab_size: int = DEFAULT_VOCAB_SIZE,
   return str(path)
 
 
+def corpus_tokens(spm_path: str, corpus_name: str = 'wiki_sample', split: str = 'train') -> int:
+  """Pieces in a split of an offline corpus under a SentencePiece model: how much text a sweep
+  can read before it repeats. Counted once per model, then read from a file beside it."""
+  import json  # pylint: disable=import-outside-toplevel
+  cache = Path(f'{spm_path}.{corpus_name}.{split}.tokens.json')
+  if cache.is_file():
+    return int(json.loads(cache.read_text())['tokens'])
+  processor = spm.SentencePieceProcessor(model_file=str(spm_path))
+  tokens = 0
+  for _, text in _corpora()[corpus_name][1](split):
+    tokens += len(processor.encode(text))
+  cache.write_text(json.dumps({'tokens': tokens, 'corpus': corpus_name, 'split': split}))
+  return tokens
+
+
 class DefaultSentencePieceVocabulary(seqio.SentencePieceVocabulary):
   """The default vocabulary, trained on first use rather than when a task is registered.
 

@@ -90,6 +90,37 @@ def test_token_and_iso_flop_budgets_set_steps(default_grid):
   assert iso[1].steps == 40 and iso[0].steps > iso[1].steps
 
 
+def test_heads_are_about_32_wide_and_one_below():
+  family = scaling.FAMILIES['t5_1_1']
+  shape = lambda d: (lambda f: (f['num_heads'], f['d_kv']))(scaling.model_fields(family, d))
+  assert [shape(d) for d in (8, 24, 32, 48, 96, 512)] == [
+      (1, 8), (1, 24), (1, 32), (2, 24), (3, 32), (16, 32)]
+
+
+def test_iso_flop_windows_slide_up_with_the_budget(default_grid):
+  base, _ = default_grid
+  family = scaling.FAMILIES['t5_1_1']
+  sizes = [8, 16, 24, 32, 48, 64, 96]
+  specs = scaling.build_grid(family, sizes, 'flops', [5e12, 5e11, 1.6e12], base,
+                             sizes_per_budget=5)
+  used = {b: [s.d_model for s in specs if s.budget == f'flops={b:g}'] for b in (5e11, 1.6e12, 5e12)}
+  assert used == {5e11: sizes[0:5], 1.6e12: sizes[1:6], 5e12: sizes[2:7]}
+  every = scaling.build_grid(family, sizes, 'flops', [5e11, 5e12], base)
+  assert len(every) == 14
+
+
+def test_the_default_sweep_is_iso_flop_on_offline_english(tmp_path, capsys):
+  assert scaling.main(['plan', f'--out_dir={tmp_path}']) == 0
+  printed = capsys.readouterr().out
+  assert 'on english_span_corruption' in printed
+  budgets = scaling.DEFAULT_FLOPS
+  assert len(budgets) >= 3 and max(budgets) / min(budgets) >= 10
+  rows = [line.split() for line in printed.splitlines() if line.startswith('d0')]
+  assert len(rows) == len(budgets) * scaling.DEFAULT_WINDOW
+  for b in budgets:
+    assert sum(float(r[-2]) == b for r in rows) == scaling.DEFAULT_WINDOW
+
+
 def test_aspect_ratio_scales_depth_with_width():
   family = scaling.FAMILIES['t5_1_1']
   assert scaling.model_fields(family, 256, aspect_ratio=64)['num_encoder_layers'] == 4
@@ -452,9 +483,9 @@ def test_heldout_run_is_sized_and_predicted_by_the_fit_then_scored(tmp_path, def
   assert json.load(open(os.path.join(out, 'heldout.json'))) == saved
   assert held.budget == 'heldout=1.6e+14' and saved['fitted_budgets'] == [1e13, 2e13, 4e13]
   assert held.steps == round(1.6e14 / held.flops_per_step)
-  # The size nearest the fitted N_opt: no other multiple of d_kv is closer in log N.
+  # The size nearest the fitted N_opt: no other size is closer in log N.
   gap = lambda d: abs(np.log(scaling.size_of(family, d, base)[2] / saved['n_opt']))
-  assert gap(held.d_model) <= min(gap(held.d_model - 32), gap(held.d_model + 32))
+  assert all(gap(held.d_model) <= gap(d) for d in range(8, 512, 8) if d % round(d / 32) == 0)
   # Exact losses: L(N, D) is recovered, so the prediction is the surface at the run's (N, D).
   assert saved['predicted_loss'] == pytest.approx(surface(held), rel=1e-3)
   assert scaling.heldout_run(out, family, base, bootstrap=4) == (held, saved)  # read back
@@ -589,7 +620,9 @@ def test_the_english_corpus_sweep_trains_and_tokenizes_on_it(tmp_path, capsys):
 
 @pytest.mark.parametrize('argv,message', [
     (['--steps=10', '--tokens=1e5'], 'one of --steps'),
-    (['--sizes=32,48'], 'multiple of d_kv'),
+    (['--sizes=32,44'], 'multiple of 8'),
+    (['--sizes=32,88'], 'split into 3 heads'),
+    (['--flops=1e12,4e12', '--sizes_per_budget=2'], 'needs 3 to 5'),
     (['--sizes=64'], 'two model sizes'),
     (['--', '--gin.t5x_lite.models.T5Config.d_model=64'], 'sets d_model'),
     (['--', '--gin.TRAIN_STEPS=5'], 'sets TRAIN_STEPS'),
@@ -608,12 +641,20 @@ def test_real_two_step_sweep_trains_evaluates_and_reports(tmp_path):
   """The real thing, tiny: 3 sizes x 2 steps, validation capped at 2 batches."""
   out = tmp_path / 'sweep'
   command = [sys.executable, scaling.__file__, 'run', f'--out_dir={out}', '--sizes=32,64,96',
-             '--steps=2', '--eval_batches=2', '--', '--gin.train.log_period=1',
+             '--steps=2', '--eval_batches=2', '--corpus=wiki', '--', '--gin.train.log_period=1',
              '--gin.learning_rate_schedule.warmup_steps=1']
   done = subprocess.run(command, capture_output=True, text=True, cwd=scaling.REPO)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
   rows = scaling.collect(str(out))
   assert [r['loss_source'] for r in rows] == ['validation'] * 3
   assert (out / 'scaling.png').exists() and (out / 'report.md').exists()
+  # Its own 4000-piece vocabulary splits the bundled corpus's training text into this many
+  # tokens, counted by sentencepiece itself over the TFDS train split.
+  import sentencepiece as spm
+  from t5x_lite.data import corpus
+  processor = spm.SentencePieceProcessor(model_file=str(next((out / 'vocab').glob('*.model'))))
+  text = corpus.prepare_corpus(name='wiki_sample').as_dataset(split='train')  # what runs read
+  expected = sum(len(processor.encode(x['text'].numpy().decode())) for x in text)
+  assert json.load(open(out / 'summary.json'))['corpus_tokens'] == expected
   again = subprocess.run(command, capture_output=True, text=True, cwd=scaling.REPO)
   assert '3 of 3 runs already complete' in again.stdout
