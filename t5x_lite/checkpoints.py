@@ -220,6 +220,11 @@ class Checkpointer:
 
   def close(self):
     self.wait()
+    # Orbax's close() leaves its start-up clean-up of temporary directories running (a private
+    # future); a process that exits right after would see it die at shutdown with a traceback.
+    finish_cleanup = getattr(self._manager, '_maybe_await_cleanup_tmp_directory', None)
+    if finish_cleanup is not None:
+      finish_cleanup()
     self._manager.close()
 
 

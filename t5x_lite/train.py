@@ -112,6 +112,10 @@ def train(*,
         f'({vocabulary.vocab_size} ids incl. sentinels); raise VOCAB_SIZE to at least that.')
   import tasks  # registers tasks with the gin-configured vocabulary
   tasks.register_all(vocabulary)
+  try:  # an unknown task is that, before any MODEL_DIR comparison or checkpoint manager
+    pipeline.get_task(mixture_or_task_name)
+  except ValueError as e:
+    raise gin_utils.UsageError(str(e)) from e
 
   tx = trainer.make_optimizer(trainer.learning_rate_schedule())
   setup = trainer.setup_train_state(model_config, tx, seed, mesh, rules)
@@ -129,7 +133,7 @@ def train(*,
             seed=seed, num_data_shards=shards,
             data_shards=_host_data_shards(batch_sharding, batch_size, shards),
             feature_converter=models.feature_converter(model_config))
-      except ValueError as e:
+      except (ValueError, FileNotFoundError) as e:  # bad settings; a dataset not prepared
         raise gin_utils.UsageError(str(e)) from e
 
     def resumed_batches(data_state: Mapping) -> pipeline.DataIterator:
@@ -138,10 +142,15 @@ def train(*,
                           or jax.process_count())
 
     ckpt = checkpoints.Checkpointer(os.path.join(model_dir, 'checkpoints'), keep=keep_checkpoints)
-    restored = ckpt.restore(setup.abstract_state, resumed_batches)
+    try:
+      restored = ckpt.restore(setup.abstract_state, resumed_batches)
+      if restored is None:  # bad data config: fail fast
+        batches = make_batches(num_data_shards or jax.process_count())
+    except BaseException:
+      ckpt.close()  # else its clean-up thread dies at exit with a traceback after our error line
+      raise
     skipped = 0
     if restored is None:
-      batches = make_batches(num_data_shards or jax.process_count())  # bad data config: fail fast
       start_step = 0
       if initial_checkpoint_path:
         try:
