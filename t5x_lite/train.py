@@ -14,10 +14,12 @@ if __name__ == '__main__':
   from t5x_lite import train as _module
   sys.exit(_module.main())
 
+import contextlib
 import hashlib
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -28,7 +30,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from t5x_lite import (checkpoints, decoding, distributed, gin_utils, hardware, partitioning,
+from t5x_lite import (checkpoints, decoding, distributed, gin_utils, hardware, partitioning, paths,
                       trainer, vocab)
 from t5x_lite import eval as eval_lib
 from t5x_lite.data import pipeline
@@ -122,7 +124,7 @@ def train(*,
   data_config = {'task': mixture_or_task_name, 'seed': seed, 'batch_size': batch_size,
                  'task_feature_lengths': dict(task_feature_lengths),
                  'vocabulary': _vocabulary_id(vocabulary)}
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules), _only_trainer(model_dir, is_main):
     batch_spec = partitioning.logical_to_mesh_spec(('batch', 'length'), rules, mesh)
     batch_sharding = jax.sharding.NamedSharding(mesh, batch_spec)
 
@@ -359,6 +361,24 @@ def _save_failed(ckpt: checkpoints.Checkpointer, error: OSError) -> gin_utils.Us
       f'could not write a checkpoint to {ckpt.directory} ({error}); the last complete checkpoint '
       f'is step {ckpt.last_good_step}. {checkpoints.save_failure_advice(error)}, then rerun the '
       'same command to resume.')
+
+
+@contextlib.contextmanager
+def _only_trainer(model_dir: str, is_main: bool):
+  """Two trainers on one MODEL_DIR would interleave checkpoints and metrics: the job's main
+  process holds MODEL_DIR/.trainer.lock while it trains (released when it exits, however)."""
+  if not is_main:
+    yield
+    return
+  owner = (f'host {socket.gethostname()}, pid {os.getpid()}, started '
+           f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+  try:
+    with paths.owner_lock(os.path.join(model_dir, '.trainer.lock'), owner):
+      yield
+  except paths.Locked as e:
+    raise gin_utils.UsageError(
+        f'MODEL_DIR {model_dir} is in use by another trainer ({e}); wait for it to finish or stop '
+        'it, or set --gin.MODEL_DIR to another directory.') from None
 
 
 def _close(ckpt: checkpoints.Checkpointer, writer: trainer.MetricsWriter) -> None:

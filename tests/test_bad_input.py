@@ -94,6 +94,17 @@ def _truncated_corpus_shard(tmp: Path) -> dict[str, str]:
   return env
 
 
+def _flipped_byte_in_corpus_shard(tmp: Path) -> dict[str, str]:
+  """One bit flipped inside a record's text: the framing still adds up, the record's CRC does
+  not (tf.data would stop mid-training with a DataLossError)."""
+  env, copy = _prepared_corpus(tmp)
+  shard = next(copy.glob('wiki_sample-train.tfrecord-*'))
+  data = bytearray(shard.read_bytes())
+  data[len(data) // 2] ^= 0x20
+  shard.write_bytes(bytes(data))
+  return env
+
+
 def _corrupt_corpus_info(tmp: Path) -> dict[str, str]:
   env, copy = _prepared_corpus(tmp)
   (copy / 'dataset_info.json').write_text('{"name": "wiki_sample", ')
@@ -359,13 +370,17 @@ CASES: list[Case] = [
     Case('prepared_corpus_truncated', (),
          r'prepared corpus file .*wiki_sample-train\.tfrecord-00000-of-00001 is truncated or '
          r'corrupt .*'
-         r'delete .*wiki_sample/1\.0\.0', _truncated_corpus_shard),
+         r'rm -r .*wiki_sample/1\.0\.0', _truncated_corpus_shard),
+    Case('prepared_corpus_byte_flipped', (),
+         r'prepared corpus file .*wiki_sample-train\.tfrecord-00000-of-00001 does not match the '
+         r'checksum recorded when it was prepared.*`rm -r .*wiki_sample/1\.0\.0`',
+         _flipped_byte_in_corpus_shard),
     Case('prepared_corpus_file_missing', (),
          r'prepared corpus file .*wiki_sample-validation\.tfrecord-00000-of-00001 is missing.*'
-         r'delete .*wiki_sample/1\.0\.0', _missing_corpus_shard),
+         r'rm -r .*wiki_sample/1\.0\.0', _missing_corpus_shard),
     Case('prepared_corpus_info_corrupt', (),
          r'prepared corpus file .*wiki_sample/1\.0\.0/dataset_info\.json cannot be read.*'
-         r'delete .*wiki_sample/1\.0\.0 and rerun',
+         r'rm -r .*wiki_sample/1\.0\.0` and rerun',
          _corrupt_corpus_info),
     # command line and distributed set-up
     Case('unknown_argument', ('--frobnicate=1',), r"unknown arguments \['--frobnicate=1'\]"),
