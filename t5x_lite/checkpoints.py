@@ -29,6 +29,21 @@ from etils import epath
 
 from t5x_lite.gin_utils import UsageError
 
+# Orbax warns `Metadata file does not exist: STEP/state/_CHECKPOINT_METADATA` for every item it
+# restores: the manager writes that file per step, not per item, so its absence there is normal
+# (a step without its own is still reported).
+ITEMS = ('state', 'data', 'iterator')
+
+
+def _not_item_metadata_warning(record: logging.LogRecord) -> bool:
+  message = record.getMessage()
+  prefix = 'Metadata file does not exist: '
+  parts = message[len(prefix):].rstrip('/').split('/')
+  return not (message.startswith(prefix) and len(parts) >= 2 and parts[-2] in ITEMS)
+
+
+logging.getLogger('absl').addFilter(_not_item_metadata_warning)
+
 log = logging.getLogger(__name__)
 
 
@@ -79,7 +94,7 @@ class Checkpointer:
         cleanup_tmp_directories=True,
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=('state', 'data', 'iterator'))
+                                          item_names=ITEMS)
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
