@@ -60,6 +60,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if REPO not in sys.path:
   sys.path.insert(0, REPO)  # `python launch/scaling.py` imports launch.* and t5x_lite
 
+import t5x_lite  # noqa: E402,F401  (before JAX: quiet start-up, CPU on a host without chips)
 from launch.scaling_fit import (HELDOUT, compute_optimal, fit_isoflop, fit_rows,  # noqa: E402
                                 isoflop_columns, predict_compute_optimal_loss)
 from launch.scaling_report import (format_seconds, isoflop_markdown, plot,  # noqa: E402

@@ -19,3 +19,7 @@ if 'JAX_PLATFORMS' not in _os.environ and not _has_accelerator():
   _os.environ['JAX_PLATFORMS'] = 'cpu'
   if 'jax' in _sys.modules:  # imported first: its config has read the environment already
     _sys.modules['jax'].config.update('jax_platforms', 'cpu')
+
+from t5x_lite import quiet as _quiet  # noqa: E402  (before anything imports TensorFlow)
+
+_quiet.install()

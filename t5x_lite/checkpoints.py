@@ -29,6 +29,21 @@ from etils import epath
 
 from t5x_lite.gin_utils import UsageError
 
+# Orbax warns `Metadata file does not exist: STEP/state/_CHECKPOINT_METADATA` for every item it
+# restores: the manager writes that file per step, not per item, so its absence there is normal
+# (a step without its own is still reported).
+ITEMS = ('state', 'data', 'iterator')
+
+
+def _not_item_metadata_warning(record: logging.LogRecord) -> bool:
+  message = record.getMessage()
+  prefix = 'Metadata file does not exist: '
+  parts = message[len(prefix):].rstrip('/').split('/')
+  return not (message.startswith(prefix) and len(parts) >= 2 and parts[-2] in ITEMS)
+
+
+logging.getLogger('absl').addFilter(_not_item_metadata_warning)
+
 log = logging.getLogger(__name__)
 
 
@@ -79,7 +94,7 @@ class Checkpointer:
         cleanup_tmp_directories=True,
     )
     self._manager = ocp.CheckpointManager(self.directory, options=options,
-                                          item_names=('state', 'data', 'iterator'))
+                                          item_names=ITEMS)
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -101,6 +116,8 @@ class Checkpointer:
     last line of defence)."""
     self.wait()
     check_finite(state)
+    if jax.process_count() == 1:
+      data = {**data, 'checksums': checksums(state)}
     items = {'state': ocp.args.StandardSave(state)}
     if iterator is not None:
       items['iterator'] = DataIteratorSave(iterator)
@@ -166,6 +183,7 @@ class Checkpointer:
           items['iterator'] = DataIteratorRestore(iterator)
         state = self._manager.restore(s, args=ocp.args.Composite(**items))['state']
         check_finite(state)
+        check_checksums(state, data.get('checksums'))
       except UsageError:
         raise
       except Exception as e:  # pylint: disable=broad-except
@@ -220,6 +238,11 @@ class Checkpointer:
 
   def close(self):
     self.wait()
+    # Orbax's close() leaves its start-up clean-up of temporary directories running (a private
+    # future); a process that exits right after would see it die at shutdown with a traceback.
+    finish_cleanup = getattr(self._manager, '_maybe_await_cleanup_tmp_directory', None)
+    if finish_cleanup is not None:
+      finish_cleanup()
     self._manager.close()
 
 
@@ -338,6 +361,52 @@ def _check_matches(saved_tree: Any, abstract: Any, what: str, fix: str) -> None:
       fix = ('It holds ' + ('unrolled' if unrolled[0] else 'scanned') + ' layers: add '
              f'--gin.t5x_lite.models.T5Config.scan_layers={not unrolled[0]} to read it.')
     raise UsageError(f'{what} was written by a different {kind} ({detail}). {fix}')
+
+
+def _as_uint32(x: jax.Array) -> jax.Array:
+  """The bits of `x` as uint32 words (narrower types widened, 8-byte ones split in two)."""
+  if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  if x.dtype == jnp.bool_:
+    x = x.astype(jnp.uint8)
+  unsigned = {1: jnp.uint8, 2: jnp.uint16, 4: jnp.uint32, 8: jnp.uint32}[x.dtype.itemsize]
+  return jax.lax.bitcast_convert_type(x, unsigned).astype(jnp.uint32)
+
+
+@jax.jit
+def _shard_sums(x: jax.Array) -> jax.Array:
+  """Two uint32 sums of one shard's words, plain and hashed (x·φ then an xor-shift): any
+  single flipped bit changes the first; the second catches damage that cancels in the first."""
+  words = _as_uint32(x).ravel()
+  mixed = words * jnp.uint32(0x9E3779B1)
+  mixed = mixed ^ (mixed >> 15)
+  return jnp.stack([jnp.sum(words, dtype=jnp.uint32), jnp.sum(mixed, dtype=jnp.uint32)])
+
+
+def checksums(tree: Any) -> dict[str, list[int]]:
+  """Per array, two 32-bit sums over its elements, computed on the devices that hold it, shard by
+  shard (one replica of each), and added on the host: independent of the sharding, so a state
+  restored onto another mesh is checked against the same numbers. Per-shard programs need no
+  collectives (see check_finite). Single-process: another process's shards are not here."""
+  pending = {}
+  for key, value in _flat(tree).items():
+    shards = ([s.data for s in value.addressable_shards if s.replica_id == 0]
+              if isinstance(value, jax.Array) else [jnp.asarray(value)])
+    pending[key] = [_shard_sums(shard) for shard in shards]
+  return {key: [int(v) % 2**32 for v in np.sum(np.asarray(jax.device_get(sums), np.uint64), 0)]
+          for key, sums in pending.items()}
+
+
+def check_checksums(state: Any, saved: dict | None) -> None:
+  """ValueError naming the first array whose bytes differ from what was saved (damage on disk
+  that still decodes: a flipped bit in the array data); nothing to check for a step saved without
+  checksums or in a multi-process job."""
+  if not saved or jax.process_count() > 1:
+    return
+  now = checksums(state)
+  for key, sums in saved.items():
+    if now.get(key) != sums:
+      raise ValueError(f'{key} does not match the checksum saved with it (damaged on disk)')
 
 
 def _flat(tree: Any) -> dict[str, Any]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import logging
 import math
 import os
 import re
@@ -93,11 +94,18 @@ def resolve_gin_file(path: str) -> str:
                    f'{REPO_GIN_DIR}); check the --gin_file path.')
 
 
+def _not_gin_path_probe(record: logging.LogRecord) -> bool:
+  return not (record.name == 'root' and record.getMessage().startswith('Path not found: '))
+
+
 def parse(files: list[str], bindings: list[str]) -> None:
   """Parses files then overrides; unknown names and syntax errors become UsageErrors."""
   if not files:
     raise UsageError('no --gin_file given; e.g. --gin_file=gin/runs/pretrain_tiny.gin')
   gin.add_config_file_search_path(REPO_ROOT)  # so `include 'gin/...'` works from any directory
+  # On the way to the search path gin tries each include as a Python package resource and logs
+  # `ERROR:root:Path not found` when it is not one; a file found nowhere is our own error line.
+  logging.getLogger().addFilter(_not_gin_path_probe)
   resolved = [resolve_gin_file(f) for f in files]
   try:
     gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=False)

@@ -75,6 +75,9 @@ def logical_axis_rules(preset: str = '2d', extra_rules: LogicalRules = ()) -> tu
 def resolve_mesh_shape(mesh_shape: Mapping[str, int], num_devices: int) -> dict[str, int]:
   """Fills a single -1 entry with "the rest of the devices" and checks the product."""
   shape = dict(mesh_shape)
+  if not all(isinstance(v, int) and not isinstance(v, bool) for v in shape.values()):
+    raise ValueError(f'MESH_SHAPE {shape}: every size must be an int (-1 for the one axis that '
+                     "takes the rest), e.g. {'data': -1, 'model': 2}.")
   unknown = [k for k, v in shape.items() if v == -1]
   if len(unknown) > 1:
     raise ValueError(f'MESH_SHAPE {shape} has more than one -1 entry; at most one axis can take '

@@ -48,3 +48,34 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
       yield
     finally:
       fcntl.flock(f, fcntl.LOCK_UN)
+
+
+class Locked(Exception):
+  """`owner_lock` found the lock held; the message is what its holder wrote (who and where)."""
+
+
+@contextlib.contextmanager
+def owner_lock(path: str | os.PathLike, owner: str) -> Iterator[None]:
+  """Holds an exclusive advisory lock on `path` for the block and writes `owner` into the file;
+  raises Locked with the holder's text at once if another process holds it.
+
+  An flock dies with its process, so a killed holder (kill -9, a lost host) leaves a file that
+  no longer locks anything: a restart is never blocked by a stale lock.
+  """
+  f = open(path, 'a+')  # pylint: disable=consider-using-with
+  try:
+    fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    f.seek(0)
+    holder = f.read().strip() or 'another process'
+    f.close()
+    raise Locked(holder) from None
+  try:
+    f.truncate(0)
+    f.write(owner + '\n')
+    f.flush()
+    yield
+  finally:
+    f.truncate(0)
+    fcntl.flock(f, fcntl.LOCK_UN)
+    f.close()

@@ -630,6 +630,11 @@ def main(argv=None) -> int:
     parser.add_argument('--json', action='store_true',
                         help='also print the figures as one JSON object, on the last line')
     args = parser.parse_args(rest)
+    for flag in ('num_devices', 'batch_size', 'nodes'):
+      value = getattr(args, flag)
+      if value is not None and value < 1:
+        raise gin_utils.UsageError(f'--{flag}={value}: must be 1 or more (leave it out for the '
+                                   'default).')
     target = targets.parse(args.target) if args.target else None
     if target:
       if args.chip not in (None, target.chip):
@@ -666,6 +671,7 @@ def main(argv=None) -> int:
     microbatches = _bound('make_train_step.num_microbatches') or 1
     try:
       rules = partitioning.logical_axis_rules(preset=preset)
+      partitioning.check_mesh_axes(mesh_shape, rules)
       p = plan(config, mesh_shape, num_devices, lengths, rules, batch_size=batch_size,
                chip=chip, nodes=args.nodes, num_microbatches=microbatches)
     except ValueError as e:

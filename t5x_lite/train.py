@@ -14,10 +14,12 @@ if __name__ == '__main__':
   from t5x_lite import train as _module
   sys.exit(_module.main())
 
+import contextlib
 import hashlib
 import math
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -28,7 +30,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from t5x_lite import (checkpoints, decoding, distributed, gin_utils, hardware, partitioning,
+from t5x_lite import (checkpoints, decoding, distributed, gin_utils, hardware, partitioning, paths,
                       trainer, vocab)
 from t5x_lite import eval as eval_lib
 from t5x_lite.data import pipeline
@@ -112,13 +114,17 @@ def train(*,
         f'({vocabulary.vocab_size} ids incl. sentinels); raise VOCAB_SIZE to at least that.')
   import tasks  # registers tasks with the gin-configured vocabulary
   tasks.register_all(vocabulary)
+  try:  # an unknown task is that, before any MODEL_DIR comparison or checkpoint manager
+    pipeline.get_task(mixture_or_task_name)
+  except ValueError as e:
+    raise gin_utils.UsageError(str(e)) from e
 
   tx = trainer.make_optimizer(trainer.learning_rate_schedule())
   setup = trainer.setup_train_state(model_config, tx, seed, mesh, rules)
   data_config = {'task': mixture_or_task_name, 'seed': seed, 'batch_size': batch_size,
                  'task_feature_lengths': dict(task_feature_lengths),
                  'vocabulary': _vocabulary_id(vocabulary)}
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules), _only_trainer(model_dir, is_main):
     batch_spec = partitioning.logical_to_mesh_spec(('batch', 'length'), rules, mesh)
     batch_sharding = jax.sharding.NamedSharding(mesh, batch_spec)
 
@@ -129,7 +135,7 @@ def train(*,
             seed=seed, num_data_shards=shards,
             data_shards=_host_data_shards(batch_sharding, batch_size, shards),
             feature_converter=models.feature_converter(model_config))
-      except ValueError as e:
+      except (ValueError, FileNotFoundError) as e:  # bad settings; a dataset not prepared
         raise gin_utils.UsageError(str(e)) from e
 
     def resumed_batches(data_state: Mapping) -> pipeline.DataIterator:
@@ -138,10 +144,15 @@ def train(*,
                           or jax.process_count())
 
     ckpt = checkpoints.Checkpointer(os.path.join(model_dir, 'checkpoints'), keep=keep_checkpoints)
-    restored = ckpt.restore(setup.abstract_state, resumed_batches)
+    try:
+      restored = ckpt.restore(setup.abstract_state, resumed_batches)
+      if restored is None:  # bad data config: fail fast
+        batches = make_batches(num_data_shards or jax.process_count())
+    except BaseException:
+      ckpt.close()  # else its clean-up thread dies at exit with a traceback after our error line
+      raise
     skipped = 0
     if restored is None:
-      batches = make_batches(num_data_shards or jax.process_count())  # bad data config: fail fast
       start_step = 0
       if initial_checkpoint_path:
         try:
@@ -350,6 +361,24 @@ def _save_failed(ckpt: checkpoints.Checkpointer, error: OSError) -> gin_utils.Us
       f'could not write a checkpoint to {ckpt.directory} ({error}); the last complete checkpoint '
       f'is step {ckpt.last_good_step}. {checkpoints.save_failure_advice(error)}, then rerun the '
       'same command to resume.')
+
+
+@contextlib.contextmanager
+def _only_trainer(model_dir: str, is_main: bool):
+  """Two trainers on one MODEL_DIR would interleave checkpoints and metrics: the job's main
+  process holds MODEL_DIR/.trainer.lock while it trains (released when it exits, however)."""
+  if not is_main:
+    yield
+    return
+  owner = (f'host {socket.gethostname()}, pid {os.getpid()}, started '
+           f"{time.strftime('%Y-%m-%d %H:%M:%S')}")
+  try:
+    with paths.owner_lock(os.path.join(model_dir, '.trainer.lock'), owner):
+      yield
+  except paths.Locked as e:
+    raise gin_utils.UsageError(
+        f'MODEL_DIR {model_dir} is in use by another trainer ({e}); wait for it to finish or stop '
+        'it, or set --gin.MODEL_DIR to another directory.') from None
 
 
 def _close(ckpt: checkpoints.Checkpointer, writer: trainer.MetricsWriter) -> None:

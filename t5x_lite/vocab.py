@@ -17,6 +17,7 @@ Command line: ``python -m t5x_lite.vocab --input=a.txt --input=b.txt --model_pre
 from __future__ import annotations
 
 import argparse
+import hashlib
 import io
 import os
 import time
@@ -127,11 +128,15 @@ def ensure_default_spm(vocab_size: int = DEFAULT_VOCAB_SIZE,
   Safe under concurrent first use (file lock; the losers wait, then find the model).
   """
   path = default_spm_path(vocab_size, corpus_name)
-  if path.is_file():
+  if path.is_file() and _cache_problem(path) is None:
     return str(path)
   with paths.file_lock(path.with_suffix('.lock')):
     if path.is_file():
-      return str(path)
+      problem = _cache_problem(path)
+      if problem is None:
+        return str(path)
+      print(f'The cached vocabulary {path} is damaged ({problem}); training it again.', flush=True)
+      path.unlink()
     start = time.time()
     text_path = path.with_suffix(f'.train{os.getpid()}.txt')
     try:
@@ -141,8 +146,38 @@ def ensure_default_spm(vocab_size: int = DEFAULT_VOCAB_SIZE,
       train_sentencepiece([text_path], path.with_suffix(''), vocab_size)
     finally:
       text_path.unlink(missing_ok=True)
+    _record_checksum(path)
     logging.info('Trained the vocabulary %s in %.1f s.', path, time.time() - start)
   return str(path)
+
+
+def _checksum_path(path: Path) -> Path:
+  return path.with_name(path.name + '.sha256')
+
+
+def _record_checksum(path: Path) -> None:
+  """Written aside and renamed: a concurrent reader never sees half a checksum."""
+  tmp = path.with_name(f'{path.name}.sha256.{os.getpid()}')
+  tmp.write_text(hashlib.sha256(path.read_bytes()).hexdigest() + '\n')
+  tmp.replace(_checksum_path(path))
+
+
+def _cache_problem(path: Path) -> str | None:
+  """What is wrong with a cached model (a cut copy, a flipped byte, garbage), or None. A model
+  cached before checksums were kept gets one once it parses."""
+  data = path.read_bytes()
+  recorded = _checksum_path(path)
+  if recorded.is_file():
+    if recorded.read_text().strip() != hashlib.sha256(data).hexdigest():
+      return 'it does not match the checksum recorded when it was trained'
+    return None
+  try:
+    if not data or spm.SentencePieceProcessor(model_proto=data).get_piece_size() == 0:
+      return 'it is empty'
+  except RuntimeError:
+    return 'it is not a SentencePiece model'
+  _record_checksum(path)
+  return None
 
 
 def corpus_tokens(spm_path: str, corpus_name: str = 'wiki_sample', split: str = 'train') -> int:

@@ -124,3 +124,35 @@ def test_a_state_that_is_not_finite_is_never_written(tmp_path):
     ckpt.save(2, {**_state(2), 'params': {'w': jnp.full((4, 8), jnp.inf)}}, {'batch': 2})
   ckpt.close()
   assert ckpt.all_steps() == [1] and ckpt.last_good_step == 1
+
+
+def _numpy_sums(x: np.ndarray) -> list[int]:
+  """The checksum by hand: the array's bytes as little-endian words (uint32; narrower types
+  widened), their sum mod 2^32, and the sum of w·0x9E3779B1 xor (that >> 15), mod 2^32."""
+  x = np.asarray(x)
+  if x.dtype == np.bool_:
+    x = x.astype(np.uint8)
+  words = x.view({1: np.uint8, 2: np.uint16, 4: np.uint32}[x.dtype.itemsize]).astype(np.uint64)
+  words = words.ravel()
+  mixed = (words * 0x9E3779B1) % 2**32
+  mixed ^= mixed >> 15
+  return [int(words.sum() % 2**32), int(mixed.sum() % 2**32)]
+
+
+def test_checksums_match_numpy_and_do_not_depend_on_the_sharding():
+  rng = np.random.default_rng(0)
+  tree = {'f32': rng.normal(size=(16, 24)).astype(np.float32),
+          'bf16': jnp.asarray(rng.normal(size=(8, 4)), jnp.bfloat16),
+          'i32': rng.integers(-2**31, 2**31 - 1, size=(40,), dtype=np.int32),
+          'flag': np.array([True, False, True])}
+  want = {k: _numpy_sums(np.asarray(v)) for k, v in tree.items()}
+  assert checkpoints.checksums(tree) == want
+  n = len(jax.devices())
+  mesh = partitioning.create_mesh({'data': n})
+  for spec in (P('data'), P(None, 'data'), P()):  # row shards, column shards, replicated
+    placed = jax.device_put(tree['f32'], NamedSharding(mesh, spec)) if 24 % n == 0 else None
+    if placed is not None:
+      assert checkpoints.checksums({'f32': placed}) == {'f32': want['f32']}
+  flipped = tree['f32'].copy()
+  flipped.view(np.uint32)[3, 5] ^= 1 << 17
+  assert checkpoints.checksums({'f32': flipped}) != {'f32': want['f32']}

@@ -223,3 +223,24 @@ def test_a_batch_whose_attention_scores_do_not_fit_is_refused_before_allocating(
   with pytest.raises(infer.UsageError, match=rf'32 line\(s\) padded to 10000 input tokens need '
                      rf'about {need:.1f} GiB .* of the 16\.0 GiB free'):
     infer.check_fits(TINY, 32, 10_000, 128)
+
+
+def test_a_real_process_from_another_directory_prints_only_its_result(model_dir, tmp_path):
+  """No start-up noise, no `Metadata file does not exist` per restored item, and no gin
+  `ERROR:root:Path not found` for an include found on the repo's search path."""
+  import subprocess
+  import sys
+  (tmp_path / 'run.gin').write_text(f"include '{model_dir / 'model.gin'}'\n"
+                                    "include 'gin/runs/scaling.gin'\n")  # found via the repo root
+  (tmp_path / 'model.gin').write_text(f"include '{tmp_path / 'run.gin'}'\n"
+                                      f"include '{model_dir / 'model.gin'}'\n")
+  infile = write_jsonl(tmp_path / 'in.jsonl', [{'inputs': TEXT[0]}])
+  done = subprocess.run(
+      [sys.executable, '-m', 't5x_lite.infer', '--mode=predict',
+       f'--gin_file={tmp_path / "model.gin"}', f'--checkpoint_dir={model_dir}',
+       f'--input_file={infile}', f'--output_file={tmp_path / "out.jsonl"}',
+       f'--inputs_length={LENGTH}', '--max_decode_length=4'],
+      cwd=tmp_path, capture_output=True, text=True, timeout=600)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stderr == ''
+  assert done.stdout.strip().splitlines()[-1] == f'Wrote 1 predictions to {tmp_path / "out.jsonl"}.'

@@ -153,6 +153,13 @@ def test_cli_prints_the_table_for_xl_on_v5p_64(capsys):
     ('--chip=tpu_v9', "unknown --chip 'tpu_v9'; choose one of a100, b200, h100, h200, tpu_v4"),
     ("--mesh={'data': 3}", "needs 3 devices but 64 are available"),
     ('--batch_size=100', 'batch_size 100'),
+    ('--num_devices=0', '--num_devices=0: must be 1 or more'),
+    ('--num_devices=-8', '--num_devices=-8: must be 1 or more'),
+    ('--batch_size=0', '--batch_size=0: must be 1 or more'),
+    ('--batch_size=-1', '--batch_size=-1: must be 1 or more'),
+    ('--nodes=0', '--nodes=0: must be 1 or more'),
+    ("--mesh={'dta': 64}", "MESH_SHAPE axis 'dta' is not one"),
+    ("--mesh={'data': '64'}", 'every size must be an int'),
 ])
 def test_bad_input_is_a_one_line_error_with_exit_2(capsys, flag, needle):
   code, out, err = run_cli(['--gin_file=gin/models/t5_1_1/small.gin', '--chip=tpu_v5p',

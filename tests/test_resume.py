@@ -240,7 +240,7 @@ def _raw_params(step_dir) -> dict:
 
 
 @pytest.mark.parametrize('damage', ['delete_array_data', 'truncate_array_data',
-                                    'delete_input_position'])
+                                    'flip_a_bit_in_array_data', 'delete_input_position'])
 def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_previous_one_used(
     straight, at_step_4, tmp_path, capsys, damage):
   want, _ = straight
@@ -253,15 +253,25 @@ def test_a_corrupt_newest_checkpoint_is_set_aside_and_the_previous_one_used(
     for path in array_data_files(step8):
       if damage == 'delete_array_data':
         os.remove(path)
+      elif damage == 'flip_a_bit_in_array_data':
+        break  # below: one bit of one stored parameter, found by its bytes
       else:
         with open(path, 'r+b') as f:
           f.truncate(os.path.getsize(path) // 2)
+  if damage == 'flip_a_bit_in_array_data':  # still decodes (to other values): checksums see it
+    path = max(array_data_files(step8), key=os.path.getsize)  # the arrays' bytes, compressed
+    data = bytearray(open(path, 'rb').read())
+    data[len(data) // 2] ^= 0x04
+    open(path, 'wb').write(bytes(data))
+    assert _leaves(_raw_state(step8))  # Orbax reads it without complaint
   # A leftover temporary directory from a save that never finished.
   os.makedirs(model_dir / 'checkpoints' / '12.orbax-checkpoint-tmp-1234' / 'state')
   capsys.readouterr()
   assert in_process(model_dir) == 0
   out = capsys.readouterr().out
   assert 'checkpoint step 8' in out and 'could not be restored' in out, out
+  if damage == 'flip_a_bit_in_array_data':
+    assert 'does not match the checksum saved with it' in out, out
   assert 'Resumed from step 4' in out
   assert losses(model_dir) == want
   aside = os.listdir(model_dir / 'corrupt_checkpoints')

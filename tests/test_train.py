@@ -108,3 +108,37 @@ def test_scanned_layers_save_and_resume_exactly(tmp_path, capsys):
   assert [r['step'] for r in resumed] == [4, 5, 6]
   np.testing.assert_allclose([r['loss'] for r in resumed], [r['loss'] for r in straight[3:]],
                              rtol=1e-5)
+
+
+def test_one_trainer_per_model_dir_and_a_killed_one_never_blocks(tmp_path, capsys):
+  """A second trainer on a MODEL_DIR in use exits 2 naming the first (host, pid); once the first
+  is killed with SIGKILL (no clean-up at all), the same command trains."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  first = subprocess.Popen(
+      [sys.executable, '-m', 't5x_lite.train', *MICRO, f'--gin.MODEL_DIR={tmp_path}',
+       '--gin.TRAIN_STEPS=100000', '--gin.CHECKPOINT_PERIOD=100000'],
+      cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  try:
+    for line in first.stdout:  # training has begun: the lock is held
+      if line.startswith('step '):
+        break
+    gin.clear_config()
+    try:
+      code = train.main([*MICRO, f'--gin.MODEL_DIR={tmp_path}', '--gin.TRAIN_STEPS=1'])
+    finally:
+      gin.clear_config()
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f'MODEL_DIR {tmp_path} is in use by another trainer (host ' in err
+    assert f'pid {first.pid},' in err and len(err.strip().splitlines()) == 1
+  finally:
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+  assert (tmp_path / '.trainer.lock').exists()  # left behind, but it locks nothing now
+  rows = _train(tmp_path, '--gin.TRAIN_STEPS=1')
+  assert rows[-1]['step'] == 1
+  assert (tmp_path / '.trainer.lock').read_text() == ''  # released

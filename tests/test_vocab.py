@@ -1,6 +1,8 @@
 """t5x_lite.vocab: T5's special ids and sentinels, training, the CLI, and gin selection."""
 
 import copy
+import os
+import shutil
 import subprocess
 import sys
 
@@ -99,3 +101,39 @@ def test_missing_user_model_is_a_clear_error(tmp_path):
   missing = str(tmp_path / 'nope.model')
   with pytest.raises(FileNotFoundError, match='nope.model.*does not exist'):
     vocab.get_vocabulary(spm_path=missing)
+
+
+@pytest.fixture(scope='module')
+def small_cache(tmp_path_factory):
+  """A cache dir holding a freshly trained 600-piece default-corpus vocabulary and its checksum."""
+  root = tmp_path_factory.mktemp('cache')
+  with pytest.MonkeyPatch.context() as m:
+    m.setenv('T5X_LITE_DATA_DIR', str(root))
+    vocab.ensure_default_spm(600)
+  return root
+
+
+@pytest.mark.parametrize('damage,checksum', [
+    (lambda b: b[:len(b) // 2], False),                      # a cut copy, cached before checksums
+    (lambda b: b'', False),                                  # an empty file
+    (lambda b: b'\x00garbage' * 100, False),                 # not a model at all
+    (lambda b: b[:1000] + bytes([b[1000] ^ 1]) + b[1001:], True),  # one flipped bit
+])
+def test_a_damaged_cached_vocabulary_is_trained_again(damage, checksum, small_cache, tmp_path,
+                                                       monkeypatch, capsys):
+  """Said in one line, then retrained to the same bytes (training is deterministic)."""
+  shutil.copytree(small_cache, tmp_path / 'cache')
+  monkeypatch.setenv('T5X_LITE_DATA_DIR', str(tmp_path / 'cache'))
+  path = vocab.ensure_default_spm(600)
+  good = open(path, 'rb').read()
+  assert os.path.exists(path + '.sha256')
+  if not checksum:
+    os.remove(path + '.sha256')
+  with open(path, 'wb') as f:
+    f.write(damage(good))
+  capsys.readouterr()
+  assert vocab.ensure_default_spm(600) == path
+  out = capsys.readouterr().out
+  assert out.startswith(f'The cached vocabulary {path} is damaged (') and out.count('\n') == 1
+  assert open(path, 'rb').read() == good
+  assert vocab.ensure_default_spm(600) == path and not capsys.readouterr().out  # healed

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import hashlib
 import html
 import importlib.util
+import json
 import re
 import time
 import zlib
@@ -255,6 +257,7 @@ def prepare_corpus(data_dir: str | None = None, name: str = 'wiki_sample'
       with _no_progress_bars():
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+      _record_checksums(_builder(data_dir, name))
       logging.info('Prepared %s in %s in %.1f s.', name, data_dir, time.time() - start)
   return _builder(data_dir, name)
 
@@ -271,8 +274,33 @@ def _no_progress_bars() -> Iterator[None]:
 
 
 def _rebuild_advice(version_dir) -> str:
-  return (f'delete {version_dir} and rerun: the corpus is rebuilt from installed packages (a '
-          'minute or two). Nothing else is stored there.')
+  return (f'delete it with `rm -r {version_dir}` and rerun: the corpus is rebuilt from installed '
+          'packages (a minute or two). Nothing else is stored there.')
+
+
+CHECKSUMS = 't5x_lite_sha256.json'  # in a prepared copy's version dir: {file name: sha256}
+
+
+def _sha256(path) -> str:
+  digest = hashlib.sha256()
+  with tf.io.gfile.GFile(str(path), 'rb') as f:
+    for chunk in iter(lambda: f.read(1 << 22), b''):
+      digest.update(chunk)
+  return digest.hexdigest()
+
+
+def _split_files(builder: tfds.core.DatasetBuilder) -> list:
+  return [p for split in builder.info.splits.values() for p in split.filepaths]
+
+
+def _record_checksums(builder: tfds.core.DatasetBuilder) -> None:
+  """What each split file holds when prepared: TFRecord framing finds a cut file, not a flipped
+  byte inside a record, which tf.data would only meet mid-training (or, for validation, after)."""
+  digests = {Path(str(p)).name: _sha256(p) for p in _split_files(builder)}
+  path = f'{builder.data_dir}/{CHECKSUMS}'
+  with tf.io.gfile.GFile(path + '.tmp', 'w') as f:
+    f.write(json.dumps(digests, indent=1))
+  tf.io.gfile.rename(path + '.tmp', path, overwrite=True)
 
 
 def _builder(data_dir: str, name: str = 'wiki_sample') -> tfds.core.DatasetBuilder:
@@ -287,8 +315,9 @@ def _builder(data_dir: str, name: str = 'wiki_sample') -> tfds.core.DatasetBuild
 
 
 def check_prepared(builder: tfds.core.DatasetBuilder) -> None:
-  """Every split file of a prepared copy is there and holds the records its dataset_info.json
-  lists, or a UsageError names the file and how to rebuild.
+  """Every split file of a prepared copy is there, holds the records its dataset_info.json lists
+  and matches the checksum recorded when it was prepared, or a UsageError names the file and how
+  to rebuild.
 
   A copy cut short (a full disk, an interrupted copy) or a lost file would otherwise fail inside
   tf.data in the middle of training, or, for the validation split, after it. Only the TFRecord
@@ -300,6 +329,21 @@ def check_prepared(builder: tfds.core.DatasetBuilder) -> None:
       if problem:
         raise gin_utils.UsageError(f'prepared corpus file {path} is {problem}; '
                                    f'{_rebuild_advice(builder.data_dir)}')
+  recorded = f'{builder.data_dir}/{CHECKSUMS}'
+  if not tf.io.gfile.exists(recorded):  # prepared before checksums were kept: framing passed
+    _record_checksums(builder)
+    return
+  try:
+    with tf.io.gfile.GFile(recorded) as f:
+      digests = json.loads(f.read())
+  except (ValueError, tf.errors.OpError) as e:
+    raise gin_utils.UsageError(f'prepared corpus file {recorded} cannot be read '
+                               f'({type(e).__name__}); {_rebuild_advice(builder.data_dir)}') from e
+  for path in _split_files(builder):
+    if digests.get(Path(str(path)).name) != _sha256(path):
+      raise gin_utils.UsageError(
+          f'prepared corpus file {path} does not match the checksum recorded when it was prepared '
+          f'(damaged on disk); {_rebuild_advice(builder.data_dir)}')
 
 
 def _tfrecord_problem(path: str, num_records: int) -> str | None:

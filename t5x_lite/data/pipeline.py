@@ -67,7 +67,7 @@ def get_dataset(mixture_or_task_name: str,
     ``decoder_input_tokens``, ``decoder_loss_weights`` (+ segment ids and positions if packed),
     each of shape [len(data_shards) * batch_size // num_data_shards, length].
   """
-  task = _get_task(mixture_or_task_name)
+  task = get_task(mixture_or_task_name)
   converter = feature_converter or seqio.EncDecFeatureConverter(pack=pack)
   data_shards = range(num_data_shards) if data_shards is None else list(data_shards)
   block = _check_sharding(batch_size, num_data_shards, data_shards)
@@ -141,7 +141,8 @@ class DataIterator(Iterator[Batch]):
       tf.train.Checkpoint(iterator=it).read(prefix).assert_consumed()
 
 
-def _get_task(name: str) -> seqio.Task | seqio.Mixture:
+def get_task(name: str) -> seqio.Task | seqio.Mixture:
+  """The registered task or mixture `name`, or a ValueError naming near misses."""
   names = sorted(set(seqio.TaskRegistry.names()) | set(seqio.MixtureRegistry.names()))
   if name not in names:
     close = difflib.get_close_matches(name, names, n=3)
