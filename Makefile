@@ -23,7 +23,7 @@ pretrain: $(STAMP)
 
 # The whole suite (slow tests included), as CI runs it.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 -m "slow or not slow" $(ARGS)
+	$(PY) -m pytest -q -n 2 -m "slow or not slow" --durations=25 $(ARGS)
 
 # Fast tests only.
 test-fast: $(STAMP)
