@@ -174,6 +174,7 @@ class Checkpointer:
                          'Use a new MODEL_DIR for this config, or the gin files that wrote it.')
         data = dict(self._manager.restore(
             s, args=ocp.args.Composite(data=ocp.args.JsonRestore()))['data'] or {})
+        saved_sums = data.pop('checksums', None)
         iterator = make_iterator(data) if make_iterator else None
         items = {'state': ocp.args.StandardRestore(abstract_state)}
         has_position = (step_dir / 'iterator').is_dir()
@@ -183,7 +184,7 @@ class Checkpointer:
           items['iterator'] = DataIteratorRestore(iterator)
         state = self._manager.restore(s, args=ocp.args.Composite(**items))['state']
         check_finite(state)
-        check_checksums(state, data.get('checksums'))
+        check_checksums(state, saved_sums)
       except UsageError:
         raise
       except Exception as e:  # pylint: disable=broad-except
@@ -389,10 +390,11 @@ def checksums(tree: Any) -> dict[str, list[int]]:
   restored onto another mesh is checked against the same numbers. Per-shard programs need no
   collectives (see check_finite). Single-process: another process's shards are not here."""
   pending = {}
-  for key, value in _flat(tree).items():
-    shards = ([s.data for s in value.addressable_shards if s.replica_id == 0]
-              if isinstance(value, jax.Array) else [jnp.asarray(value)])
-    pending[key] = [_shard_sums(shard) for shard in shards]
+  with jax.set_mesh(None):  # each program runs on its shard's one device, not the run's mesh
+    for key, value in _flat(tree).items():
+      shards = ([s.data for s in value.addressable_shards if s.replica_id == 0]
+                if isinstance(value, jax.Array) else [jnp.asarray(value)])
+      pending[key] = [_shard_sums(shard) for shard in shards]
   return {key: [int(v) % 2**32 for v in np.sum(np.asarray(jax.device_get(sums), np.uint64), 0)]
           for key, sums in pending.items()}
 
