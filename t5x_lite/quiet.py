@@ -21,6 +21,16 @@ NOISY = {'jax': (), 'tensorflow': (), 'tensorflow_text': (),
          'jax_plugins.xla_cuda12': ('initialize',)}
 
 
+def _tensorflow_without_gpus(tf) -> None:
+  """TensorFlow only feeds the input pipeline: hidden from the GPUs (as T5X does), it neither
+  takes their memory from JAX nor logs `failed call to cuInit` on a host without one."""
+  tf.config.set_visible_devices([], 'GPU')
+
+
+# Run right after the module loads (quietly unless verbose, whatever the verbosity).
+AFTER_IMPORT = {'tensorflow': _tensorflow_without_gpus}
+
+
 @contextlib.contextmanager
 def stderr_to_file() -> Iterator[None]:
   """Descriptor 2 goes to a temporary file inside; what was written there is shown if the body
@@ -53,7 +63,11 @@ def _quietly(fn):
 
 class _QuietImport(importlib.abc.MetaPathFinder):
   """Finds the NOISY modules with the other finders and runs their module code (and the
-  functions named) under stderr_to_file; every other import passes through untouched."""
+  functions named, and AFTER_IMPORT) under stderr_to_file, or plainly when `quiet` is False;
+  every other import passes through untouched."""
+
+  def __init__(self, quiet: bool = True):
+    self.quiet = quiet
 
   def find_spec(self, name, path=None, target=None):
     if name not in NOISY:
@@ -69,9 +83,11 @@ class _QuietImport(importlib.abc.MetaPathFinder):
     exec_module = getattr(spec.loader, 'exec_module', None)
     if exec_module is not None:
       def quiet_exec(module):
-        with stderr_to_file():
+        with stderr_to_file() if self.quiet else contextlib.nullcontext():
           exec_module(module)
-        for fn_name in NOISY[name]:
+          if name in AFTER_IMPORT:
+            AFTER_IMPORT[name](module)
+        for fn_name in NOISY[name] if self.quiet else ():
           fn = getattr(module, fn_name, None)
           if callable(fn):
             setattr(module, fn_name, _quietly(fn))
@@ -84,6 +100,6 @@ def verbose() -> bool:
 
 
 def install() -> None:
-  """Puts the quiet importer first, once, unless asked to be verbose."""
-  if not verbose() and not any(isinstance(f, _QuietImport) for f in sys.meta_path):
-    sys.meta_path.insert(0, _QuietImport())
+  """Puts the importer first, once: quiet unless asked to be verbose."""
+  if not any(isinstance(f, _QuietImport) for f in sys.meta_path):
+    sys.meta_path.insert(0, _QuietImport(quiet=not verbose()))

@@ -30,8 +30,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from t5x_lite import (checkpoints, decoding, distributed, gin_utils, hardware, partitioning, paths,
-                      trainer, vocab)
+from t5x_lite import (checkpoints, curves, decoding, distributed, gin_utils, hardware,
+                      partitioning, paths, trainer, vocab)
 from t5x_lite import eval as eval_lib
 from t5x_lite.data import pipeline
 from t5x_lite import models
@@ -55,6 +55,7 @@ def train(*,
           initial_checkpoint_path: str | None = None,
           eval_period: int = 0,
           decode_sample: bool = True,
+          plot_loss: bool = True,
           on_nonfinite: str = 'stop') -> dict:
   """Trains `model_config` on `mixture_or_task_name`; returns the last logged metrics.
 
@@ -71,6 +72,8 @@ def train(*,
 
   `eval_period`: every that many steps (and at the end), decode the task's validation split and run
   its metric functions (t5x_lite.eval.Evaluator); 0 turns it off.
+
+  `plot_loss`: when training ends, draw MODEL_DIR/loss.png from metrics.jsonl (t5x_lite.curves).
 
   `on_nonfinite`: a step whose loss, gradient, or updated params or optimizer state holds a NaN/Inf
   is never applied; 'stop' ends the run there (exit 2, nothing after the last checkpoint saved),
@@ -286,6 +289,8 @@ def train(*,
         return last
       if step > start_step:
         log(f'Saved checkpoint step {step} to {ckpt.directory}')
+        if is_main and plot_loss and curves.plot_loss(model_dir):
+          log(f'Loss curve: {os.path.join(model_dir, curves.PNG)}')
       else:
         log(f'{ckpt.directory} is already at step {step} = TRAIN_STEPS; nothing to train '
             '(raise --gin.TRAIN_STEPS to continue).')

@@ -1,9 +1,15 @@
-"""Fine-tuning tasks: article opening → title on the bundled corpus (offline), and GLUE/SuperGLUE.
+"""Fine-tuning tasks: offline ones (article opening → title, question type, review sentiment) and
+GLUE/SuperGLUE.
 
 ``wiki_title``: inputs ``"title: "`` + the first `OPENING_WORDS` words of a ``wiki_sample`` article,
 target its title (97 train / 7 validation examples). Most Wikipedia articles name their subject in
 the first sentence, so a model can learn to copy it: the title occurs in the opening of 86% of the
 training articles ignoring case (72% exactly). Metrics: accuracy, SQuAD exact match and token F1.
+
+``trec_coarse`` and ``movie_sentiment`` (t5x_lite/data/labelled.py; offline, from an installed
+package): ``"trec question: <question>"`` → its coarse answer type (``"human"``, 6 classes; 4,858
+train / 523 validation; metrics accuracy and macro F1) and ``"sentiment review: <snippet>"`` →
+``"positive"`` or ``"negative"`` (9,534 / 1,034; accuracy and F1 of "positive").
 
 GLUE (``glue_<config>_v2``, TFDS ``glue/<config>:2.0.0``) and SuperGLUE
 (``super_glue_<config>_v102``, TFDS ``super_glue/<config>:1.0.2``) in T5's text-to-text format
@@ -39,10 +45,14 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from t5x_lite import metrics, paths, vocab
-from t5x_lite.data import corpus
+from t5x_lite.data import corpus, labelled
 from tasks.pretraining import PreparedTfdsDataSource, WIKI_TFDS_NAME
 
 WIKI_TITLE_TASK = 'wiki_title'
+# Offline labelled tasks: name -> (TFDS dataset, input prefix, label names).
+LABELLED_TASKS = {'trec_coarse': (labelled.TREC, 'trec question:',
+                                  tuple(labelled.TREC_CLASSES.values())),
+                  'movie_sentiment': (labelled.MOVIES, 'sentiment review:', labelled.SENTIMENTS)}
 OPENING_WORDS = 64  # ~100 tokens: long enough to hold the subject's name, short for fine-tuning.
 GLUE_VERSION, SUPER_GLUE_VERSION = '2.0.0', '1.0.2'
 GLUE_CONFIGS = ('cola', 'sst2', 'mrpc', 'qqp', 'stsb', 'mnli', 'qnli', 'rte', 'wnli')
@@ -62,6 +72,12 @@ def wiki_title(x: Mapping[str, tf.Tensor], opening_words: int = OPENING_WORDS) -
   """``{'title', 'text'}`` → inputs ``"title: <first opening_words words>"``, targets the title."""
   opening = tf.strings.reduce_join(tf.strings.split(x['text'])[:opening_words], separator=' ')
   return {'inputs': tf.strings.join(['title:', opening], separator=' '), 'targets': x['title']}
+
+
+@seqio.map_over_dataset
+def labelled_text(x: Mapping[str, tf.Tensor], prefix: str) -> dict:
+  """``{'text', 'label'}`` → inputs ``"<prefix> <text>"``, targets the label name."""
+  return {'inputs': tf.strings.join([prefix, x['text']], separator=' '), 'targets': x['label']}
 
 
 @seqio.map_over_dataset
@@ -125,7 +141,13 @@ def label_names(benchmark: str, config: str) -> Optional[tuple[str, ...]]:
 
 
 def metric_fns(config: str, labels: Optional[Sequence[str]]) -> list[Callable]:
-  """T5's metrics for the task (``t5.data.glue_utils``), on label strings."""
+  """T5's metrics for the task (``t5.data.glue_utils``), on label strings; the offline tasks'
+  as the GLUE task of their kind (two classes: F1 of the second label; more: macro F1)."""
+  if config == 'movie_sentiment':
+    return [metrics.accuracy, functools.partial(metrics.binary_f1, positive_label=labels[1],
+                                                negative_label=labels[0])]
+  if config == 'trec_coarse':
+    return [metrics.accuracy, functools.partial(metrics.macro_f1, labels=labels)]
   if config == 'cola':
     return [metrics.matthews_corrcoef]
   if config == 'stsb':
@@ -214,7 +236,8 @@ def register_all(vocabulary: seqio.Vocabulary | None = None,
 
   Args:
     vocabulary: defaults to the gin-configured `t5x_lite.vocab.get_vocabulary()`.
-    wiki_data_dir: TFDS data dir of the bundled corpus; default `t5x_lite.paths.tfds_data_dir()`.
+    wiki_data_dir: TFDS data dir of the offline data (bundled corpus, trec_questions,
+      movie_snippets); default `t5x_lite.paths.tfds_data_dir()`.
     glue_data_dir: TFDS data dir holding prepared glue/ and super_glue/; default
       `default_glue_data_dir()` (``$TFDS_DATA_DIR``, else ours).
     opening_words: how many words of the article ``wiki_title`` shows.
@@ -230,6 +253,12 @@ def register_all(vocabulary: seqio.Vocabulary | None = None,
   _add_task(WIKI_TITLE_TASK, wiki_source,
             functools.partial(wiki_title, opening_words=opening_words), vocabulary,
             [metrics.accuracy, metrics.exact_match, metrics.token_f1])
+  for name, (dataset, prefix, labels) in LABELLED_TASKS.items():
+    versioned = f'{dataset}:{tfds.builder_cls(dataset).VERSION}'
+    source = PreparedTfdsDataSource(
+        versioned, wiki_data_dir, functools.partial(corpus.prepare_corpus, wiki_data_dir, dataset))
+    _add_task(name, source, functools.partial(labelled_text, prefix=prefix), vocabulary,
+              metric_fns(name, labels))
   _add_mixture(GLUE_MIXTURE, _add_benchmark('glue', GLUE_CONFIGS, data_dir, vocabulary),
                mixture_max_examples)
   _add_mixture(SUPER_GLUE_MIXTURE,

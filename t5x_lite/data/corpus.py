@@ -18,6 +18,7 @@ import bz2
 import contextlib
 import hashlib
 import html
+import io
 import importlib.util
 import json
 import re
@@ -47,6 +48,16 @@ _TRAILING_SECTIONS = frozenset({'references', 'external links', 'see also', 'fur
 # Tags whose content is not prose (formulas, image galleries, charts) and goes with the tag.
 _DROP_WITH_CONTENT = ('ref', 'math', 'gallery', 'timeline', 'imagemap', 'score', 'chem', 'hiero')
 _DROPPED_LINK_NAMESPACES = ('file:', 'image:', 'category:', 'media:')
+
+
+
+def _not_unprepared_variant_warning(record) -> bool:
+  """TFDS warns `Variant folder X has no dataset_info.json` for a copy not yet prepared, which
+  is every first use (and a cut one is checked by `check_prepared`)."""
+  return not (record.msg == 'Variant folder %s has no %s')
+
+
+logging.get_absl_logger().addFilter(_not_unprepared_variant_warning)
 
 
 # --------------------------------------------------------------------------------------- source
@@ -254,7 +265,9 @@ def prepare_corpus(data_dir: str | None = None, name: str = 'wiki_sample'
       start = time.time()
       print(f'Preparing the offline corpus {name} in {data_dir} (once per machine) ...',
             flush=True)
-      with _no_progress_bars():
+      # TFDS prints its own banners ("Downloading and preparing dataset Unknown size ...") to
+      # stdout: the line above says it once, in our words.
+      with _no_progress_bars(), contextlib.redirect_stdout(io.StringIO()):
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(try_download_gcs=False))
       _record_checksums(_builder(data_dir, name))

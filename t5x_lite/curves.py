@@ -1,0 +1,79 @@
+"""The loss curve of a run as a PNG, drawn from MODEL_DIR/metrics.jsonl when training ends, so a
+first run shows whether it learned without starting TensorBoard.
+
+    python -m t5x_lite.curves MODEL_DIR     # redraw MODEL_DIR/loss.png
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+PNG = 'loss.png'
+SMOOTH = 10  # the darker line: mean over this many logged steps
+
+
+def read_losses(model_dir: str) -> tuple[list[int], list[float]]:
+  """(steps, training losses) of every logged step, in order; rows without a loss are skipped."""
+  steps, losses = [], []
+  path = os.path.join(model_dir, 'metrics.jsonl')
+  if not os.path.isfile(path):
+    return steps, losses
+  with open(path) as f:
+    for line in f:
+      try:
+        row = json.loads(line)
+      except json.JSONDecodeError:  # a line cut by a kill
+        continue
+      if 'loss' in row and 'step' in row:
+        steps.append(int(row['step']))
+        losses.append(float(row['loss']))
+  return steps, losses
+
+
+def plot_loss(model_dir: str, title: str | None = None) -> str | None:
+  """Writes MODEL_DIR/loss.png (raw and smoothed training loss against step); returns its path,
+  or None when fewer than two steps were logged."""
+  steps, losses = read_losses(model_dir)
+  if len(steps) < 2:
+    return None
+  import matplotlib  # pylint: disable=import-outside-toplevel
+  matplotlib.use('Agg')
+  from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
+  k = min(SMOOTH, len(losses))
+  smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1])
+            for i in range(len(losses))]
+  fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
+  ax.plot(steps, losses, color='tab:blue', alpha=0.3, linewidth=0.8, label='logged')
+  ax.plot(steps, smooth, color='tab:blue', linewidth=1.8, label=f'mean of {k}')
+  ax.set_xlabel('step')
+  ax.set_ylabel('training loss (nats per target token)')
+  ax.set_title(title or os.path.basename(os.path.normpath(model_dir)))
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  path = os.path.join(model_dir, PNG)
+  fig.savefig(path + '.tmp', format='png')
+  plt.close(fig)
+  os.replace(path + '.tmp', path)
+  return path
+
+
+def main(argv=None) -> int:
+  argv = sys.argv[1:] if argv is None else argv
+  if len(argv) != 1 or not os.path.isdir(argv[0]):
+    print('error: give one MODEL_DIR that exists: python -m t5x_lite.curves MODEL_DIR',
+          file=sys.stderr)
+    return 2
+  path = plot_loss(argv[0])
+  if path is None:
+    print(f'error: {argv[0]}/metrics.jsonl has fewer than two logged losses; train longer.',
+          file=sys.stderr)
+    return 2
+  print(path)
+  return 0
+
+
+if __name__ == '__main__':
+  sys.exit(main())
