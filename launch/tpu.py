@@ -5,8 +5,8 @@
         -- --gin_file=gin/runs/pretrain_base.gin
 
 Four steps, in order: create the slice, install the repo on every host (git clone of --repo_url,
-or scp of the local checkout without --repo_url, then `make install EXTRAS=tpu`), run the trainer on every
-host, delete the slice. On a multi-host slice the trainer gets `--distributed=auto`: JAX finds its
+or, without --repo_url, an archive of the local checkout's tracked files packed here and copied
+over, then `make install EXTRAS=tpu`), run the trainer on every host, delete the slice. On a multi-host slice the trainer gets `--distributed=auto`: JAX finds its
 peers from the TPU VM metadata, so no T5X_LITE_* variables are exported here (those are the
 launcher contract of launch/local.py and launch/slurm.py; see t5x_lite/distributed.py).
 
@@ -79,11 +79,15 @@ def parse_accelerator_type(accelerator_type: str) -> Slice:
   return Slice(gen_name, chips, hosts, gen.runtime_version)
 
 
+SOURCE_ARCHIVE = 't5x_lite-src.tgz'  # in each host's home directory
+
+
 def tpu_commands(*, tpu_name: str, accelerator_type: str, zone: str, project: str,
                  train_flags: Sequence[str] = (), runtime_version: str | None = None,
                  repo_url: str | None = None, local_repo: str = '.',
                  repo_dir: str = 't5x_lite') -> list[str]:
-  """Returns the create, install (1-2 commands), run and delete commands, in order."""
+  """Returns the create, install (1 command, or pack + copy + install), run and delete commands,
+  in order."""
   if not re.fullmatch(r'[a-z]([-a-z0-9]*[a-z0-9])?', tpu_name or ''):
     raise UsageError(f'--tpu_name must be lower-case letters, digits and "-", got {tpu_name!r}.')
   for name, value in (('--zone', zone), ('--project', project)):
@@ -102,9 +106,14 @@ def tpu_commands(*, tpu_name: str, accelerator_type: str, zone: str, project: st
     install = (f'([ -d {q(repo_dir)} ] || git clone {q(repo_url)} {q(repo_dir)}) '
                f'&& cd {q(repo_dir)} && make install EXTRAS=tpu')
   else:
-    commands.append(f'{base} scp --recurse {q(local_repo)} {q(tpu_name)}:{q(repo_dir)} {where} '
-                    '--worker=all')
-    install = f'cd {q(repo_dir)} && make install EXTRAS=tpu'
+    # Only the tracked files, as they are in the working tree (edits included): not .venv (GBs
+    # after `make pretrain`), build outputs or local data.
+    archive = f'/tmp/{tpu_name}-src.tgz'
+    commands.append('bash -c ' + q(f'git -C {q(local_repo)} ls-files -z | tar -C {q(local_repo)} '
+                                   f'--null -T - -czf {q(archive)}'))
+    commands.append(f'{base} scp {q(archive)} {q(tpu_name)}:{SOURCE_ARCHIVE} {where} --worker=all')
+    install = (f'mkdir -p {q(repo_dir)} && tar -xzf {SOURCE_ARCHIVE} -C {q(repo_dir)} '
+               f'&& cd {q(repo_dir)} && make install EXTRAS=tpu')
   commands.append(ssh + q(install))
   multihost = ['--distributed=auto'] if slice_.hosts > 1 else []
   run = ' '.join([f'cd {q(repo_dir)} &&', '.venv/bin/python -m t5x_lite.train',

@@ -4,6 +4,7 @@ import os
 import shlex
 import subprocess
 import sys
+import tarfile
 
 import pytest
 
@@ -156,12 +157,36 @@ def test_single_host_slice_runs_without_distributed_start():
   assert '--distributed' not in run
 
 
-def test_without_repo_url_the_local_repo_is_copied():
-  commands = _tpu(repo_url=None, local_repo='/src/t5x_lite')
-  assert len(commands) == 5
-  assert commands[1].startswith('gcloud compute tpus tpu-vm scp --recurse /src/t5x_lite '
-                                't5-base:t5x_lite ')
-  assert '--worker=all' in commands[1]
+def test_without_repo_url_only_the_tracked_files_are_shipped(tmp_path):
+  """The pack command, run for real on a git checkout that holds a .venv and untracked files,
+  archives exactly `git ls-files` (working-tree contents); the archive is what is copied."""
+  repo = tmp_path / 'checkout'
+  (repo / 'pkg').mkdir(parents=True)
+  (repo / 'pkg' / 'a.py').write_text('old\n')
+  (repo / '.gitignore').write_text('.venv/\n')
+  git = ['git', '-C', str(repo), '-c', 'user.name=t', '-c', 'user.email=t@t']
+  subprocess.run([*git, 'init', '-q'], check=True)
+  subprocess.run([*git, 'add', '.'], check=True)
+  subprocess.run([*git, 'commit', '-qm', 'x'], check=True)
+  (repo / 'pkg' / 'a.py').write_text('edited\n')       # an uncommitted edit travels
+  (repo / '.venv' / 'lib').mkdir(parents=True)        # ignored: stays home
+  (repo / '.venv' / 'lib' / 'big.so').write_bytes(b'x' * 1000)
+  (repo / 'notes.txt').write_text('untracked\n')      # untracked: stays home
+  commands = _tpu(repo_url=None, local_repo=str(repo), tpu_name='t5-pack-test')
+  assert len(commands) == 6
+  pack, copy, install = commands[1:4]
+  archive = '/tmp/t5-pack-test-src.tgz'
+  assert subprocess.run(shlex.split(pack), check=False).returncode == 0
+  try:
+    with tarfile.open(archive) as tar:
+      assert sorted(tar.getnames()) == ['.gitignore', 'pkg/a.py']
+      assert tar.extractfile('pkg/a.py').read() == b'edited\n'
+  finally:
+    os.remove(archive)
+  assert copy.startswith(f'gcloud compute tpus tpu-vm scp {archive} t5-pack-test:t5x_lite-src.tgz ')
+  assert '--worker=all' in copy and '--recurse' not in copy
+  assert shlex.split(install)[-1] == ('--command=mkdir -p t5x_lite && tar -xzf t5x_lite-src.tgz '
+                                      '-C t5x_lite && cd t5x_lite && make install EXTRAS=tpu')
 
 
 def test_runtime_version_override():
