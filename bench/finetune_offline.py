@@ -42,6 +42,7 @@ def last_eval(model_dir: str, task: str) -> dict:
 
 def majority_baseline(task_name: str) -> tuple[str, dict]:
   """(the training split's most common label, the task's metrics for always answering it)."""
+  import t5x_lite  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (quiet start)
   import seqio  # pylint: disable=import-outside-toplevel
   import tasks  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   from t5x_lite.data import labelled  # pylint: disable=import-outside-toplevel

@@ -11,7 +11,7 @@ import os
 import sys
 
 PNG = 'loss.png'
-SMOOTH = 10  # the darker line: mean over this many logged steps
+SMOOTH = 10  # the darker line: mean over up to this many logged steps (an eighth of them)
 
 
 def read_losses(model_dir: str) -> tuple[list[int], list[float]]:
@@ -41,7 +41,7 @@ def plot_loss(model_dir: str, title: str | None = None) -> str | None:
   import matplotlib  # pylint: disable=import-outside-toplevel
   matplotlib.use('Agg')
   from matplotlib import pyplot as plt  # pylint: disable=import-outside-toplevel
-  k = min(SMOOTH, len(losses))
+  k = max(1, min(SMOOTH, len(losses) // 8))
   smooth = [sum(losses[max(0, i - k + 1):i + 1]) / len(losses[max(0, i - k + 1):i + 1])
             for i in range(len(losses))]
   fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)

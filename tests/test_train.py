@@ -47,6 +47,13 @@ def test_tiny_run_loss_falls_and_logs_every_step(straight_run):
   # The final step is checkpointed even though it is off-period.
   assert os.listdir(model_dir / 'checkpoints') == ['10']
   assert os.listdir(model_dir / 'train')  # TensorBoard event file
+  # TensorBoard itself (the `tensorboard` extra) reads the events: every logged loss, in order.
+  from tensorboard.backend.event_processing import event_accumulator  # pylint: disable=import-outside-toplevel
+  events = event_accumulator.EventAccumulator(str(model_dir / 'train'))
+  events.Reload()
+  scalars = events.Scalars('loss')
+  assert [e.step for e in scalars] == [r['step'] for r in rows]
+  np.testing.assert_allclose([e.value for e in scalars], [r['loss'] for r in rows], rtol=1e-6)
   # The loss curve drawn at the end holds every logged loss.
   assert (model_dir / 'loss.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   assert curves.read_losses(str(model_dir)) == ([r['step'] for r in rows], losses)

