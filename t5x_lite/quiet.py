@@ -24,7 +24,10 @@ NOISY = {'jax': (), 'tensorflow': (), 'tensorflow_text': (),
 def _tensorflow_without_gpus(tf) -> None:
   """TensorFlow only feeds the input pipeline: hidden from the GPUs (as T5X does), it neither
   takes their memory from JAX nor logs `failed call to cuInit` on a host without one."""
-  tf.config.set_visible_devices([], 'GPU')
+  try:
+    tf.config.set_visible_devices([], 'GPU')
+  except RuntimeError:  # devices already initialised (TF used before us): leave them be
+    pass
 
 
 # Run right after the module loads (quietly unless verbose, whatever the verbosity).

@@ -351,6 +351,29 @@ def test_inputs_too_short_for_one_noise_span_are_rejected(sp_vocab):
     objectives.span_corruption(ds, {'inputs': 4, 'targets': 2}, _output_features(sp_vocab))
 
 
+def _span_count_by_hand(inputs_length):
+  """T5's length arithmetic re-done in plain Python: the chunk that corrupts to `inputs_length`
+  (kept tokens + one sentinel per span + EOS), then its spans, round(round(L * 0.15) / 3)."""
+  def spans(n):
+    return round(round(n * 0.15) / 3)
+  n = inputs_length
+  while (n + 1) - round((n + 1) * 0.15) + spans(n + 1) + 1 <= inputs_length:
+    n += 1
+  return spans(n)
+
+
+def test_more_noise_spans_than_sentinels_are_rejected_with_the_numbers(sp_vocab, tmp_path):
+  ds = tf.data.Dataset.from_tensor_slices({'targets': tf.ragged.constant([[5, 6, 7]])})
+  assert _span_count_by_hand(2048) == 114 and _span_count_by_hand(1790) <= NUM_EXTRA_IDS
+  with pytest.raises(ValueError, match=r'makes 114 noise spans, but the vocabulary has 100 '
+                     r"sentinels .*extra_ids >= 114.*sequence_length\['inputs'\] <= 18\d\d, or "
+                     r'mean_noise_span_length >= 3\.\d'):
+    objectives.span_corruption(ds, {'inputs': 2048, 'targets': 512}, _output_features(sp_vocab))
+  objectives.span_corruption(ds, {'inputs': 1790, 'targets': 512}, _output_features(sp_vocab))
+  more = seqio.SentencePieceVocabulary(sp_vocab.sentencepiece_model_file, extra_ids=128)
+  objectives.span_corruption(ds, {'inputs': 2048, 'targets': 512}, _output_features(more))
+
+
 def test_too_short_targets_length_is_rejected(sp_vocab):
   ds = tf.data.Dataset.from_tensor_slices({'targets': tf.ragged.constant([[5, 6, 7]])})
   with pytest.raises(ValueError, match='at least 114'):

@@ -20,6 +20,7 @@ is reproducible given the seed of `Task.get_dataset` / `seqio.map_seed_manager`.
 from __future__ import annotations
 
 import functools
+import math
 from typing import Callable, Mapping, Optional
 
 import numpy as np
@@ -385,6 +386,8 @@ def span_corruption(dataset: tf.data.Dataset, sequence_length: Mapping[str, int]
         f'{noise_density}, mean span {mean_noise_span_length}): its {tokens_length}-token chunks '
         f"get no noise span. Set sequence_length['{input_feature_key}'] to at least {shortest} "
         '(T5 uses 512).')
+  _check_sentinels(tokens_length, inputs_length, noise_density, mean_noise_span_length,
+                   output_features['targets'].vocabulary, helper, input_feature_key)
   if sequence_length['targets'] < targets_length:
     raise ValueError(
         f"span corruption of {tokens_length}-token chunks makes targets of {targets_length} "
@@ -403,6 +406,28 @@ def span_corruption(dataset: tf.data.Dataset, sequence_length: Mapping[str, int]
                  input_feature_key=input_feature_key)
 
 
+def _check_sentinels(tokens_length, inputs_length, noise_density, mean_noise_span_length,
+                     vocabulary, helper, input_feature_key) -> None:
+  """Every noise span of a full chunk gets its own sentinel, counting down from the last id: past
+  the vocabulary's extra ids they would become ordinary pieces (T5's package lets them)."""
+  extra_ids = getattr(vocabulary, 'extra_ids', None)
+  if not extra_ids:
+    return  # a vocabulary without extra ids (PassThroughVocabulary): its ids are all sentinels
+  spans = _span_counts_np(tokens_length, noise_density, mean_noise_span_length)[1]
+  if spans <= extra_ids:
+    return
+  longest = next(n for n in range(inputs_length - 1, 1, -1) if _span_counts_np(
+      helper(n)[0], noise_density, mean_noise_span_length)[1] <= extra_ids)
+  noise_tokens = _span_counts_np(tokens_length, noise_density, mean_noise_span_length)[0]
+  raise ValueError(
+      f'span corruption of {tokens_length}-token chunks (inputs {inputs_length}, noise density '
+      f'{noise_density}, mean span {mean_noise_span_length}) makes {spans} noise spans, but the '
+      f'vocabulary has {extra_ids} sentinels (extra ids): the rest would be ordinary pieces. Use '
+      f'more extra ids (get_vocabulary.extra_ids >= {spans} and a VOCAB_SIZE that holds them), '
+      f"sequence_length['{input_feature_key}'] <= {longest}, or mean_noise_span_length >= "
+      f'{math.ceil(10 * noise_tokens / (extra_ids + 0.5)) / 10:g}.')
+
+
 # ---------------------------------------------------------------------------
 # The other objectives of the T5 study (Raffel et al. 2020, sec. 3.3, Table 3).
 #
@@ -417,7 +442,7 @@ def span_corruption(dataset: tf.data.Dataset, sequence_length: Mapping[str, int]
 PREFIX_LM_NOISE_DENSITY = 0.5
 # BERT (Devlin et al. 2019, sec. 3.1): of the corrupted tokens 80% become the
 # mask token, 10% a random token, 10% stay as they are. (The T5 paper's variant
-# used 90% mask / 10% random; set `unchanged_prob=0` and `mask_prob=0.9` for it.)
+# used 90% mask / 10% random: `mask_prob=0.9, random_prob=0.1`.)
 BERT_MASK_PROB = 0.8
 BERT_RANDOM_PROB = 0.1
 # Ids 0..2 are pad, eos and unk (t5x_lite.vocab); random replacement tokens skip them.
