@@ -418,14 +418,19 @@ def _check_sentinels(tokens_length, inputs_length, noise_density, mean_noise_spa
     return
   longest = next(n for n in range(inputs_length - 1, 1, -1) if _span_counts_np(
       helper(n)[0], noise_density, mean_noise_span_length)[1] <= extra_ids)
-  noise_tokens = _span_counts_np(tokens_length, noise_density, mean_noise_span_length)[0]
+
+  def fits(mean):  # longer spans also lengthen the chunk a given inputs length holds
+    chunk = random_spans_helper(inputs_length, noise_density, mean, 1, 1)[0]
+    return _span_counts_np(chunk, noise_density, mean)[1] <= extra_ids
+  mean_span = next(m / 10 for m in range(math.ceil(10 * mean_noise_span_length), 10 * inputs_length)
+                   if fits(m / 10))
   raise ValueError(
       f'span corruption of {tokens_length}-token chunks (inputs {inputs_length}, noise density '
       f'{noise_density}, mean span {mean_noise_span_length}) makes {spans} noise spans, but the '
       f'vocabulary has {extra_ids} sentinels (extra ids): the rest would be ordinary pieces. Use '
       f'more extra ids (get_vocabulary.extra_ids >= {spans} and a VOCAB_SIZE that holds them), '
       f"sequence_length['{input_feature_key}'] <= {longest}, or mean_noise_span_length >= "
-      f'{math.ceil(10 * noise_tokens / (extra_ids + 0.5)) / 10:g}.')
+      f'{mean_span:g}.')
 
 
 # ---------------------------------------------------------------------------
