@@ -30,19 +30,19 @@ TASKS = {'trec_coarse': {'inputs': 64, 'targets': 8},
 
 def last_eval(model_dir: str, task: str) -> dict:
   """The eval/<task>/* metrics of the last step that has them."""
+  from t5x_lite import curves  # pylint: disable=import-outside-toplevel
   found = {}
-  with open(os.path.join(model_dir, 'metrics.jsonl')) as f:
-    for line in f:
-      row = json.loads(line)
-      scores = {k.split('/')[-1]: v for k, v in row.items() if k.startswith(f'eval/{task}/')}
-      if scores:
-        found = scores
+  for row in curves.read_metrics(os.path.join(model_dir, 'metrics.jsonl')):
+    scores = {k.split('/')[-1]: v for k, v in row.items() if k.startswith(f'eval/{task}/')}
+    if scores:
+      found = scores
   return found
 
 
 def majority_baseline(task_name: str) -> tuple[str, dict]:
   """(the training split's most common label, the task's metrics for always answering it)."""
-  import t5x_lite  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import  (quiet start)
+  # t5x_lite first: quiet start-up.
+  import t5x_lite  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   import seqio  # pylint: disable=import-outside-toplevel
   import tasks  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   from t5x_lite.data import labelled  # pylint: disable=import-outside-toplevel
@@ -99,20 +99,20 @@ def main() -> None:
 
   metric_names = {r['task']: sorted(r['majority']) for r in results}
   lines = [f'# Fine-tuning on offline labelled data ({args.steps} steps, batch 16)', '',
-           f'Pretrained model: `{args.pretrained}` (gin/runs/pretrain_tiny.gin, the README\'s first '
-           'command). Each score is on the task\'s validation split (greedy decoding, the task\'s '
-           'metric functions, in %); the baseline always answers the training split\'s most '
-           'common label.', '',
+           f'Pretrained model: `{args.pretrained}` (gin/runs/pretrain_tiny.gin, the README\'s '
+           'first command). Each score is on the task\'s validation split (greedy decoding, the '
+           'task\'s metric functions, in %); the baseline always answers the training split\'s '
+           'most common label.', '',
            '| task | metric | majority-class baseline | from scratch | fine-tuned (pretrained) |',
            '|---|---|---|---|---|']
   for r in results:
     for m in metric_names[r['task']]:
-      lines.append(f"| {r['task']} | {m} | {r['majority'][m]:.1f} (always \"{r['majority_label']}\") "
-                   f"| {r['scratch'].get(m, float('nan')):.1f} "
+      lines.append(f"| {r['task']} | {m} | {r['majority'][m]:.1f} "
+                   f"(always \"{r['majority_label']}\") | {r['scratch'].get(m, float('nan')):.1f} "
                    f"| {r['finetuned'].get(m, float('nan')):.1f} |")
-  lines += ['', 'Wall time per run (training + evaluation, this machine): ' + ', '.join(
-      f"{r['task']} {r['finetuned_s']:.0f} s fine-tuned / {r['scratch_s']:.0f} s from scratch"
-      for r in results) + '.', '']
+  times = ', '.join(f"{r['task']} {r['finetuned_s']:.0f} s fine-tuned / {r['scratch_s']:.0f} s "
+                    'from scratch' for r in results)
+  lines += ['', f'Wall time per run (training + evaluation, this machine): {times}.', '']
   with open(args.out, 'w') as f:
     f.write('\n'.join(lines))
   with open(os.path.splitext(args.out)[0] + '.json', 'w') as f:

@@ -61,6 +61,7 @@ if REPO not in sys.path:
   sys.path.insert(0, REPO)  # `python launch/scaling.py` imports launch.* and t5x_lite
 
 import t5x_lite  # noqa: E402,F401  (before JAX: quiet start-up, CPU on a host without chips)
+from t5x_lite import curves  # noqa: E402  (metrics.jsonl rows; no JAX import)
 from launch.scaling_fit import (HELDOUT, compute_optimal, fit_isoflop, fit_rows,  # noqa: E402
                                 isoflop_columns, predict_compute_optimal_loss)
 from launch.scaling_report import (format_seconds, isoflop_markdown, plot,  # noqa: E402
@@ -392,23 +393,8 @@ def write_json(path: str, value) -> None:
   os.replace(path + '.tmp', path)
 
 
-def read_metrics(path: str) -> list[dict]:
-  """The rows of a metrics.jsonl; a torn last line (a killed writer) is skipped."""
-  rows = []
-  try:
-    with open(path) as f:
-      for line in f:
-        try:
-          rows.append(json.loads(line))
-        except ValueError:
-          continue
-  except OSError:
-    pass
-  return rows
-
-
 def last_train_step(run_dir: str) -> int:
-  rows = [r for r in read_metrics(os.path.join(run_dir, 'metrics.jsonl')) if 'loss' in r]
+  rows = [r for r in curves.read_metrics(os.path.join(run_dir, 'metrics.jsonl')) if 'loss' in r]
   return max((int(r['step']) for r in rows), default=0)
 
 
@@ -667,7 +653,7 @@ class Sweep:
     if reached < spec.steps:
       raise SweepError(f'run {spec.name} exited 0 at step {reached} of {spec.steps}; see '
                        f'{os.path.join(run_dir, "train.log")}.')
-    rates = [r['steps_per_s'] for r in read_metrics(os.path.join(run_dir, 'metrics.jsonl'))
+    rates = [r['steps_per_s'] for r in curves.read_metrics(os.path.join(run_dir, 'metrics.jsonl'))
              if r.get('steps_per_s')]
     seconds_per_step = 1.0 / float(np.median(rates)) if rates else 0.0
     trained = spec.steps - state['start']
@@ -782,7 +768,8 @@ def evaluate_pending(out_dir: str, max_batches: int = 0) -> int:
     meta = read_json(os.path.join(run_dir, 'run.json'))
     if last_train_step(run_dir) < meta['steps']:  # not trained to the end (yet)
       continue
-    if eval_loss(read_metrics(os.path.join(run_dir, 'metrics.jsonl')), meta['steps']) is not None:
+    rows = curves.read_metrics(os.path.join(run_dir, 'metrics.jsonl'))
+    if eval_loss(rows, meta['steps']) is not None:
       continue
     t0 = time.monotonic()
     try:
@@ -878,7 +865,7 @@ def collect(out_dir: str, last_k: int = LAST_K) -> list[dict]:
   rows = []
   for run_dir in run_dirs(out_dir):
     meta = read_json(os.path.join(run_dir, 'run.json'))
-    metrics = read_metrics(os.path.join(run_dir, 'metrics.jsonl'))
+    metrics = curves.read_metrics(os.path.join(run_dir, 'metrics.jsonl'))
     train = sorted((r for r in metrics if 'loss' in r), key=lambda r: r['step'])
     tail = [r.get('cross_ent_loss', r['loss']) for r in train[-last_k:]]
     reached = int(train[-1]['step']) if train else 0

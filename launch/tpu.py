@@ -6,9 +6,10 @@
 
 Four steps, in order: create the slice, install the repo on every host (git clone of --repo_url,
 or, without --repo_url, an archive of the local checkout's tracked files packed here and copied
-over, then `make install EXTRAS=tpu`), run the trainer on every host, delete the slice. On a multi-host slice the trainer gets `--distributed=auto`: JAX finds its
-peers from the TPU VM metadata, so no T5X_LITE_* variables are exported here (those are the
-launcher contract of launch/local.py and launch/slurm.py; see t5x_lite/distributed.py).
+over, then `make install EXTRAS=tpu`), run the trainer on every host, delete the slice. On a
+multi-host slice the trainer gets `--distributed=auto`: JAX finds its peers from the TPU VM
+metadata, so no T5X_LITE_* variables are exported here (those are the launcher contract of
+launch/local.py and launch/slurm.py; see t5x_lite/distributed.py).
 
 Accelerator types, as gcloud names them (the suffix means different things per generation):
   generation  name         suffix counts   per chip    chips/host  default --runtime_version

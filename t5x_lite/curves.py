@@ -14,22 +14,26 @@ PNG = 'loss.png'
 SMOOTH = 10  # the darker line: mean over up to this many logged steps (an eighth of them)
 
 
+def read_metrics(path: str) -> list[dict]:
+  """The rows of a metrics.jsonl (missing: none); a torn last line (a killed writer) is skipped."""
+  rows = []
+  try:
+    with open(path) as f:
+      for line in f:
+        try:
+          rows.append(json.loads(line))
+        except ValueError:
+          continue
+  except OSError:
+    pass
+  return rows
+
+
 def read_losses(model_dir: str) -> tuple[list[int], list[float]]:
   """(steps, training losses) of every logged step, in order; rows without a loss are skipped."""
-  steps, losses = [], []
-  path = os.path.join(model_dir, 'metrics.jsonl')
-  if not os.path.isfile(path):
-    return steps, losses
-  with open(path) as f:
-    for line in f:
-      try:
-        row = json.loads(line)
-      except json.JSONDecodeError:  # a line cut by a kill
-        continue
-      if 'loss' in row and 'step' in row:
-        steps.append(int(row['step']))
-        losses.append(float(row['loss']))
-  return steps, losses
+  rows = [r for r in read_metrics(os.path.join(model_dir, 'metrics.jsonl'))
+          if 'loss' in r and 'step' in r]
+  return [int(r['step']) for r in rows], [float(r['loss']) for r in rows]
 
 
 def plot_loss(model_dir: str, title: str | None = None) -> str | None:

@@ -113,17 +113,17 @@ def parse(files: list[str], bindings: list[str]) -> None:
   except (ValueError, SyntaxError, KeyError, ImportError, OSError) as e:
     raise UsageError(f'gin: {str(e).splitlines()[0]} — check the gin files, their includes and '
                      'the --gin.* overrides (names are configurable.parameter or MACRO).') from e
-  _check_references()
-  _check_flag_macros(bindings)
+  _check_flag_macros(bindings, used=_check_references())
 
 
-def _check_references() -> None:
+def _check_references() -> set[str]:
   """Every macro used is set, or a UsageError says which; a macro left `%gin.REQUIRED` fails the
   same way, but only when something uses it (`python -m t5x_lite.plan` reads a run gin file
   without MODEL_DIR). Unchecked, the first would fail when its configurable is called, as gin's
-  TypeError deep in a traceback, and the second would hand gin's placeholder object on as a value."""
+  TypeError deep in a traceback, and the second would hand gin's placeholder object on as a value.
+  Returns the names of the macros that bindings use."""
   config = gin.config._CONFIG  # pylint: disable=protected-access  (gin has no public view of it)
-  unset = []
+  unset, used = [], set()
   for (scope, selector), params in list(config.items()):
     for parameter, value in params.items():
       if selector == 'gin.macro':
@@ -131,29 +131,26 @@ def _check_references() -> None:
       else:
         user = f'{scope}/{selector}.{parameter}' if scope else f'{selector}.{parameter}'
       for ref in gin.config.iterate_references(value):
-        if ((ref.configurable.module, ref.configurable.name) == ('gin', 'macro')
-            and ref.config_key not in config):
-          name = ref.scoped_selector.rsplit('/', 1)[0]
+        if (ref.configurable.module, ref.configurable.name) != ('gin', 'macro'):
+          continue
+        name = ref.scoped_selector.rsplit('/', 1)[0]
+        if ref.config_key not in config:
           raise UsageError(f'gin macro {name} (used by {user}) is never set; set it in a gin file '
                            f'or with --gin.{name}=VALUE, or fix the name.')
+        used.add(name)
       if (selector == 'gin.macro' and isinstance(value, gin.config.ConfigurableReference)
           and value.scoped_selector == 'gin.REQUIRED/gin.constant'):
         unset.append(scope)
   for name in unset:
     gin.parse_config(f'{name} = @{name}/t5x_lite.required_macro_not_set()')
+  return used
 
 
-def _check_flag_macros(bindings: list[str]) -> None:
-  """A macro set by a --gin.NAME=VALUE flag that no binding uses is a typo (gin would take it as
-  a new macro and run with the real one's value, `--gin.TRAIN_STEP=5` for TRAIN_STEPS); said
-  with the nearest macro that is used."""
-  config = gin.config._CONFIG  # pylint: disable=protected-access
-  used = set(CODE_MACROS)
-  for params in list(config.values()):
-    for value in params.values():
-      for ref in gin.config.iterate_references(value):
-        if (ref.configurable.module, ref.configurable.name) == ('gin', 'macro'):
-          used.add(ref.scoped_selector.rsplit('/', 1)[0])
+def _check_flag_macros(bindings: list[str], used: set[str]) -> None:
+  """A macro set by a --gin.NAME=VALUE flag that no binding `used` (nor an entry point) is a typo
+  (gin would take it as a new macro and run with the real one's value, `--gin.TRAIN_STEP=5` for
+  TRAIN_STEPS); said with the nearest macro that is used."""
+  used = used | set(CODE_MACROS)
   for binding in bindings:
     name = binding.split('=', 1)[0].strip()
     if name.isidentifier() and name.upper() == name and name not in used:

@@ -214,16 +214,14 @@ class DefaultSentencePieceVocabulary(seqio.SentencePieceVocabulary):
 
 @gin.configurable
 def get_vocabulary(spm_path: str | None = None,
-                   extra_ids: int = EXTRA_IDS,
-                   default_size: int = DEFAULT_VOCAB_SIZE) -> seqio.SentencePieceVocabulary:
-  """The vocabulary for tasks and decoding: `spm_path` if given, else the bundled corpus's own
-  of `default_size` pieces (trained on first use).
+                   extra_ids: int = EXTRA_IDS) -> seqio.SentencePieceVocabulary:
+  """The vocabulary for tasks and decoding: `spm_path` if given, else the default one.
 
   gin: ``get_vocabulary.spm_path = '/path/to/spm.model'`` (any SentencePiece model that uses T5's
-  ids: pad 0, eos 1, unk 2), or ``get_vocabulary.default_size = 4000``.
+  ids: pad 0, eos 1, unk 2).
   """
   if spm_path is None:
-    return DefaultSentencePieceVocabulary(vocab_size=default_size, extra_ids=extra_ids)
+    return DefaultSentencePieceVocabulary(extra_ids=extra_ids)
   fix = ('Train one with `python -m t5x_lite.vocab --input=text.txt --model_prefix=out/spm`, or '
          'leave get_vocabulary.spm_path unset to use the default vocabulary of the bundled corpus.')
   if not tf.io.gfile.exists(spm_path):

@@ -50,7 +50,6 @@ _DROP_WITH_CONTENT = ('ref', 'math', 'gallery', 'timeline', 'imagemap', 'score',
 _DROPPED_LINK_NAMESPACES = ('file:', 'image:', 'category:', 'media:')
 
 
-
 def _not_unprepared_variant_warning(record) -> bool:
   """TFDS warns `Variant folder X has no dataset_info.json` for a copy not yet prepared, which
   is every first use (and a cut one is checked by `check_prepared`)."""

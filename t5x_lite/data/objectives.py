@@ -386,8 +386,8 @@ def span_corruption(dataset: tf.data.Dataset, sequence_length: Mapping[str, int]
         f'{noise_density}, mean span {mean_noise_span_length}): its {tokens_length}-token chunks '
         f"get no noise span. Set sequence_length['{input_feature_key}'] to at least {shortest} "
         '(T5 uses 512).')
-  _check_sentinels(tokens_length, inputs_length, noise_density, mean_noise_span_length,
-                   output_features['targets'].vocabulary, helper, input_feature_key)
+  _check_sentinels(inputs_length, noise_density, mean_noise_span_length,
+                   output_features['targets'].vocabulary, input_feature_key)
   if sequence_length['targets'] < targets_length:
     raise ValueError(
         f"span corruption of {tokens_length}-token chunks makes targets of {targets_length} "
@@ -406,24 +406,25 @@ def span_corruption(dataset: tf.data.Dataset, sequence_length: Mapping[str, int]
                  input_feature_key=input_feature_key)
 
 
-def _check_sentinels(tokens_length, inputs_length, noise_density, mean_noise_span_length,
-                     vocabulary, helper, input_feature_key) -> None:
+def _check_sentinels(inputs_length, noise_density, mean_noise_span_length, vocabulary,
+                     input_feature_key) -> None:
   """Every noise span of a full chunk gets its own sentinel, counting down from the last id: past
   the vocabulary's extra ids they would become ordinary pieces (T5's package lets them)."""
   extra_ids = getattr(vocabulary, 'extra_ids', None)
   if not extra_ids:
     return  # a vocabulary without extra ids (PassThroughVocabulary): its ids are all sentinels
-  spans = _span_counts_np(tokens_length, noise_density, mean_noise_span_length)[1]
+
+  def chunk_and_spans(length, mean):  # a longer span also lengthens the chunk `length` holds
+    chunk = random_spans_helper(length, noise_density, mean, 1, 1)[0]
+    return chunk, _span_counts_np(chunk, noise_density, mean)[1]
+
+  tokens_length, spans = chunk_and_spans(inputs_length, mean_noise_span_length)
   if spans <= extra_ids:
     return
-  longest = next(n for n in range(inputs_length - 1, 1, -1) if _span_counts_np(
-      helper(n)[0], noise_density, mean_noise_span_length)[1] <= extra_ids)
-
-  def fits(mean):  # longer spans also lengthen the chunk a given inputs length holds
-    chunk = random_spans_helper(inputs_length, noise_density, mean, 1, 1)[0]
-    return _span_counts_np(chunk, noise_density, mean)[1] <= extra_ids
+  longest = next(n for n in range(inputs_length - 1, 1, -1)
+                 if chunk_and_spans(n, mean_noise_span_length)[1] <= extra_ids)
   mean_span = next(m / 10 for m in range(math.ceil(10 * mean_noise_span_length), 10 * inputs_length)
-                   if fits(m / 10))
+                   if chunk_and_spans(inputs_length, m / 10)[1] <= extra_ids)
   raise ValueError(
       f'span corruption of {tokens_length}-token chunks (inputs {inputs_length}, noise density '
       f'{noise_density}, mean span {mean_noise_span_length}) makes {spans} noise spans, but the '
