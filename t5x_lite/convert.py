@@ -36,6 +36,13 @@ to read a legacy pytorch_model.bin.
 
 from __future__ import annotations
 
+if __name__ == '__main__':
+  # `--help` answers before the imports below (JAX, TensorFlow: seconds); a run goes to the
+  # importable module rather than this copy under __main__, so gin registers each function once.
+  import sys
+  from t5x_lite import cli
+  sys.exit(cli.main('convert'))
+
 import dataclasses
 import json
 import math
@@ -49,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from t5x_lite import checkpoints, gin_utils, models, partitioning, trainer
+from t5x_lite import checkpoints, cli, gin_utils, models, partitioning, trainer
 from t5x_lite.gin_utils import UsageError
 from t5x_lite.models import T5Config, t5
 
@@ -459,28 +466,10 @@ def to_hf(checkpoint: str, config: T5Config, out_dir: str) -> str:
 # Command line.
 # ---------------------------------------------------------------------------------------------
 
-USAGE = ('use --from_hf=HF_DIR --out_dir=OUT, or --to_hf=MODEL_DIR --gin_file=MODEL.gin '
-         '--out_dir=HF_OUT')
-
-
-def _flag_values(args: list[str]) -> dict[str, str]:
-  flags = {}
-  for arg in args:
-    name, eq, value = arg.partition('=')
-    if name not in ('--from_hf', '--to_hf', '--out_dir') or not eq or not value:
-      raise UsageError(f'unknown or valueless argument {arg!r}; {USAGE}')
-    flags[name[2:]] = value
-  return flags
-
-
 def run(argv: list[str]) -> int:
   gin_files, bindings, rest = gin_utils.split_flags(argv)
-  flags = _flag_values(rest)
-  if ('from_hf' in flags) == ('to_hf' in flags):
-    raise UsageError(f'give exactly one of --from_hf and --to_hf; {USAGE}')
-  if 'out_dir' not in flags:
-    raise UsageError(f'--out_dir is required; {USAGE}')
-  if 'from_hf' in flags:
+  args = cli.parser('convert').parse_args(rest)
+  if args.from_hf:
     gin.clear_config()
     if gin_files:  # gin configures the optimizer whose fresh state is saved
       gin_utils.parse(gin_files, bindings)
@@ -489,15 +478,15 @@ def run(argv: list[str]) -> int:
         gin.parse_config_files_and_bindings([], bindings, finalize_config=False)
       except (ValueError, SyntaxError, KeyError, ImportError) as e:
         raise UsageError(f'gin: {str(e).splitlines()[0]}') from e
-    config = from_hf(flags['from_hf'], flags['out_dir'])
-    print(f"Wrote {flags['out_dir']}/model.gin and {flags['out_dir']}/checkpoints/0 "
+    config = from_hf(args.from_hf, args.out_dir)
+    print(f"Wrote {args.out_dir}/model.gin and {args.out_dir}/checkpoints/0 "
           f'({models.count_params(config):,} params).')
     return 0
   if not gin_files:
     raise UsageError('--to_hf needs --gin_file=MODEL.gin (e.g. the model.gin --from_hf wrote) '
                      'to know the model config.')
   config = config_from_gin(gin_files, bindings)
-  out = to_hf(flags['to_hf'], config, flags['out_dir'])
+  out = to_hf(args.to_hf, config, args.out_dir)
   print(f'Wrote {out}/config.json and {out}/model.safetensors.')
   return 0
 
@@ -506,6 +495,3 @@ def main(argv: Sequence[str] | None = None) -> int:
   """Entry point; bad input prints `error: ...` on one line and exits 2 (as train does)."""
   return gin_utils.run_cli(run, argv)
 
-
-if __name__ == '__main__':
-  sys.exit(main())

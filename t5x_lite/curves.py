@@ -10,6 +10,8 @@ import json
 import os
 import sys
 
+from t5x_lite import cli, gin_utils
+
 PNG = 'loss.png'
 SMOOTH = 10  # the darker line: mean over up to this many logged steps (an eighth of them)
 
@@ -65,18 +67,18 @@ def plot_loss(model_dir: str, title: str | None = None) -> str | None:
 
 
 def main(argv=None) -> int:
-  argv = sys.argv[1:] if argv is None else argv
-  if len(argv) != 1 or not os.path.isdir(argv[0]):
-    print('error: give one MODEL_DIR that exists: python -m t5x_lite.curves MODEL_DIR',
-          file=sys.stderr)
-    return 2
-  path = plot_loss(argv[0])
-  if path is None:
-    print(f'error: {argv[0]}/metrics.jsonl has fewer than two logged losses; train longer.',
-          file=sys.stderr)
-    return 2
-  print(path)
-  return 0
+  """The command (flags: t5x_lite.cli); bad input prints `error: ...` on one line and exits 2."""
+  def run(rest):
+    model_dir = cli.parser('curves').parse_args(rest).model_dir
+    if not os.path.isdir(model_dir):
+      raise gin_utils.UsageError(f'{model_dir} is not a directory; give the MODEL_DIR of a run.')
+    path = plot_loss(model_dir)
+    if path is None:
+      raise gin_utils.UsageError(f'{model_dir}/metrics.jsonl has fewer than two logged losses; '
+                                 'train longer.')
+    print(path)
+
+  return gin_utils.run_cli(run, argv)
 
 
 if __name__ == '__main__':

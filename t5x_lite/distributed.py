@@ -28,16 +28,6 @@ class DistributedError(gin_utils.UsageError):
   """Inconsistent or failed multi-process set-up (the entry point reports it on one line)."""
 
 
-def add_flags(parser: argparse.ArgumentParser) -> None:
-  parser.add_argument('--coordinator_address', help='HOST:PORT of process 0')
-  parser.add_argument('--num_processes', type=int)
-  parser.add_argument('--process_id', type=int)
-  parser.add_argument('--distributed', choices=('off', 'auto'), default=None,
-                      help="'auto': let JAX detect the cluster (Cloud TPU VM, SLURM, Open MPI)")
-  parser.add_argument('--distributed_timeout_s', type=int, default=300,
-                      help='how long to wait for all processes to join (seconds)')
-
-
 def resolve(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> dict | None:
   """The keyword arguments for jax.distributed.initialize, or None for a single process."""
   explicit = (args.coordinator_address, args.num_processes, args.process_id)
@@ -87,21 +77,3 @@ def initialize(args: argparse.Namespace, environ: Mapping[str, str] = os.environ
         'reachable.') from e
   print(f'process {jax.process_index()} of {jax.process_count()}: '
         f'{jax.local_device_count()} local / {jax.device_count()} global devices', flush=True)
-
-
-class _Parser(argparse.ArgumentParser):
-  """Reports a bad flag value as a DistributedError (one line, exit 2), not usage text + exit."""
-
-  def error(self, message):
-    raise DistributedError(f'{message}; the distributed flags are --coordinator_address=HOST:PORT '
-                           '--num_processes=N --process_id=I [--distributed=off|auto].')
-
-
-def parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
-  """Splits the distributed flags off `argv`; returns (namespace, the other arguments).
-
-  Abbreviations are not expanded: `--num=2` is an unknown argument, not --num_processes=2.
-  """
-  parser = _Parser(add_help=False, allow_abbrev=False)
-  add_flags(parser)
-  return parser.parse_known_args(list(argv))

@@ -11,12 +11,12 @@ The metrics are printed and appended to MODEL_DIR/metrics.jsonl and TensorBoard 
 from __future__ import annotations
 
 if __name__ == '__main__':
-  # Run the importable module rather than this copy under __main__, so gin registers one `evaluate`.
+  # `--help` answers before the imports below (JAX, TensorFlow: seconds); a run goes to the
+  # importable module rather than this copy under __main__, so gin registers each function once.
   import sys
-  from t5x_lite import eval as _module
-  sys.exit(_module.main())
+  from t5x_lite import cli
+  sys.exit(cli.main('eval'))
 
-import argparse
 import json
 from typing import Mapping
 
@@ -27,7 +27,7 @@ import numpy as np
 import seqio
 from flax import nnx
 
-from t5x_lite import checkpoints, decoding, gin_utils, infer, models, trainer, vocab
+from t5x_lite import checkpoints, cli, decoding, gin_utils, infer, models, trainer, vocab
 from t5x_lite.models import T5Config
 
 
@@ -129,9 +129,7 @@ def evaluate(*,
 
 def main(argv=None) -> int:
   def run(rest):
-    parser = argparse.ArgumentParser(prog='python -m t5x_lite.eval')
-    parser.add_argument('--checkpoint_dir', default=None)
-    args = parser.parse_args(rest)
+    args = cli.parser('eval').parse_args(rest)
     try:
       evaluate(checkpoint_dir=args.checkpoint_dir)
     except FileNotFoundError as e:

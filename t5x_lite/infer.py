@@ -23,7 +23,13 @@ seqio's unpacked feature converters do, so the model sees what it was trained on
 
 from __future__ import annotations
 
-import argparse
+if __name__ == '__main__':
+  # `--help` answers before the imports below (JAX, TensorFlow: seconds); a run goes to the
+  # importable module rather than this copy under __main__, so gin registers each function once.
+  import sys
+  from t5x_lite import cli
+  sys.exit(cli.main('infer'))
+
 import functools
 import json
 import os
@@ -35,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from t5x_lite import convert, decoding, gin_utils, vocab
+from t5x_lite import cli, convert, decoding, gin_utils, vocab
 from t5x_lite.gin_utils import UsageError
 
 EOS_ID = decoding.EOS_ID
@@ -270,41 +276,11 @@ def score(model: nnx.Module, inputs: list[list[int]], targets: list[list[int]],
 # Command line.
 # ---------------------------------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-  def error(self, message):
-    raise UsageError(f'{message} (see python -m t5x_lite.infer --help)')
-
-
-def _parser() -> argparse.ArgumentParser:
-  p = _Parser(prog='python -m t5x_lite.infer',
-              description='Predict or score jsonl lines with a checkpoint; also takes '
-                          '--gin_file=F (repeatable) and --gin.NAME=VALUE.')
-  p.add_argument('--mode', choices=('predict', 'score'), required=True)
-  p.add_argument('--checkpoint_dir', required=True,
-                 help='a MODEL_DIR, its checkpoints/ or one step directory')
-  p.add_argument('--input_file', required=True)
-  p.add_argument('--output_file', required=True)
-  p.add_argument('--batch_size', type=int, default=32)
-  p.add_argument('--inputs_length', type=int, default=None,
-                 help='pad inputs to this many tokens (default: the longest line)')
-  p.add_argument('--targets_length', type=int, default=None,
-                 help='score: pad targets to this; predict: default --max_decode_length')
-  p.add_argument('--truncate', action='store_true', help='cut longer lines instead of failing')
-  p.add_argument('--max_decode_length', type=int, default=None,
-                 help='tokens to generate at most (default --targets_length, else 128)')
-  p.add_argument('--method', choices=decoding.METHODS, default='greedy')
-  p.add_argument('--temperature', type=float, default=1.0)
-  p.add_argument('--top_k', type=int, default=0)
-  p.add_argument('--top_p', type=float, default=1.0)
-  p.add_argument('--num_beams', type=int, default=4)
-  p.add_argument('--alpha', type=float, default=0.6, help='beam length penalty exponent')
-  p.add_argument('--seed', type=int, default=0, help='sampling seed')
-  return p
-
-
 def run(argv: list[str]) -> int:
   gin_files, bindings, rest = gin_utils.split_flags(argv)
-  args = _parser().parse_args(rest)
+  args = cli.parser('infer').parse_args(rest)
+  if args.method not in decoding.METHODS:
+    raise UsageError(f'--method={args.method}: choose one of {", ".join(decoding.METHODS)}.')
   for name in ('batch_size', 'inputs_length', 'targets_length', 'max_decode_length'):
     value = getattr(args, name)
     if value is not None and value < 1:
@@ -362,6 +338,3 @@ def main(argv: Sequence[str] | None = None) -> int:
   """Entry point; bad input prints `error: ...` on one line and exits 2 (as train does)."""
   return gin_utils.run_cli(run, argv)
 
-
-if __name__ == '__main__':
-  sys.exit(main())

@@ -17,12 +17,12 @@ Devices need not exist except for `--aot`: the mesh is abstract. Chip figures li
 from __future__ import annotations
 
 if __name__ == '__main__':
-  # Run the importable module rather than this copy under __main__, so gin registers one `train`.
+  # `--help` answers before the imports below (JAX, TensorFlow: seconds); a run goes to the
+  # importable module rather than this copy under __main__, so gin registers each function once.
   import sys
-  from t5x_lite import plan as _module
-  sys.exit(_module.main())
+  from t5x_lite import cli
+  sys.exit(cli.main('plan'))
 
-import argparse
 import ast
 import functools
 import json
@@ -33,7 +33,7 @@ import gin
 import jax
 from jax.sharding import AbstractMesh, AxisType
 
-from t5x_lite import aot, gin_utils, hardware, partitioning, targets, trainer
+from t5x_lite import aot, cli, gin_utils, hardware, partitioning, targets, trainer
 from t5x_lite import models
 from t5x_lite.models import T5Config
 from t5x_lite.models.config import REMAT_POLICIES
@@ -609,27 +609,7 @@ def _print_plan(p: dict, lengths, preset: str, num_devices: int, dtype: str) -> 
 
 def main(argv=None) -> int:
   def run(rest):
-    parser = argparse.ArgumentParser(prog='python -m t5x_lite.plan')
-    parser.add_argument('--num_devices', type=int, default=None,
-                        help='devices to plan for (default: those visible to JAX)')
-    parser.add_argument('--chip', default=None,
-                        help=f'target chip: {", ".join(sorted(hardware.CHIPS))}')
-    parser.add_argument('--batch_size', type=int, default=None,
-                        help='global batch (default: BATCH_SIZE from gin, else 128)')
-    parser.add_argument('--preset', default=None, choices=sorted(partitioning.PRESETS),
-                        help='sharding rules (default: logical_axis_rules.preset, else 2d)')
-    parser.add_argument('--mesh', default=None,
-                        help="mesh shape, e.g. \"{'data': 8, 'model': 8}\" (default: MESH_SHAPE)")
-    parser.add_argument('--nodes', type=int, default=None,
-                        help='hosts/slices the devices span (default: fewest the chip allows)')
-    parser.add_argument('--aot', action='store_true',
-                        help="also lower and compile the train step on JAX's devices")
-    parser.add_argument('--target', default=None,
-                        help='compile for a TPU slice (v5p-64, v5e-16, v6e-8, 2xv5p-256) or a '
-                             'GPU cluster (h100x8, a100x32, h200x8, b200x8) without one')
-    parser.add_argument('--json', action='store_true',
-                        help='also print the figures as one JSON object, on the last line')
-    args = parser.parse_args(rest)
+    args = cli.parser('plan').parse_args(rest)
     for flag in ('num_devices', 'batch_size', 'nodes'):
       value = getattr(args, flag)
       if value is not None and value < 1:

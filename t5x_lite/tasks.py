@@ -6,5 +6,5 @@ A thin entry point: the tasks live in the top-level `tasks` package, the command
 import sys
 
 if __name__ == '__main__':
-  from tasks import show
-  sys.exit(show.main())
+  from t5x_lite import cli  # `--help` answers before seqio and TensorFlow load
+  sys.exit(cli.main('tasks'))

@@ -9,10 +9,11 @@ decodes a sample from the validation split.
 from __future__ import annotations
 
 if __name__ == '__main__':
-  # Run the importable module rather than this copy under __main__, so gin registers one `train`.
+  # `--help` answers before the imports below (JAX, TensorFlow: seconds); a run goes to the
+  # importable module rather than this copy under __main__, so gin registers each function once.
   import sys
-  from t5x_lite import train as _module
-  sys.exit(_module.main())
+  from t5x_lite import cli
+  sys.exit(cli.main('train'))
 
 import contextlib
 import hashlib
@@ -30,7 +31,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from t5x_lite import (checkpoints, curves, decoding, distributed, gin_utils, hardware,
+from t5x_lite import (checkpoints, cli, curves, decoding, distributed, gin_utils, hardware,
                       partitioning, paths, trainer, vocab)
 from t5x_lite import eval as eval_lib
 from t5x_lite.data import pipeline
@@ -499,10 +500,7 @@ def _trim(ids: np.ndarray) -> list[int]:
 
 def main(argv: Sequence[str] | None = None) -> int:
   def run(rest):
-    dist_args, rest = distributed.parse(rest)
-    if rest:
-      raise gin_utils.UsageError(f'unknown arguments {rest}; use --gin_file=F and --gin.NAME=VALUE')
-    distributed.initialize(dist_args)
+    distributed.initialize(cli.parser('train').parse_args(rest))
     train()
   return gin_utils.run_main(run, None if argv is None else list(argv))
 

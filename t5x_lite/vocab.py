@@ -16,7 +16,13 @@ Command line: ``python -m t5x_lite.vocab --input=a.txt --input=b.txt --model_pre
 
 from __future__ import annotations
 
-import argparse
+if __name__ == '__main__':
+  # `--help` answers before the imports below (JAX, TensorFlow: seconds); a run goes to the
+  # importable module rather than this copy under __main__, so gin registers each function once.
+  import sys
+  from t5x_lite import cli
+  sys.exit(cli.main('vocab'))
+
 import hashlib
 import io
 import os
@@ -31,7 +37,7 @@ import tensorflow as tf
 from absl import logging
 from sentencepiece import sentencepiece_model_pb2
 
-from t5x_lite import gin_utils, paths
+from t5x_lite import cli, gin_utils, paths
 from t5x_lite.data import corpus
 
 T5_VOCAB_SIZE = 32000       # T5's SentencePiece model (cc_all.32000).
@@ -263,27 +269,19 @@ def default_vocabulary() -> seqio.SentencePieceVocabulary:
 # ------------------------------------------------------------------------------------------ CLI
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(
-      prog='t5x-vocab', description='Train a SentencePiece unigram model with T5 ids '
-      '(pad 0, eos 1, unk 2, no bos, byte fallback). One sentence or paragraph per input line.')
-  parser.add_argument('--input', action='append', required=True,
-                      help='text file; repeat for several')
-  parser.add_argument('--model_prefix', required=True, help='writes PREFIX.model and PREFIX.vocab')
-  parser.add_argument('--vocab_size', type=int, default=T5_VOCAB_SIZE)
-  parser.add_argument('--character_coverage', type=float, default=0.9999)
-  parser.add_argument('--num_threads', type=int, default=1,
-                      help='the result depends on this; keep it fixed to reproduce a model')
-  args = parser.parse_args(argv)
-  start = time.time()
-  try:
-    path = train_sentencepiece(args.input, args.model_prefix, args.vocab_size,
-                               character_coverage=args.character_coverage,
-                               num_threads=args.num_threads)
-  except (ValueError, FileNotFoundError) as e:
-    parser.exit(2, f'{parser.prog}: error: {e}\n')
-  print(f'Wrote {path} ({args.vocab_size} pieces) in {time.time() - start:.1f} s.')
+def main(argv: Sequence[str] | None = None) -> int:
+  """`t5x-vocab` (flags: t5x_lite.cli); bad input prints `error: ...` on one line and exits 2."""
+  def run(rest):
+    args = cli.parser('vocab').parse_args(rest)
+    pieces = args.vocab_size or T5_VOCAB_SIZE
+    start = time.time()
+    try:
+      path = train_sentencepiece(args.input, args.model_prefix, pieces,
+                                 character_coverage=args.character_coverage,
+                                 num_threads=args.num_threads)
+    except (ValueError, FileNotFoundError) as e:
+      raise gin_utils.UsageError(str(e)) from e
+    print(f'Wrote {path} ({pieces} pieces) in {time.time() - start:.1f} s.')
 
+  return gin_utils.run_cli(run, argv)
 
-if __name__ == '__main__':
-  main()

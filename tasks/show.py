@@ -10,16 +10,15 @@ exactly what training would see for that text (chunking leaves a short text whol
 
 from __future__ import annotations
 
-import argparse
 import functools
 import inspect
-import sys
 from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import seqio
 import tensorflow as tf
 
+from t5x_lite import cli, gin_utils
 from tasks import pretraining
 
 DEFAULT_SEQUENCE_LENGTH = {'inputs': 128, 'targets': 128}
@@ -93,22 +92,13 @@ def format_examples(name: str, exs: Sequence[Mapping[str, np.ndarray]]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-  parser = argparse.ArgumentParser(prog='python -m t5x_lite.tasks',
-                                   description='Inspect registered seqio tasks.')
-  sub = parser.add_subparsers(dest='command', required=True)
-  show = sub.add_parser('show', help='print decoded examples of a task or mixture')
-  show.add_argument('name', nargs='?', help='task or mixture name, e.g. wiki_prefix_lm')
-  show.add_argument('--all', action='store_true', help='every wiki objective task')
-  show.add_argument('--num', type=int, default=3)
-  show.add_argument('--text', default=None, help='run the objective on this text only')
-  show.add_argument('--inputs_length', type=int, default=DEFAULT_SEQUENCE_LENGTH['inputs'])
-  show.add_argument('--targets_length', type=int, default=DEFAULT_SEQUENCE_LENGTH['targets'])
-  show.add_argument('--noise_density', type=float, default=None,
-                    help='with --text: override the objective\'s noise density (where it has one)')
-  show.add_argument('--split', default='validation')
-  show.add_argument('--seed', type=int, default=0)
-  args = parser.parse_args(argv)
+  """The command (flags: t5x_lite.cli); bad input prints `error: ...` on one line and exits 2."""
+  return gin_utils.run_cli(_show, argv)
 
+
+def _show(argv: Sequence[str]) -> int:
+  parser = cli.parser('tasks')
+  args = parser.parse_args(argv)
   if args.all == bool(args.name):
     parser.error('give a task name or --all (not both).')
   if args.noise_density is not None and args.text is None:
@@ -120,14 +110,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if name not in known:
       parser.error(f'unknown task {name!r}; registered: '
                    f'{", ".join(sorted(n for n in known if n.startswith(("wiki", "c4"))))}')
-  lengths = {'inputs': args.inputs_length, 'targets': args.targets_length}
+  lengths = {key: getattr(args, f'{key}_length') or DEFAULT_SEQUENCE_LENGTH[key]
+             for key in DEFAULT_SEQUENCE_LENGTH}
   for name in names:
     exs = examples(name, num=args.num, text=args.text, noise_density=args.noise_density,
                    sequence_length=lengths, split=args.split,
                    seed=args.seed)
     print(format_examples(name, exs))
   return 0
-
-
-if __name__ == '__main__':
-  sys.exit(main())

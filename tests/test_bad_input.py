@@ -387,8 +387,16 @@ CASES: list[Case] = [
          r'rm -r .*wiki_sample/1\.0\.0` and rerun',
          _corrupt_corpus_info),
     # command line and distributed set-up
-    Case('unknown_argument', ('--frobnicate=1',), r"unknown arguments \['--frobnicate=1'\]"),
-    Case('abbreviated_flag_is_not_guessed', ('--num=2',), r"unknown arguments \['--num=2'\]"),
+    Case('unknown_argument', ('--frobnicate=1',),
+         r'unrecognized arguments: --frobnicate=1 \(see python -m t5x_lite\.train --help\)'),
+    Case('abbreviated_flag_is_not_guessed', ('--num=2',), r'unrecognized arguments: --num=2 \('),
+    Case('flag_typo', ('--num_proceses=2',),
+         r'unrecognized arguments: --num_proceses=2; did you mean --num_processes\?'),
+    Case('plan_flag_typo', ('--num_devics=8',),
+         r'unrecognized arguments: --num_devics=8; did you mean --num_devices\? '
+         r'\(see python -m t5x_lite\.plan --help\)', module='t5x_lite.plan'),
+    Case('eval_flag_typo', ('--checkpoint={tmp}/model_dir',),
+         r'unrecognized arguments: .*; did you mean --checkpoint_dir\?', module='t5x_lite.eval'),
     Case('distributed_flags_incomplete', ('--coordinator_address=localhost:1234',),
          r'--coordinator_address, --num_processes and --process_id go together'),
     Case('distributed_flag_not_an_int', ('--num_processes=two',),

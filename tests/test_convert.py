@@ -293,9 +293,13 @@ def test_cli_errors_are_one_line(capsys, tmp_path):
   (tmp_path / 'config.json').write_text(json.dumps({'feed_forward_proj': 'gelu'}))
   assert "unsupported feed_forward_proj 'gelu'" in _error(capsys, f'--from_hf={tmp_path}',
                                                           f'--out_dir={tmp_path}/o')
-  assert 'exactly one of' in _error(capsys, f'--out_dir={tmp_path}')
+  assert 'one of the arguments --from_hf --to_hf is required' in _error(
+      capsys, f'--out_dir={tmp_path}')
+  assert 'not allowed with argument --from_hf' in _error(
+      capsys, f'--from_hf={tmp_path}', f'--to_hf={tmp_path}', f'--out_dir={tmp_path}/o')
   assert '--gin_file' in _error(capsys, f'--to_hf={tmp_path}', f'--out_dir={tmp_path}/o')
-  assert 'unknown' in _error(capsys, '--frm_hf=x', f'--out_dir={tmp_path}')
+  assert 'unrecognized arguments: --frm_hf=x' in _error(capsys, '--frm_hf=x', '--from_hf=y',
+                                                        f'--out_dir={tmp_path}')
 
 
 def test_shape_mismatch_names_the_tensor_and_both_shapes(converted, capsys, tmp_path):

@@ -14,7 +14,7 @@ import gin
 import numpy as np
 import pytest
 
-from t5x_lite import distributed, train
+from t5x_lite import cli, distributed, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
@@ -23,9 +23,7 @@ from micro import MICRO  # noqa: E402
 
 
 def _resolve(argv=(), env=None):
-  args, rest = distributed.parse(list(argv))
-  assert rest == []
-  return distributed.resolve(args, env or {})
+  return distributed.resolve(cli.parser('train').parse_args(list(argv)), env or {})
 
 
 def test_single_process_by_default():

@@ -205,8 +205,8 @@ def test_show_command_prints_decoded_examples(capsys):
   assert out[0] == '== wiki_iid_drop'
   assert out[1].startswith('  [0] inputs') and out[2].startswith('  [0] targets')
   assert out[1].endswith('</s>') and out[2].endswith('</s>')
-  with pytest.raises(SystemExit):
-    show.main(['show', 'wiki_no_such_objective'])
+  assert show.main(['show', 'wiki_no_such_objective']) == 2
+  assert "error: unknown task 'wiki_no_such_objective'" in capsys.readouterr().err
 
 
 def test_table_3_sentence_through_every_objective():
