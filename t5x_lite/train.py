@@ -118,6 +118,7 @@ def train(*,
         f'({vocabulary.vocab_size} ids incl. sentinels); raise VOCAB_SIZE to at least that.')
   import tasks  # registers tasks with the gin-configured vocabulary
   tasks.register_all(vocabulary)
+  tasks.pretraining.check_text_task(mixture_or_task_name)
   try:  # an unknown task is that, before any MODEL_DIR comparison or checkpoint manager
     pipeline.get_task(mixture_or_task_name)
   except ValueError as e:

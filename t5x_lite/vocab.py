@@ -26,9 +26,10 @@ if __name__ == '__main__':
 import hashlib
 import io
 import os
+import re
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterable, Sequence
 
 import gin
 import seqio
@@ -38,7 +39,7 @@ from absl import logging
 from sentencepiece import sentencepiece_model_pb2
 
 from t5x_lite import cli, gin_utils, paths
-from t5x_lite.data import corpus
+from t5x_lite.data import corpus, text_files
 
 T5_VOCAB_SIZE = 32000       # T5's SentencePiece model (cc_all.32000).
 DEFAULT_VOCAB_SIZE = 28000  # Largest round size the bundled corpus supports (its cap is ~29.1k).
@@ -94,6 +95,10 @@ def _train_model_proto(**kwargs) -> bytes:
     if 'Vocabulary size too high' in str(e):
       raise ValueError(f'{e}. The training text is too small for vocab_size='
                        f'{kwargs["vocab_size"]}: add text or lower vocab_size.') from e
+    needed = re.search(r'smaller than required_chars\. (\d+) vs (\d+)', str(e))
+    if needed:  # the text's characters plus 256 byte-fallback pieces and the special ids
+      raise ValueError(f'vocab_size={needed.group(1)} is below the {needed.group(2)} pieces this '
+                       'text needs for its characters and the 256 byte pieces; raise it.') from e
     raise
   return out.getvalue()
 
@@ -133,7 +138,12 @@ def ensure_default_spm(vocab_size: int = DEFAULT_VOCAB_SIZE,
   because the first use is often inside a tf.data graph being traced, where eager reads fail.
   Safe under concurrent first use (file lock; the losers wait, then find the model).
   """
-  path = default_spm_path(vocab_size, corpus_name)
+  return _ensure_spm(default_spm_path(vocab_size, corpus_name),
+                     lambda: (text for _, text in _corpora()[corpus_name][1]('train')), vocab_size)
+
+
+def _ensure_spm(path: Path, texts: Callable[[], Iterable[str]], vocab_size: int) -> str:
+  """The model at `path`, trained on `texts()` (one document each) unless cached and intact."""
   if path.is_file() and _cache_problem(path) is None:
     return str(path)
   with paths.file_lock(path.with_suffix('.lock')):
@@ -147,7 +157,7 @@ def ensure_default_spm(vocab_size: int = DEFAULT_VOCAB_SIZE,
     text_path = path.with_suffix(f'.train{os.getpid()}.txt')
     try:
       with open(text_path, 'w', encoding='utf-8') as f:
-        for _, text in _corpora()[corpus_name][1]('train'):
+        for text in texts():
           f.write(text + '\n')
       train_sentencepiece([text_path], path.with_suffix(''), vocab_size)
     finally:
@@ -218,14 +228,33 @@ class DefaultSentencePieceVocabulary(seqio.SentencePieceVocabulary):
     return super()._model_context()
 
 
+def own_text_spm(text: text_files.OwnText) -> str:
+  """A model of `text.vocab_size` pieces trained on the training split of the user's text, cached
+  beside its prepared copy (the same text and size train once per machine)."""
+  path = Path(paths.tfds_data_dir()) / text.tfds_name / f'unigram_{text.vocab_size}.model'
+  path.parent.mkdir(parents=True, exist_ok=True)
+  try:
+    return _ensure_spm(path, lambda: (doc for _, doc in text_files.iter_split(text, 'train')),
+                       text.vocab_size)
+  except ValueError as e:
+    raise gin_utils.UsageError(f'TEXT_VOCAB_SIZE={text.vocab_size}: {e}') from e
+
+
 @gin.configurable
 def get_vocabulary(spm_path: str | None = None,
                    extra_ids: int = EXTRA_IDS) -> seqio.SentencePieceVocabulary:
-  """The vocabulary for tasks and decoding: `spm_path` if given, else the default one.
+  """The vocabulary for tasks and decoding: `spm_path` if given, else one trained on the user's
+  text when TEXT_VOCAB_SIZE asks (t5x_lite.data.text_files), else the default one.
 
   gin: ``get_vocabulary.spm_path = '/path/to/spm.model'`` (any SentencePiece model that uses T5's
   ids: pad 0, eos 1, unk 2).
   """
+  text = text_files.own_text()
+  if text is not None and text.vocab_size:
+    if spm_path is not None:
+      raise gin_utils.UsageError(f'both get_vocabulary.spm_path ({spm_path}) and TEXT_VOCAB_SIZE '
+                                 f'({text.vocab_size}) choose the vocabulary; drop one.')
+    spm_path = own_text_spm(text)
   if spm_path is None:
     return DefaultSentencePieceVocabulary(extra_ids=extra_ids)
   fix = ('Train one with `python -m t5x_lite.vocab --input=text.txt --model_prefix=out/spm`, or '

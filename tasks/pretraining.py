@@ -5,7 +5,8 @@ Task names are ``wiki_<objective>``, ``english_<objective>`` and ``c4_<objective
 objectives in `OBJECTIVES` (Raffel et al. 2020, Table 3; see `t5x_lite.data.objectives`), except
 span corruption, which keeps T5's names ``wiki_span_corruption`` and ``c4_v220_span_corruption``
 (and ``english_span_corruption``). ``<corpus>_objectives_mix`` samples the encoder-decoder
-objectives at `MIX_RATES`.
+objectives at `MIX_RATES`. When gin sets TEXT_FILES, ``text_<objective>`` (``text_span_corruption``
+too) and ``text_objectives_mix`` read your own files (t5x_lite/data/text_files.py).
 
 Both follow T5's ``c4_v220_span_corruption`` recipe (Raffel et al. 2020, §3.1.4; t5.data.tasks):
 rekey text → targets, tokenize, [cache point], span corruption (15% noise, mean span 3), append EOS
@@ -30,8 +31,8 @@ import gin
 import seqio
 import tensorflow as tf
 
-from t5x_lite import paths, vocab
-from t5x_lite.data import corpus, english_corpus, objectives
+from t5x_lite import gin_utils, paths, vocab
+from t5x_lite.data import corpus, english_corpus, objectives, text_files
 
 WIKI_TASK = 'wiki_span_corruption'
 ENGLISH_TASK = 'english_span_corruption'
@@ -52,6 +53,7 @@ OBJECTIVES = {
 MIX_RATES = {'span_corruption': 6.0, 'prefix_lm': 1.0, 'bert_style': 1.0, 'deshuffling': 1.0,
              'iid_mask': 1.0, 'iid_replace_spans': 1.0, 'iid_drop': 1.0}
 WIKI_MIXTURE = 'wiki_objectives_mix'
+TEXT_MIXTURE = 'text_objectives_mix'
 ENGLISH_MIXTURE = 'english_objectives_mix'
 C4_MIXTURE = 'c4_objectives_mix'
 WIKI_TFDS_NAME = 'wiki_sample:1.0.0'
@@ -119,7 +121,8 @@ def task_name(corpus_name: str, objective: str) -> str:
   if objective not in OBJECTIVES:
     raise ValueError(f'unknown objective {objective!r}; choose one of {sorted(OBJECTIVES)}.')
   if objective == 'span_corruption':
-    return {'wiki': WIKI_TASK, 'english': ENGLISH_TASK, 'c4': C4_TASK}[corpus_name]
+    return {'wiki': WIKI_TASK, 'english': ENGLISH_TASK, 'c4': C4_TASK}.get(
+        corpus_name, f'{corpus_name}_span_corruption')
   return f'{corpus_name}_{objective}'
 
 
@@ -184,6 +187,31 @@ def register_all(vocabulary: seqio.Vocabulary | None = None,
   _add_mixture(WIKI_MIXTURE, 'wiki', rates)
   _add_mixture(ENGLISH_MIXTURE, 'english', rates)
   _add_mixture(C4_MIXTURE, 'c4', rates)
+  for name in [n for n in seqio.TaskRegistry.names() if n.startswith('text_')]:
+    seqio.TaskRegistry.remove(name)  # a previous TEXT_FILES's tasks
+  seqio.MixtureRegistry.remove(TEXT_MIXTURE)
+  text = text_files.own_text()
+  if text is not None:  # TEXT_FILES: prepared on first read (once per machine), like the others
+    source = PreparedTfdsDataSource(f'{text.tfds_name}:{text_files.VERSION}', wiki_data_dir,
+                                    functools.partial(text_files.prepare, text, wiki_data_dir))
+    for objective in OBJECTIVES:
+      _add_task(task_name('text', objective), source, vocabulary, objective)
+    _add_mixture(TEXT_MIXTURE, 'text', rates)
+
+
+def check_text_task(mixture_or_task_name: str) -> None:
+  """TEXT_FILES and a `text_*` task go together: either alone would train on other data or on
+  nothing, so a UsageError says what to add."""
+  text, wants_text = text_files.own_text(), mixture_or_task_name.startswith('text_')
+  if text is not None and not wants_text:
+    raise gin_utils.UsageError(
+        f'TEXT_FILES is set but the task is {mixture_or_task_name!r}, which does not read it; '
+        "train on your text with --gin.MIXTURE_OR_TASK_NAME=\"'text_span_corruption'\" (or "
+        f"text_<objective>: {', '.join(o for o in OBJECTIVES if o != 'span_corruption')}).")
+  if wants_text and text is None:
+    raise gin_utils.UsageError(
+        f'{mixture_or_task_name!r} reads your own text, but TEXT_FILES is not set; add '
+        "--gin.TEXT_FILES=\"'notes/*.txt'\" (a glob or a list; .txt, .jsonl or .tfrecord).")
 
 
 register_all()

@@ -390,6 +390,18 @@ CASES: list[Case] = [
     Case('unknown_argument', ('--frobnicate=1',),
          r'unrecognized arguments: --frobnicate=1 \(see python -m t5x_lite\.train --help\)'),
     Case('abbreviated_flag_is_not_guessed', ('--num=2',), r'unrecognized arguments: --num=2 \('),
+    # your own text (TEXT_FILES)
+    Case('text_files_match_nothing',
+         ("--gin.TEXT_FILES='{tmp}/notes*.txt'", "--gin.MIXTURE_OR_TASK_NAME='text_span_corruption'"),
+         r"TEXT_FILES: no file matches '.*notes\*\.txt'"),
+    Case('text_files_hold_no_text',
+         ("--gin.TEXT_FILES='{tmp}/empty.txt'", "--gin.MIXTURE_OR_TASK_NAME='text_span_corruption'"),
+         r'TEXT_FILES: .*empty\.txt holds no text; set TEXT_FILES', _writes('empty.txt', '\n\n')),
+    Case('text_files_but_another_task', ("--gin.TEXT_FILES='{tmp}/a.txt'",),
+         r"TEXT_FILES is set but the task is 'wiki_span_corruption', which does not read it; .*"
+         r"text_span_corruption", _writes('a.txt', 'one\ntwo\n')),
+    Case('text_task_without_text_files', ("--gin.MIXTURE_OR_TASK_NAME='text_prefix_lm'",),
+         r"'text_prefix_lm' reads your own text, but TEXT_FILES is not set; add --gin\.TEXT_FILES="),
     Case('flag_typo', ('--num_proceses=2',),
          r'unrecognized arguments: --num_proceses=2; did you mean --num_processes\?'),
     Case('plan_flag_typo', ('--num_devics=8',),

@@ -267,16 +267,16 @@ def prepare_corpus(data_dir: str | None = None, name: str = 'wiki_sample'
             flush=True)
       # TFDS prints its own banners ("Downloading and preparing dataset Unknown size ...") to
       # stdout: the line above says it once, in our words.
-      with _no_progress_bars(), contextlib.redirect_stdout(io.StringIO()):
+      with no_progress_bars(), contextlib.redirect_stdout(io.StringIO()):
         builder.download_and_prepare(
             download_config=tfds.download.DownloadConfig(try_download_gcs=False))
-      _record_checksums(_builder(data_dir, name))
+      record_checksums(_builder(data_dir, name))
       logging.info('Prepared %s in %s in %.1f s.', name, data_dir, time.time() - start)
   return _builder(data_dir, name)
 
 
 @contextlib.contextmanager
-def _no_progress_bars() -> Iterator[None]:
+def no_progress_bars() -> Iterator[None]:
   """TFDS's nested progress bars (cursor escapes on stderr) would bury a one-line error."""
   was_shown = getattr(tqdm_utils, '_active', True)
   tfds.display_progress_bar(False)
@@ -306,7 +306,7 @@ def _split_files(builder: tfds.core.DatasetBuilder) -> list:
   return [p for split in builder.info.splits.values() for p in split.filepaths]
 
 
-def _record_checksums(builder: tfds.core.DatasetBuilder) -> None:
+def record_checksums(builder: tfds.core.DatasetBuilder) -> None:
   """What each split file holds when prepared: TFRecord framing finds a cut file, not a flipped
   byte inside a record, which tf.data would only meet mid-training (or, for validation, after)."""
   digests = {Path(str(p)).name: _sha256(p) for p in _split_files(builder)}
@@ -352,7 +352,7 @@ def check_prepared(builder: tfds.core.DatasetBuilder) -> None:
         raise gin_utils.UsageError(f'prepared corpus file {path} is {problem}; '
                                    f'{_rebuild_advice(builder.data_dir)}')
   if damaged is None:  # prepared before checksums were kept: the framing passed, keep them
-    _record_checksums(builder)
+    record_checksums(builder)
     return
   raise gin_utils.UsageError(
       f'prepared corpus file {damaged} does not match the checksum recorded when it was prepared '
