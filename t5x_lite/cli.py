@@ -112,34 +112,39 @@ def _formatted(prog: str, description: str, epilog: str = '') -> Parser:
                 formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
-def _train() -> Parser:
-  p = _formatted(PROGS['train'], 'Train a model gin describes: joins a multi-process job if there '
-                 'is one, resumes from the newest checkpoint in MODEL_DIR, checkpoints every '
-                 'CHECKPOINT_PERIOD steps and at the end, and decodes a validation sample.',
-                 gin_epilog('python -m t5x_lite.train --gin_file=gin/runs/pretrain_tiny.gin '
-                            '--gin.TRAIN_STEPS=100'))
+def _gin_command(prog: str, description: str, example: str) -> Parser:
+  """A command that reads gin: its flags, and the gin files and macros in the epilog."""
+  p = _formatted(prog, description, gin_epilog(example))
   _add_gin_flags(p)
+  return p
+
+
+def _train() -> Parser:
+  p = _gin_command(PROGS['train'], 'Train a model gin describes: joins a multi-process job if '
+                   'there is one, resumes from the newest checkpoint in MODEL_DIR, checkpoints '
+                   'every CHECKPOINT_PERIOD steps and at the end, and decodes a validation sample.',
+                   'python -m t5x_lite.train --gin_file=gin/runs/pretrain_tiny.gin '
+                   '--gin.TRAIN_STEPS=100')
   add_distributed_flags(p)
   return p
 
 
 def _eval() -> Parser:
-  p = _formatted('python -m t5x_lite.eval', "Score a checkpoint on the task's validation split "
-                 'with its seqio metrics; writes them to MODEL_DIR like training does.',
-                 gin_epilog('python -m t5x_lite.eval --gin_file=gin/runs/pretrain_tiny.gin'))
+  p = _gin_command('python -m t5x_lite.eval', "Score a checkpoint on the task's validation "
+                   'split with its seqio metrics; writes them to MODEL_DIR like training does.',
+                   'python -m t5x_lite.eval --gin_file=gin/runs/finetune_tiny.gin')
   p.add_argument('--checkpoint_dir', default=None,
                  help="a MODEL_DIR, its checkpoints/ or one step's directory (default: the newest "
                       'checkpoint in MODEL_DIR)')
-  _add_gin_flags(p)
   return p
 
 
 def _plan() -> Parser:
-  p = _formatted(PROGS['plan'], 'Say before launch whether a gin config fits a TPU slice or GPU '
-                 'cluster and how fast it should run: a roofline, and with --aot or --target the '
-                 'real XLA compiler for that platform, run on this host.',
-                 gin_epilog('python -m t5x_lite.plan --gin_file=gin/models/t5_1_1/xl.gin '
-                            '--gin_file=gin/runs/pretrain.gin --target=v5p-64'))
+  p = _gin_command(PROGS['plan'], 'Say before launch whether a gin config fits a TPU slice or '
+                   'GPU cluster and how fast it should run: a roofline, and with --aot or --target '
+                   'the real XLA compiler for that platform, run on this host.',
+                   'python -m t5x_lite.plan --gin_file=gin/models/t5_1_1/xl.gin '
+                   '--gin_file=gin/runs/pretrain.gin --target=v5p-64')
   p.add_argument('--num_devices', type=int, default=None,
                  help='devices to plan for (default: those visible to JAX)')
   p.add_argument('--chip', default=None,
@@ -161,7 +166,6 @@ def _plan() -> Parser:
                       'cluster (h100x8, a100x32, h200x8, b200x8) without one')
   p.add_argument('--json', action='store_true',
                  help='also print the figures as one JSON object, on the last line')
-  _add_gin_flags(p)
   return p
 
 
