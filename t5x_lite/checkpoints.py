@@ -27,6 +27,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 
+from t5x_lite import storage
 from t5x_lite.gin_utils import UsageError
 
 # Orbax warns `Metadata file does not exist: STEP/state/_CHECKPOINT_METADATA` for every item it
@@ -51,10 +52,12 @@ class DataIteratorHandler(ocp.CheckpointHandler):
   """Saves/restores a `pipeline.DataIterator`'s position (each host writes its own shards)."""
 
   def save(self, directory: epath.Path, args: 'DataIteratorSave'):
-    args.iterator.save(str(directory))
+    with storage.staged(directory, upload=True) as local:  # tf.data writes local files
+      args.iterator.save(local)
 
   def restore(self, directory: epath.Path, args: 'DataIteratorRestore'):
-    args.iterator.restore(str(directory))
+    with storage.staged(directory, upload=False) as local:
+      args.iterator.restore(local)
     return args.iterator
 
 
@@ -81,7 +84,7 @@ class Checkpointer:
   """Owner of an `ocp.CheckpointManager` with the policy T5X users expect, plus validation."""
 
   def __init__(self, directory: str, keep: int = 3, async_save: bool = True):
-    self.directory = epath.Path(directory).absolute()
+    self.directory = storage.absolute(directory)
     self.keep = keep
     self._pending = None  # the step of a save not yet known to be committed
     # The newest step known to restore: the one restored at start, then each committed save (a
@@ -222,8 +225,7 @@ class Checkpointer:
       aside, suffix = aside.with_name(f'{aside.name.split("~")[0]}~{suffix}'), suffix + 1
     if jax.process_index() == 0:
       try:
-        aside.parent.mkdir(parents=True, exist_ok=True)
-        (self.directory / str(step)).rename(aside)
+        storage.move_tree(self.directory / str(step), aside)
       except OSError as e:
         self._manager.close()
         raise UsageError(
@@ -474,7 +476,7 @@ def load_params(path: str, abstract_params: Any) -> tuple[Any, epath.Path]:
 
 
 def _load_step_params(step_dir: epath.Path, abstract_params: Any) -> Any:
-  state_dir = (step_dir / 'state').absolute()
+  state_dir = storage.absolute(step_dir / 'state')
   saved_tree = _saved_tree(state_dir)
   if 'params' not in saved_tree:
     raise ValueError(f'{state_dir} holds no params (keys: {sorted(saved_tree)}).')

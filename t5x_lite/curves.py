@@ -6,11 +6,12 @@ first run shows whether it learned without starting TensorBoard.
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import sys
 
-from t5x_lite import cli, gin_utils
+from t5x_lite import cli, gin_utils, storage
 
 PNG = 'loss.png'
 SMOOTH = 10  # the darker line: mean over up to this many logged steps (an eighth of them)
@@ -20,14 +21,14 @@ def read_metrics(path: str) -> list[dict]:
   """The rows of a metrics.jsonl (missing: none); a torn last line (a killed writer) is skipped."""
   rows = []
   try:
-    with open(path) as f:
-      for line in f:
-        try:
-          rows.append(json.loads(line))
-        except ValueError:
-          continue
+    text = storage.read_text(path) or ''
   except OSError:
-    pass
+    return rows
+  for line in text.splitlines():
+    try:
+      rows.append(json.loads(line))
+    except ValueError:
+      continue
   return rows
 
 
@@ -60,9 +61,10 @@ def plot_loss(model_dir: str, title: str | None = None) -> str | None:
   ax.legend()
   fig.tight_layout()
   path = os.path.join(model_dir, PNG)
-  fig.savefig(path + '.tmp', format='png')
+  png = io.BytesIO()
+  fig.savefig(png, format='png')
   plt.close(fig)
-  os.replace(path + '.tmp', path)
+  storage.write_atomically(path, png.getvalue())
   return path
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Mapping, Sequence
+from typing import Mapping
 
 import jax
 

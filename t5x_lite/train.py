@@ -30,10 +30,11 @@ from typing import Callable, Mapping, Sequence
 import gin
 import jax
 import numpy as np
+from etils import epath
 from flax import nnx
 
 from t5x_lite import (checkpoints, cli, curves, decoding, distributed, gin_utils, hardware,
-                      partitioning, paths, trainer, vocab)
+                      partitioning, paths, storage, trainer, vocab)
 from t5x_lite import eval as eval_lib
 from t5x_lite.data import pipeline
 from t5x_lite import models
@@ -103,16 +104,12 @@ def train(*,
                   log_period=log_period, seed=seed, num_data_shards=num_data_shards,
                   eval_period=eval_period, mesh_shape=mesh_shape,
                   task_feature_lengths=task_feature_lengths)
-  if '://' in str(model_dir):
-    raise gin_utils.UsageError(
-        f'MODEL_DIR {model_dir!r} is a URL; metrics and TensorBoard files are written with local '
-        'file APIs. Mount the bucket (e.g. gcsfuse) or use a shared filesystem path.')
   try:
-    os.makedirs(model_dir, exist_ok=True)
+    epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
   except OSError as e:
     raise gin_utils.UsageError(f'MODEL_DIR {model_dir} cannot be created ({e.strerror}); set '
                                '--gin.MODEL_DIR to a directory you can write.') from e
-  if not os.access(model_dir, os.W_OK | os.X_OK):
+  if not storage.is_url(model_dir) and not os.access(model_dir, os.W_OK | os.X_OK):
     raise gin_utils.UsageError(f'MODEL_DIR {model_dir} cannot be written (no permission); set '
                                '--gin.MODEL_DIR to a directory you can write.')
   is_main = jax.process_index() == 0
@@ -385,8 +382,9 @@ def _save_failed(ckpt: checkpoints.Checkpointer, error: OSError) -> gin_utils.Us
 @contextlib.contextmanager
 def _only_trainer(model_dir: str, is_main: bool):
   """Two trainers on one MODEL_DIR would interleave checkpoints and metrics: the job's main
-  process holds MODEL_DIR/.trainer.lock while it trains (released when it exits, however)."""
-  if not is_main:
+  process holds MODEL_DIR/.trainer.lock while it trains (released when it exits, however). A
+  bucket has no such lock: there, one trainer per MODEL_DIR is the launcher's to keep."""
+  if not is_main or storage.is_url(model_dir):
     yield
     return
   owner = (f'host {socket.gethostname()}, pid {os.getpid()}, started '

@@ -7,6 +7,7 @@ the state and is merged with the params inside the step.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -17,9 +18,10 @@ import gin
 import jax
 import jax.numpy as jnp
 import optax
+from etils import epath
 from flax import nnx
 
-from t5x_lite import checkpoints, gin_utils, hardware, models, partitioning
+from t5x_lite import checkpoints, gin_utils, hardware, models, partitioning, storage
 
 TrainState = dict  # {'step': int32[], 'params': pytree, 'opt_state': pytree, 'rng': key data}
 
@@ -318,25 +320,39 @@ class MetricsWriter:
     self._jsonl = None
     self._tb = None
     if enabled:
-      os.makedirs(model_dir, exist_ok=True)
-      path = os.path.join(model_dir, 'metrics.jsonl')
+      epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
+      self._path = os.path.join(model_dir, 'metrics.jsonl')
       if resume_step is not None:
-        _drop_rows_after(path, resume_step)
-      self._jsonl = open(path, 'a')
+        _drop_rows_after(self._path, resume_step)
+      # A bucket has no append: its metrics.jsonl is rewritten whole, and the TensorBoard events
+      # are written locally and copied up, at each logged step.
+      self._rows = (storage.read_text(self._path) or '') if storage.is_url(model_dir) else None
+      if self._rows is None:
+        self._jsonl = open(self._path, 'a')
+      self._events = contextlib.ExitStack()
+      self._tb_dir = self._events.enter_context(
+          storage.staged(os.path.join(model_dir, 'train'), upload=True))
       import tensorboardX  # pylint: disable=import-outside-toplevel  (it imports torch if present)
-      self._tb = tensorboardX.SummaryWriter(os.path.join(model_dir, 'train'))
+      self._tb = tensorboardX.SummaryWriter(self._tb_dir)
+      self._tb_remote = os.path.join(model_dir, 'train') if self._rows is not None else None
 
   def write(self, step: int, metrics: Mapping[str, float], eta_s: float | None = None):
     """One row; training rows (with 'loss') also print the progress line."""
     if not self.enabled:
       return
     record = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
-    self._jsonl.write(json.dumps(record) + '\n')
-    self._jsonl.flush()
+    if self._jsonl is not None:
+      self._jsonl.write(json.dumps(record) + '\n')
+      self._jsonl.flush()
+    else:
+      self._rows += json.dumps(record) + '\n'
+      storage.write_atomically(self._path, self._rows)
     for k, v in record.items():
       if k != 'step':
         self._tb.add_scalar(k, v, int(step))
     self._tb.flush()
+    if self._tb_remote:
+      storage.copy_tree(self._tb_dir, self._tb_remote)
     if 'loss' not in metrics:
       print(f'step {step:>6d}/{self.total_steps} | '
             + ' | '.join(f'{k} {v:.4g}' for k, v in metrics.items()), flush=True)
@@ -352,20 +368,19 @@ class MetricsWriter:
       self._jsonl.close()
     if self._tb:
       self._tb.close()
+      self._events.close()  # a bucket's events: the last copy up
 
 
 def _drop_rows_after(path: str, step: int) -> None:
   """Rows a killed run logged after its last checkpoint are logged again on resume: drop them
   first, so metrics.jsonl has one row per step."""
-  if not os.path.exists(path):
+  text = storage.read_text(path)
+  if text is None:
     return
-  with open(path) as f:
-    lines = f.readlines()
+  lines = text.splitlines(keepends=True)
   keep = [line for line in lines if line.strip() and _row_step(line) <= step]
   if len(keep) != len(lines):
-    with open(path + '.tmp', 'w') as f:
-      f.writelines(keep)
-    os.replace(path + '.tmp', path)
+    storage.write_atomically(path, ''.join(keep))
 
 
 def _row_step(line: str) -> float:

@@ -38,7 +38,7 @@ import tensorflow as tf
 from absl import logging
 from sentencepiece import sentencepiece_model_pb2
 
-from t5x_lite import cli, gin_utils, paths
+from t5x_lite import cli, gin_utils, paths, storage
 from t5x_lite.data import corpus, text_files
 
 T5_VOCAB_SIZE = 32000       # T5's SentencePiece model (cc_all.32000).
@@ -80,9 +80,9 @@ def train_sentencepiece(input_files: Sequence[str | os.PathLike],
   model = proto.SerializeToString(deterministic=True)
   prefix = str(model_prefix)
   tf.io.gfile.makedirs(os.path.dirname(prefix) or '.')
-  _write_atomically(prefix + '.vocab',
+  storage.write_atomically(prefix + '.vocab',
                     ''.join(f'{p.piece}\t{p.score:g}\n' for p in proto.pieces).encode('utf-8'))
-  _write_atomically(prefix + '.model', model)
+  storage.write_atomically(prefix + '.model', model)
   return prefix + '.model'
 
 
@@ -101,14 +101,6 @@ def _train_model_proto(**kwargs) -> bytes:
                        'text needs for its characters and the 256 byte pieces; raise it.') from e
     raise
   return out.getvalue()
-
-
-def _write_atomically(path: str, data: bytes) -> None:
-  """Readers never see a half-written model: write a sibling, then rename over."""
-  tmp = f'{path}.tmp{os.getpid()}'
-  with tf.io.gfile.GFile(tmp, 'wb') as f:
-    f.write(data)
-  tf.io.gfile.rename(tmp, path, overwrite=True)
 
 
 # ---------------------------------------------------------------------------- default vocabulary

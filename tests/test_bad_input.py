@@ -309,7 +309,6 @@ CASES: list[Case] = [
          r"SentencePiece model '.*other_ids\.model' has \d+ pieces with pad, eos, unk ids "
          r"\(-1, 2, 0\); T5 models need \(0, 1, 2\)", _spm_model_with_other_ids),
     # MODEL_DIR and checkpoints to start from
-    Case('model_dir_is_a_url', ("--gin.MODEL_DIR='gs://bucket/run'",), r'is a URL.*gcsfuse'),
     Case('model_dir_under_a_regular_file', ("--gin.MODEL_DIR='{tmp}/not_a_dir/run'",),
          r'MODEL_DIR .*not_a_dir/run.* cannot be (created|written)',
          _writes('not_a_dir', 'a regular file\n')),
