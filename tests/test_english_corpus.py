@@ -57,6 +57,17 @@ def test_the_split_is_a_stable_hash_of_the_document_id():
   assert 0.01 < len(validation) / len(ids) < 0.03
 
 
+def test_every_translation_of_a_bible_chapter_is_on_one_side():
+  """Translations paraphrase each other: a held-out chapter with a translation in training would
+  let validation loss reward memorising it."""
+  chapters = range(1001, 67000, 7)
+  sides = {c: {english_corpus.split_of(f'bible_{t}/{c}') for t in english_corpus.BIBLES}
+           for c in chapters}
+  assert all(len(s) == 1 for s in sides.values())
+  held_out = [c for c, s in sides.items() if s == {'validation'}]
+  assert held_out == [c for c in chapters if zlib.crc32(f'bible/{c}'.encode()) % 100 < 2]
+
+
 def test_every_objective_has_an_english_task_and_a_mixture():
   from tasks import pretraining  # pylint: disable=import-outside-toplevel  (registers them)
   names = set(seqio.TaskRegistry.names())

@@ -16,7 +16,8 @@ loss scales. This corpus joins English text that installed packages ship, read a
 
 Lines (paragraphs) that already occurred earlier in the corpus are dropped (exact match after
 folding whitespace), and documents left shorter than `MIN_CHARS` go with them. A stable hash of a
-document's id puts `VALIDATION_PERCENT` of them in the validation split. Importing this module
+document's id (a Bible chapter's without its translation) puts `VALIDATION_PERCENT` of them in the
+validation split. Importing this module
 registers the builder with TFDS.
 """
 
@@ -145,8 +146,14 @@ def iter_documents(documents=None) -> Iterator[tuple[str, str]]:
 
 
 def split_of(doc_id: str, validation_percent: int = VALIDATION_PERCENT) -> str:
-  """'train' or 'validation', from a hash of the document id that is stable across machines."""
-  return ('validation' if zlib.crc32(doc_id.encode('utf-8')) % 100 < validation_percent
+  """'train' or 'validation', from a hash of the document id that is stable across machines.
+
+  A Bible chapter is hashed without its translation, so all translations of it fall on one side:
+  hashed apart (1.0.0), every held-out chapter had a paraphrase in training (149 of 149, 53% of
+  the validation text), and validation loss rewarded memorising them.
+  """
+  key = re.sub(r'^bible_[^/]+/', 'bible/', doc_id)
+  return ('validation' if zlib.crc32(key.encode('utf-8')) % 100 < validation_percent
           else 'train')
 
 
@@ -164,8 +171,9 @@ class OfflineEnglish(tfds.core.GeneratorBasedBuilder):
   """English from installed packages: dictionary, Wikipedia openings, Bibles (``offline_english``)."""
 
   # Bump when a source, the cleaning or the split changes: prepared copies are cached by version.
-  VERSION = tfds.core.Version('1.0.0')
-  RELEASE_NOTES = {'1.0.0': 'GCIDE 0.1.0, Wikipedia openings 0.0.7, 5 Bibles 0.0.2, wiki_sample.'}
+  VERSION = tfds.core.Version('1.1.0')
+  RELEASE_NOTES = {'1.0.0': 'GCIDE 0.1.0, Wikipedia openings 0.0.7, 5 Bibles 0.0.2, wiki_sample.',
+                   '1.1.0': 'A Bible chapter is in one split in every translation.'}
   code_path = epath.Path(__file__)
 
   def _info(self) -> tfds.core.DatasetInfo:
