@@ -54,20 +54,29 @@ class OwnText:
   files: tuple[str, ...]
   vocab_size: int = 0
 
-  @functools.cached_property
+  @property
   def fingerprint(self) -> str:
-    """A hash of the files' bytes in order (not their names) and of `FORMAT`."""
-    digest = hashlib.sha256(f'format {FORMAT}\n'.encode())
-    for path in self.files:
-      with _opened(path, 'rb') as f:
-        for chunk in iter(lambda: f.read(1 << 22), b''):
-          digest.update(chunk)
-      digest.update(b'\0end of file\0')
-    return digest.hexdigest()[:16]
+    """A hash of the files' bytes in order (not their names) and of `FORMAT`. `own_text()` makes a
+    new OwnText for the vocabulary and for the tasks: the bytes are read once per process, again
+    only when a file's size or modification time changes."""
+    stats = [tf.io.gfile.stat(p) for p in self.files]
+    return _fingerprint(self.files, tuple((s.length, s.mtime_nsec) for s in stats))
 
   @property
   def tfds_name(self) -> str:
     return f'own_text_{self.fingerprint}'
+
+
+@functools.lru_cache(maxsize=8)
+def _fingerprint(files: tuple[str, ...], stamps: tuple) -> str:
+  del stamps  # part of the cache key only
+  digest = hashlib.sha256(f'format {FORMAT}\n'.encode())
+  for path in files:
+    with _opened(path, 'rb') as f:
+      for chunk in iter(lambda: f.read(1 << 22), b''):
+        digest.update(chunk)
+    digest.update(b'\0end of file\0')
+  return digest.hexdigest()[:16]
 
 
 @gin.configurable
