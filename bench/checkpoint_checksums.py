@@ -32,12 +32,12 @@ def main() -> None:
   import gin  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   from flax import nnx  # pylint: disable=import-outside-toplevel
-  from t5x_lite import checkpoints, gin_utils, partitioning, trainer  # pylint: disable=import-outside-toplevel
+  from t5x_lite import checkpoints, gin_utils, optimizer, partitioning, trainer  # pylint: disable=import-outside-toplevel
   gin.parse_config_files_and_bindings([os.path.join(REPO, args.gin_file)], [])
   config = gin_utils.query_macro('MODEL_CONFIG')
   mesh = partitioning.create_mesh({'data': -1})
   rules = partitioning.FSDP_RULES
-  setup = trainer.setup_train_state(config, trainer.make_optimizer(0.01), 0, mesh, rules)
+  setup = trainer.setup_train_state(config, optimizer.make_optimizer(0.01), 0, mesh, rules)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     state = setup.init()
     jax.block_until_ready(state)

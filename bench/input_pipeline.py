@@ -24,7 +24,7 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import train_step  # noqa: E402  (bench/ is not a package)
-from t5x_lite import gin_utils, models, vocab  # noqa: E402
+from t5x_lite import gin_utils, vocab  # noqa: E402
 from t5x_lite.data import pipeline  # noqa: E402
 
 
@@ -56,7 +56,7 @@ def main(argv=None) -> int:
 
     t = time.perf_counter()
     batches = pipeline.get_dataset(args.task, lengths, args.batch_size, seed=0,
-                                   feature_converter=models.feature_converter(config))
+                                   feature_converter=pipeline.feature_converter(config))
     first = next(batches)
     first_s = time.perf_counter() - t
     times, examples, tokens = [], 0, 0

@@ -37,12 +37,12 @@ def _rss_now_bytes() -> int:
 def _setup(gin_file: str):
   """(setup, mesh, rules) for the model of `gin_file` under FSDP over every device."""
   import gin  # pylint: disable=import-outside-toplevel
-  from t5x_lite import gin_utils, partitioning, trainer  # pylint: disable=import-outside-toplevel
+  from t5x_lite import gin_utils, optimizer, partitioning, trainer  # pylint: disable=import-outside-toplevel
   gin.parse_config_files_and_bindings([os.path.join(REPO, gin_file)], [])
   config = gin_utils.query_macro('MODEL_CONFIG')
   mesh = partitioning.create_mesh({'data': -1})
   rules = partitioning.FSDP_RULES
-  setup = trainer.setup_train_state(config, trainer.make_optimizer(0.01), 0, mesh, rules)
+  setup = trainer.setup_train_state(config, optimizer.make_optimizer(0.01), 0, mesh, rules)
   return setup, mesh, rules
 
 

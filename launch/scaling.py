@@ -717,7 +717,7 @@ def evaluate_run(run_dir: str, max_batches: int = 0) -> dict:
   import jax
   import jax.numpy as jnp
   from flax import nnx
-  from t5x_lite import checkpoints, gin_utils, infer, models, trainer, vocab
+  from t5x_lite import checkpoints, gin_utils, infer, models, progress, vocab
   from t5x_lite.data import pipeline
   meta = read_json(os.path.join(run_dir, 'run.json'))
   files, bindings, _ = gin_utils.split_flags(meta['command'][3:])
@@ -733,7 +733,7 @@ def evaluate_run(run_dir: str, max_batches: int = 0) -> dict:
   params, step_dir = checkpoints.load_params(run_dir, abstract)
   model = nnx.merge(graphdef, jax.tree.map(jnp.asarray, params))
   batches = pipeline.get_dataset(task, lengths, batch_size, split='validation', shuffle=False,
-                                 num_epochs=1, feature_converter=models.feature_converter(config))
+                                 num_epochs=1, feature_converter=pipeline.feature_converter(config))
   nll = tokens = 0.0
   n = 0
   for batch in batches:
@@ -747,7 +747,7 @@ def evaluate_run(run_dir: str, max_batches: int = 0) -> dict:
     raise UsageError(f'the validation split of {task} gave no whole batch of {batch_size}.')
   step = int(step_dir.name)
   result = {f'eval/{task}/loss': nll / tokens, f'eval/{task}/target_tokens': tokens}
-  writer = trainer.MetricsWriter(run_dir, step, resume_step=step)
+  writer = progress.MetricsWriter(run_dir, step, resume_step=step)
   writer.write(step, result)
   writer.close()
   return {'step': step, 'loss': nll / tokens, 'tokens': tokens, 'batches': n}

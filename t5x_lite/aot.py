@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.sharding import NamedSharding
 
-from t5x_lite import models, partitioning, trainer
+from t5x_lite import optimizer, partitioning, trainer
 from t5x_lite.models import T5Config
 
 COLLECTIVES = ('all-gather', 'reduce-scatter', 'all-reduce', 'all-to-all', 'collective-permute')
@@ -225,9 +225,10 @@ def compile_train_step(model_config: T5Config, devices: Sequence, mesh_shape: Ma
   if compiler_options is None:
     compiler_options = DEVICELESS_COMPILER_OPTIONS.get(devices[0].platform)
   mesh = partitioning.create_mesh(mesh_shape, list(devices))
-  tx = trainer.make_optimizer(trainer.learning_rate_schedule())
+  tx = optimizer.make_optimizer(optimizer.learning_rate_schedule())
   setup = trainer.setup_train_state(model_config, tx, 0, mesh, rules)
-  feature_lengths = models.feature_converter(model_config).get_model_feature_lengths(
+  from t5x_lite.data import pipeline  # pylint: disable=import-outside-toplevel  (seqio, TF)
+  feature_lengths = pipeline.feature_converter(model_config).get_model_feature_lengths(
       task_feature_lengths)
   batch_sharding = NamedSharding(mesh, partitioning.logical_to_mesh_spec(('batch', 'length'),
                                                                          rules, mesh))

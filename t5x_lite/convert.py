@@ -56,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from t5x_lite import checkpoints, cli, gin_utils, models, partitioning, trainer
+from t5x_lite import checkpoints, cli, gin_utils, models, optimizer, partitioning, trainer
 from t5x_lite.gin_utils import UsageError
 from t5x_lite.models import T5Config, t5
 
@@ -394,7 +394,7 @@ def save_train_state(model_dir: str, config: T5Config, params: Any, seed: int = 
   mesh = partitioning.create_mesh({'data': -1})
   rules = partitioning.logical_axis_rules()
   setup = trainer.setup_train_state(
-      config, trainer.make_optimizer(trainer.learning_rate_schedule()), seed, mesh, rules)
+      config, optimizer.make_optimizer(optimizer.learning_rate_schedule()), seed, mesh, rules)
   directory = os.path.join(model_dir, 'checkpoints')
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     params = jax.device_put(jax.tree.map(jnp.asarray, params), setup.shardings['params'])

@@ -27,7 +27,8 @@ import numpy as np
 import seqio
 from flax import nnx
 
-from t5x_lite import checkpoints, cli, decoding, gin_utils, infer, models, trainer, vocab
+from t5x_lite import checkpoints, cli, decoding, gin_utils, infer, progress, trainer, vocab
+from t5x_lite.data import pipeline
 from t5x_lite.models import T5Config
 
 
@@ -46,7 +47,7 @@ class Evaluator:
     self.batch_size = batch_size
     self.max_decode_length = task_feature_lengths['targets']
     self._evaluator = seqio.Evaluator(
-        mixture_or_task_name, feature_converter=models.feature_converter(config, pack=False),
+        mixture_or_task_name, feature_converter=pipeline.feature_converter(config, pack=False),
         eval_split=split, sequence_length=dict(task_feature_lengths), num_examples=num_examples,
         use_memory_cache=True, async_compute_metrics=False)
     self.task_names = [t.name for t in self._evaluator.eval_tasks]
@@ -120,7 +121,7 @@ def evaluate(*,
   evaluator = Evaluator(mixture_or_task_name, task_feature_lengths, model_config)
   metrics = evaluator.evaluate(model)
   step = int(source.name)
-  writer = trainer.MetricsWriter(model_dir, step)
+  writer = progress.MetricsWriter(model_dir, step)
   writer.write(step, metrics)
   writer.close()
   print(json.dumps({'step': step, 'checkpoint': str(source), **metrics}), flush=True)

@@ -23,9 +23,6 @@ from t5x_lite.gin_utils import UsageError
 
 LogicalRules = Sequence[tuple[str, Any]]
 
-# Parameters carry logical names as metadata and are placed by `jax.jit(out_shardings=...)` from the
-# rule table, so creating one must not need a mesh (flax ≥ 0.12 shards eagerly by default).
-nnx.use_eager_sharding(False)
 
 # Each rule maps a logical axis to a mesh axis (a name, a tuple of names, or None = replicated).
 # When two logical axes of one array map to the same mesh axis, the first wins and the second is
@@ -213,11 +210,11 @@ def param_logical_axes(state: nnx.State) -> dict[tuple[str, ...], tuple | None]:
 def follow_params(param_axes: dict[tuple[str, ...], tuple | None],
                   param_shapes: dict[tuple[str, ...], tuple[int, ...]]):
   """Names for optimizer-state leaves, taken from the param each leaf belongs to (longest path
-  suffix match). A leaf may be shaped like its param, like a 2-D view of it (`trainer.as_matrices`:
+  suffix match). A leaf may be shaped like its param, like a 2-D view of it (`optimizer.as_matrices`:
   [embed, heads, kv] seen as [embed, heads·kv]; a merged dimension takes its major dimension's
   name, which splits it into the same blocks), or like either less one dimension (a factored
   Adafactor row or column); it takes the names that remain. A leaf of one layer of a scanned
-  param (path ending in the layer's index, as `trainer.as_matrices` hands them over) takes the
+  param (path ending in the layer's index, as `optimizer.as_matrices` hands them over) takes the
   param's names without 'layers'. Anything else (counters,
   placeholders) is replicated."""
 

@@ -33,7 +33,7 @@ import gin
 import jax
 from jax.sharding import AbstractMesh, AxisType
 
-from t5x_lite import aot, cli, gin_utils, hardware, partitioning, targets, trainer
+from t5x_lite import aot, cli, gin_utils, hardware, optimizer, partitioning, targets, trainer
 from t5x_lite import models
 from t5x_lite.models import T5Config
 from t5x_lite.models.config import REMAT_POLICIES
@@ -337,9 +337,9 @@ def plan(model_config: T5Config, mesh_shape: Mapping[str, int], num_devices: int
   """
   shape = partitioning.resolve_mesh_shape(mesh_shape, num_devices)
   layout = _Layout(rules, shape)
-  tx = trainer.make_optimizer(trainer.learning_rate_schedule())
+  tx = optimizer.make_optimizer(optimizer.learning_rate_schedule())
   _, abstract_params, param_axes = _abstract_params_and_axes(model_config)
-  abstract_opt = jax.eval_shape(trainer.as_matrices(tx, param_axes).init, abstract_params)
+  abstract_opt = jax.eval_shape(optimizer.as_matrices(tx, param_axes).init, abstract_params)
   param_shapes = {partitioning.path_key(p): x.shape
                   for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
 

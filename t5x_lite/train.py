@@ -17,15 +17,11 @@ if __name__ == '__main__':
 
 import contextlib
 import hashlib
-import math
 import os
-import signal
 import socket
-import sys
-import threading
 import time
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import gin
 import jax
@@ -33,11 +29,10 @@ import numpy as np
 from etils import epath
 from flax import nnx
 
-from t5x_lite import (checkpoints, cli, curves, decoding, distributed, gin_utils, hardware,
-                      partitioning, paths, storage, trainer, vocab)
+from t5x_lite import (checkpoints, cli, curves, decoding, distributed, gin_utils, hardware, hooks,
+                      models, optimizer, partitioning, paths, progress, storage, trainer, vocab)
 from t5x_lite import eval as eval_lib
 from t5x_lite.data import pipeline
-from t5x_lite import models
 from t5x_lite.models import T5Config
 
 
@@ -96,14 +91,60 @@ def train(*,
   continues bit for bit; SIGTERM/SIGINT finish the current step, save, and exit 0, however many
   arrive while the save commits.
   """
-  if on_nonfinite not in ('stop', 'skip'):
-    raise gin_utils.UsageError(f"train.on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}.")
   compilation_cache()
   _check_settings(train_steps=train_steps, batch_size=batch_size,
                   checkpoint_period=checkpoint_period, keep_checkpoints=keep_checkpoints,
                   log_period=log_period, seed=seed, num_data_shards=num_data_shards,
                   eval_period=eval_period, mesh_shape=mesh_shape,
-                  task_feature_lengths=task_feature_lengths)
+                  task_feature_lengths=task_feature_lengths, on_nonfinite=on_nonfinite)
+  _check_model_dir(model_dir)
+  mesh, rules = _mesh(mesh_shape)
+  vocabulary = _register_tasks(model_config, mixture_or_task_name)
+  setup = trainer.setup_train_state(
+      model_config, optimizer.make_optimizer(optimizer.learning_rate_schedule()), seed, mesh, rules)
+  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules), _only_trainer(model_dir, is_main()):
+    batch_sharding = jax.sharding.NamedSharding(
+        mesh, partitioning.logical_to_mesh_spec(('batch', 'length'), rules, mesh))
+    data = _Input(mixture_or_task_name, task_feature_lengths, batch_size, seed, num_data_shards,
+                  model_config, vocabulary, model_dir, batch_sharding)
+    ckpt = checkpoints.Checkpointer(os.path.join(model_dir, 'checkpoints'), keep=keep_checkpoints)
+    loop, batches = _start(setup, ckpt, data, train_steps, initial_checkpoint_path, seed)
+    run_hooks = _hooks(loop, setup, ckpt, data, batches, log_period=log_period,
+                       eval_period=eval_period, checkpoint_period=checkpoint_period,
+                       on_nonfinite=on_nonfinite, plot_loss=plot_loss)
+    log(f'Training {mixture_or_task_name} for steps {loop.start_step}..{train_steps} on mesh '
+        f'{dict(mesh.shape)} ({jax.device_count()} devices, {jax.process_count()} processes), '
+        f'global batch {batch_size} from {batches.num_data_shards} data shard(s), '
+        f'lengths {dict(task_feature_lengths)}')
+    hooks.run(loop, lambda: data.global_batch(next(batches)), trainer.jit_train_step(setup),
+              run_hooks)
+    if loop.stop_reason:
+      return loop.logged
+    if decode_sample and jax.process_count() > 1:
+      log('(no decoded sample: sample decoding runs in single-process jobs)')
+    elif decode_sample and model_config.architecture == 'encoder_decoder':
+      show_sample(setup.graphdef, loop.state['params'], mixture_or_task_name,
+                  task_feature_lengths, vocabulary)
+  return loop.logged
+
+
+def is_main() -> bool:
+  return jax.process_index() == 0
+
+
+def _mesh(mesh_shape: Mapping[str, int]):
+  """The device mesh and the gin-configured logical-axis rules, checked against each other."""
+  try:
+    mesh = partitioning.create_mesh(mesh_shape)
+  except ValueError as e:
+    raise gin_utils.UsageError(str(e)) from e
+  rules = partitioning.logical_axis_rules()
+  partitioning.check_mesh_axes(dict(mesh.shape), rules)
+  return mesh, rules
+
+
+def _check_model_dir(model_dir: str) -> None:
+  """MODEL_DIR exists and can be written, before anything is built."""
   try:
     epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
   except OSError as e:
@@ -112,14 +153,11 @@ def train(*,
   if not storage.is_url(model_dir) and not os.access(model_dir, os.W_OK | os.X_OK):
     raise gin_utils.UsageError(f'MODEL_DIR {model_dir} cannot be written (no permission); set '
                                '--gin.MODEL_DIR to a directory you can write.')
-  is_main = jax.process_index() == 0
-  try:
-    mesh = partitioning.create_mesh(mesh_shape)
-  except ValueError as e:
-    raise gin_utils.UsageError(str(e)) from e
-  rules = partitioning.logical_axis_rules()
-  partitioning.check_mesh_axes(dict(mesh.shape), rules)
 
+
+def _register_tasks(model_config: T5Config, task_name: str):
+  """Registers the tasks with the gin-configured vocabulary; checks the model can embed it and
+  that `task_name` is one of them (before any MODEL_DIR comparison or checkpoint manager)."""
   vocabulary = vocab.get_vocabulary()
   if model_config.vocab_size < vocabulary.vocab_size:
     raise gin_utils.UsageError(
@@ -127,190 +165,138 @@ def train(*,
         f'({vocabulary.vocab_size} ids incl. sentinels); raise VOCAB_SIZE to at least that.')
   import tasks  # registers tasks with the gin-configured vocabulary
   tasks.register_all(vocabulary)
-  tasks.pretraining.check_text_task(mixture_or_task_name)
-  try:  # an unknown task is that, before any MODEL_DIR comparison or checkpoint manager
-    pipeline.get_task(mixture_or_task_name)
+  tasks.pretraining.check_text_task(task_name)
+  try:
+    pipeline.get_task(task_name)
   except ValueError as e:
     raise gin_utils.UsageError(str(e)) from e
+  return vocabulary
 
-  tx = trainer.make_optimizer(trainer.learning_rate_schedule())
-  setup = trainer.setup_train_state(model_config, tx, seed, mesh, rules)
-  data_config = {'task': mixture_or_task_name, 'seed': seed, 'batch_size': batch_size,
-                 'task_feature_lengths': dict(task_feature_lengths),
-                 'vocabulary': _vocabulary_id(vocabulary)}
-  with jax.set_mesh(mesh), nnx.logical_axis_rules(rules), _only_trainer(model_dir, is_main):
-    batch_spec = partitioning.logical_to_mesh_spec(('batch', 'length'), rules, mesh)
-    batch_sharding = jax.sharding.NamedSharding(mesh, batch_spec)
 
-    def make_batches(shards: int) -> pipeline.DataIterator:
-      try:
-        return pipeline.get_dataset(
-            mixture_or_task_name, task_feature_lengths, batch_size, split='train', shuffle=True,
-            seed=seed, num_data_shards=shards,
-            data_shards=_host_data_shards(batch_sharding, batch_size, shards),
-            feature_converter=models.feature_converter(model_config))
-      except (ValueError, FileNotFoundError) as e:  # bad settings; a dataset not prepared
-        raise gin_utils.UsageError(str(e)) from e
+class _Input:
+  """The run's training data: this host's batches, fresh or resumed, and what identifies them in a
+  checkpoint (a resume must continue the same stream)."""
 
-    def resumed_batches(data_state: Mapping) -> pipeline.DataIterator:
-      _check_same_data(data_state, data_config, model_dir)
-      return make_batches(_resumed_data_shards(num_data_shards, data_state)
-                          or jax.process_count())
+  def __init__(self, task_name, task_feature_lengths, batch_size, seed, num_data_shards,
+               model_config, vocabulary, model_dir, batch_sharding):
+    self.task_name, self.lengths, self.batch_size = task_name, task_feature_lengths, batch_size
+    self.seed, self.num_data_shards, self.model_config = seed, num_data_shards, model_config
+    self.model_dir, self.sharding = model_dir, batch_sharding
+    self.config = {'task': task_name, 'seed': seed, 'batch_size': batch_size,
+                   'task_feature_lengths': dict(task_feature_lengths),
+                   'vocabulary': _vocabulary_id(vocabulary)}
 
-    ckpt = checkpoints.Checkpointer(os.path.join(model_dir, 'checkpoints'), keep=keep_checkpoints)
+  def fresh(self, shards: int | None = None) -> pipeline.DataIterator:
+    shards = shards or self.num_data_shards or jax.process_count()
     try:
-      restored = ckpt.restore(setup.abstract_state, resumed_batches)
-      if restored is None:  # bad data config: fail fast
-        batches = make_batches(num_data_shards or jax.process_count())
-    except BaseException:
-      ckpt.close()  # else its clean-up thread dies at exit with a traceback after our error line
-      raise
-    skipped = 0
-    if restored is None:
-      start_step = 0
-      if initial_checkpoint_path:
-        try:
-          params, source = checkpoints.load_params(initial_checkpoint_path,
-                                                   setup.abstract_state['params'])
-        except (FileNotFoundError, ValueError) as e:
-          raise gin_utils.UsageError(f'INITIAL_CHECKPOINT_PATH: {e}') from e
-        state = setup.state_with_params(params, seed)
-        log(f'Initialized params from {source}')
-      else:
-        state = setup.init()
-    else:
-      start_step, state, data_state, batches = restored
-      skipped = int(data_state.get('skipped_steps', 0))
-      log(f'Resumed from step {start_step} in {ckpt.directory} '
-          f"(data position: batch {data_state.get('batch', start_step)})")
-    num_data_shards = batches.num_data_shards
-    step_fn = trainer.jit_train_step(setup)
+      return pipeline.get_dataset(
+          self.task_name, self.lengths, self.batch_size, split='train', shuffle=True,
+          seed=self.seed, num_data_shards=shards,
+          data_shards=_host_data_shards(self.sharding, self.batch_size, shards),
+          feature_converter=pipeline.feature_converter(self.model_config))
+    except (ValueError, FileNotFoundError) as e:  # bad settings; a dataset not prepared
+      raise gin_utils.UsageError(str(e)) from e
 
-    flops_per_step = models.training_flops_per_example(
-        model_config, task_feature_lengths) * batch_size
-    tokens_per_step = batch_size * sum(task_feature_lengths.values())
-    peak = hardware.peak_flops_per_device()
-    if peak is None:
-      log(hardware.unknown_peak_message())
-    else:
-      peak *= jax.device_count()
-    schedule = trainer.learning_rate_schedule()
-    writer = trainer.MetricsWriter(model_dir, train_steps, enabled=is_main, resume_step=start_step)
-    timer = trainer.StepTimer()
-    log(f'Training {mixture_or_task_name} for steps {start_step}..{train_steps} on mesh '
-        f'{dict(mesh.shape)} ({jax.device_count()} devices, {jax.process_count()} processes), '
-        f'global batch {batch_size} from {num_data_shards} data shard(s), '
-        f'lengths {dict(task_feature_lengths)}')
+  def resumed(self, data_state: Mapping) -> pipeline.DataIterator:
+    _check_same_data(data_state, self.config, self.model_dir)
+    return self.fresh(_resumed_data_shards(self.num_data_shards, data_state))
 
-    def save(step):
-      try:
-        ckpt.save(step, state, {**data_config, 'batch': step, 'num_data_shards': num_data_shards,
-                                'skipped_steps': skipped}, batches)
-      except OSError as e:
-        raise _save_failed(ckpt, e) from e
-      except ValueError as e:
-        raise gin_utils.UsageError(
-            f'not saving step {step}: {e}. The last good checkpoint is step '
-            f'{ckpt.last_good_step}; lower the learning rate and rerun the same command.') from e
+  def global_batch(self, local: Mapping[str, np.ndarray]) -> dict:
+    """This host's rows as the global batch's arrays."""
+    return {k: jax.make_array_from_process_local_data(self.sharding, v,
+                                                      (self.batch_size, *v.shape[1:]))
+            for k, v in local.items()}
 
-    def check_finite(step, metrics):
-      """The step function never applies a non-finite update; here the run stops or counts it."""
-      nonlocal skipped
-      if bool(jax.device_get(metrics['finite'])):
-        return
-      loss, gnorm = (float(x) for x in jax.device_get((metrics['loss'], metrics['grad_norm'])))
-      what = f'loss {loss}, grad norm {gnorm}, learning rate {float(schedule(step - 1)):.3g}'
-      if math.isfinite(loss) and math.isfinite(gnorm):
-        what += ' (the update is not finite)'
-      if on_nonfinite == 'skip':
-        skipped += 1
-        log(f'WARNING: step {step}: {what}; update skipped ({skipped} skipped so far)')
-        return
-      _close(ckpt, writer)
-      good = ckpt.last_good_step
+
+def _start(setup, ckpt: checkpoints.Checkpointer, data: _Input, train_steps: int,
+           initial_checkpoint_path: str | None, seed: int):
+  """The loop at MODEL_DIR's newest good checkpoint, or at step 0 (fresh or from
+  INITIAL_CHECKPOINT_PATH's params), with the batches from there on."""
+  try:
+    restored = ckpt.restore(setup.abstract_state, data.resumed)
+    batches = data.fresh() if restored is None else None  # bad data config: fail fast
+  except BaseException:
+    ckpt.close()  # else its clean-up thread dies at exit with a traceback after our error line
+    raise
+  if restored is not None:
+    start_step, state, data_state, batches = restored
+    log(f'Resumed from step {start_step} in {ckpt.directory} '
+        f"(data position: batch {data_state.get('batch', start_step)})")
+    return hooks.Loop(start_step, state, train_steps, start_step,
+                      skipped=int(data_state.get('skipped_steps', 0))), batches
+  if not initial_checkpoint_path:
+    return hooks.Loop(0, setup.init(), train_steps), batches
+  try:
+    params, source = checkpoints.load_params(initial_checkpoint_path,
+                                             setup.abstract_state['params'])
+  except (FileNotFoundError, ValueError) as e:
+    raise gin_utils.UsageError(f'INITIAL_CHECKPOINT_PATH: {e}') from e
+  log(f'Initialized params from {source}')
+  return hooks.Loop(0, setup.state_with_params(params, seed), train_steps), batches
+
+
+def _hooks(loop: hooks.Loop, setup, ckpt: checkpoints.Checkpointer, data: _Input,
+           batches: pipeline.DataIterator, *, log_period: int, eval_period: int,
+           checkpoint_period: int, on_nonfinite: str, plot_loss: bool) -> list[hooks.Hook]:
+  """The run's hooks in the order they act each step and are closed: the finiteness check before
+  anything reads the step, the metrics writer closed before the last checkpoint is awaited, and
+  the signal handlers kept until the run has said how it ended."""
+  schedule = optimizer.learning_rate_schedule()
+  peak = hardware.peak_flops_per_device()
+  if peak is None:
+    log(hardware.unknown_peak_message())
+  writer = progress.MetricsWriter(data.model_dir, loop.train_steps, enabled=is_main(),
+                                  resume_step=loop.start_step)
+  timing = hooks.Timing(log)
+  metrics = hooks.Metrics(
+      writer, timing.timer, log_period, schedule,
+      tokens_per_step=data.batch_size * sum(data.lengths.values()),
+      flops_per_step=models.training_flops_per_example(data.model_config, data.lengths)
+      * data.batch_size,
+      peak_flops=peak and peak * jax.device_count(), count_skipped=on_nonfinite == 'skip')
+
+  def save(loop):
+    try:
+      ckpt.save(loop.step, loop.state,
+                {**data.config, 'batch': loop.step, 'num_data_shards': batches.num_data_shards,
+                 'skipped_steps': loop.skipped}, batches)
+    except OSError as e:
+      raise _save_failed(ckpt, e) from e
+    except ValueError as e:
       raise gin_utils.UsageError(
-          f'{what} at step {step}: training stopped before applying it. '
-          + (f'The last good checkpoint is step {good} in {ckpt.directory}. ' if good is not None
-             else 'No checkpoint has been saved yet. ')
-          + 'Lower the learning rate (check learning_rate_schedule) or clip gradients '
-          '(--gin.make_optimizer.grad_clip_norm=1.0), or skip such steps with '
-          "--gin.train.on_nonfinite='skip'; then rerun the same command to resume.")
+          f'not saving step {loop.step}: {e}. The last good checkpoint is step '
+          f'{ckpt.last_good_step}; lower the learning rate and rerun the same command.') from e
 
-    last = {}
-    evaluator = None
-    step = start_step
-    unchecked = None  # (step, metrics) whose finiteness is read one step later, without a stall
-    stop = _StopSignals(saving=ckpt.saving)
-    t_start = time.perf_counter()
-    with stop:
-      while step < train_steps:
-        local = next(batches)
-        batch = {k: jax.make_array_from_process_local_data(batch_sharding, v,
-                                                           (batch_size, *v.shape[1:]))
-                 for k, v in local.items()}
-        state, metrics = step_fn(state, batch)
-        step += 1
-        if step == start_step + 1:
-          jax.block_until_ready(metrics)  # the first step includes compilation: time from here
-          timer.start()
-          compile_s = time.perf_counter() - t_start
-          log(f'step {step} (compiled in {compile_s:.1f}s)')
-        else:
-          timer.tick()
-        if unchecked:
-          check_finite(*unchecked)
-        unchecked = (step, metrics)
-        stopping = stop.requested(step)
-        logging_now = step % log_period == 0 or step == train_steps
-        evaluating = eval_period and (step % eval_period == 0 or step == train_steps)
-        saving = step % checkpoint_period == 0 or step == train_steps or stopping
-        if logging_now or evaluating or saving:
-          check_finite(*unchecked)
-          unchecked = None
-        if logging_now:
-          metrics = jax.device_get(metrics)
-          s_per_step, n = timer.rate()
-          last = {k: float(v) for k, v in metrics.items()}
-          last['learning_rate'] = float(schedule(step - 1))
-          if n:
-            last['steps_per_s'] = 1.0 / s_per_step
-            last['tokens_per_s'] = tokens_per_step / s_per_step
-            if peak:
-              last['mfu'] = flops_per_step / s_per_step / peak
-          if on_nonfinite == 'skip':
-            last['skipped_steps'] = skipped
-          eta = (train_steps - step) * s_per_step if n else None
-          writer.write(step, last, eta)
-        if evaluating:
-          if evaluator is None:
-            evaluator = _make_evaluator(mixture_or_task_name, task_feature_lengths, model_config)
-          if evaluator:
-            writer.write(step, evaluator.evaluate(nnx.merge(setup.graphdef, state['params'])))
-        if saving:
-          save(step)
-        if stopping:
-          break
-      try:
-        _close(ckpt, writer)
-      except OSError as e:
-        raise _save_failed(ckpt, e) from e
-      if stop.signal_name:
-        log(f'{stop.signal_name} received: stopped after step {step} and saved checkpoint step '
-            f'{step} to {ckpt.directory}. Rerun the same command to resume.')
-        return last
-      if step > start_step:
-        log(f'Saved checkpoint step {step} to {ckpt.directory}')
-        if is_main and plot_loss and curves.plot_loss(model_dir):
-          log(f'Loss curve: {os.path.join(model_dir, curves.PNG)}')
-      else:
-        log(f'{ckpt.directory} is already at step {step} = TRAIN_STEPS; nothing to train '
-            '(raise --gin.TRAIN_STEPS to continue).')
-      if decode_sample and jax.process_count() > 1:
-        log('(no decoded sample: sample decoding runs in single-process jobs)')
-      elif decode_sample and model_config.architecture == 'encoder_decoder':
-        show_sample(setup.graphdef, state['params'], mixture_or_task_name, task_feature_lengths,
-                    vocabulary)
-  return last
+  def close():
+    try:
+      ckpt.close()
+    except OSError as e:
+      raise _save_failed(ckpt, e) from e
+
+  return [timing,
+          hooks.NonFinite(on_nonfinite, schedule, lambda: ckpt.last_good_step, ckpt.directory,
+                          log),
+          metrics,
+          hooks.Evaluation(eval_period,
+                           lambda: _make_evaluator(data.task_name, data.lengths, data.model_config),
+                           lambda loop: nnx.merge(setup.graphdef, loop.state['params']), writer),
+          hooks.Checkpoint(checkpoint_period, save, close),
+          hooks.Preemption(saving=ckpt.saving),
+          hooks.Report(lambda loop: _finish(loop, ckpt, data.model_dir, plot_loss))]
+
+
+def _finish(loop: hooks.Loop, ckpt: checkpoints.Checkpointer, model_dir: str, plot_loss: bool):
+  """What the run says once the loop is over: why it stopped, where its checkpoint and curve are."""
+  if loop.stop_reason:
+    log(f'{loop.stop_reason} received: stopped after step {loop.step} and saved checkpoint step '
+        f'{loop.step} to {ckpt.directory}. Rerun the same command to resume.')
+  elif loop.step > loop.start_step:
+    log(f'Saved checkpoint step {loop.step} to {ckpt.directory}')
+    if is_main() and plot_loss and curves.plot_loss(model_dir):
+      log(f'Loss curve: {os.path.join(model_dir, curves.PNG)}')
+  else:
+    log(f'{ckpt.directory} is already at step {loop.step} = TRAIN_STEPS; nothing to train '
+        '(raise --gin.TRAIN_STEPS to continue).')
 
 
 # Each integer setting: (the name users set it by, its smallest value).
@@ -322,8 +308,10 @@ _INT_SETTINGS = {'train_steps': ('TRAIN_STEPS', 1), 'batch_size': ('BATCH_SIZE',
                  'eval_period': ('train.eval_period', 0)}
 
 
-def _check_settings(*, mesh_shape, task_feature_lengths, **ints) -> None:
+def _check_settings(*, mesh_shape, task_feature_lengths, on_nonfinite, **ints) -> None:
   """gin hands values through untyped: check them here, before anything compiles or is written."""
+  if on_nonfinite not in ('stop', 'skip'):
+    raise gin_utils.UsageError(f"train.on_nonfinite must be 'stop' or 'skip', got {on_nonfinite!r}.")
   for key, value in ints.items():
     name, minimum = _INT_SETTINGS[key]
     if value is not None or key != 'num_data_shards':
@@ -380,11 +368,11 @@ def _save_failed(ckpt: checkpoints.Checkpointer, error: OSError) -> gin_utils.Us
 
 
 @contextlib.contextmanager
-def _only_trainer(model_dir: str, is_main: bool):
+def _only_trainer(model_dir: str, main_process: bool):
   """Two trainers on one MODEL_DIR would interleave checkpoints and metrics: the job's main
   process holds MODEL_DIR/.trainer.lock while it trains (released when it exits, however). A
   bucket has no such lock: there, one trainer per MODEL_DIR is the launcher's to keep."""
-  if not is_main or storage.is_url(model_dir):
+  if not main_process or storage.is_url(model_dir):
     yield
     return
   owner = (f'host {socket.gethostname()}, pid {os.getpid()}, started '
@@ -396,67 +384,6 @@ def _only_trainer(model_dir: str, is_main: bool):
     raise gin_utils.UsageError(
         f'MODEL_DIR {model_dir} is in use by another trainer ({e}); wait for it to finish or stop '
         'it, or set --gin.MODEL_DIR to another directory.') from None
-
-
-def _close(ckpt: checkpoints.Checkpointer, writer: trainer.MetricsWriter) -> None:
-  writer.close()
-  ckpt.close()
-
-
-class _StopSignals:
-  """SIGTERM/SIGINT (preemption, Ctrl-C) ask the loop to save and stop after the current step.
-
-  The handlers stay installed until the last checkpoint is committed, and a repeated signal never
-  cuts a save: while one is in flight (`saving()`) it is only acknowledged. A second Ctrl-C with no
-  save in flight interrupts at once (the last committed checkpoint stays). Multi-process jobs use
-  JAX's preemption service instead, which agrees on one step across hosts.
-  """
-
-  def __init__(self, saving: Callable[[], bool] = lambda: False):
-    self.signal_name = None
-    self._saving = saving
-    self._previous = {}
-
-  def __enter__(self):
-    if jax.process_count() == 1 and threading.current_thread() is threading.main_thread():
-      for sig in (signal.SIGTERM, signal.SIGINT):
-        self._previous[sig] = signal.signal(sig, self._handle)
-    return self
-
-  def _handle(self, signum, frame):
-    name = signal.Signals(signum).name
-    if self.signal_name is None:
-      self.signal_name = name
-      _say(f'{name} received: finishing step and saving a checkpoint ...')
-    elif self._saving():
-      _say(f'{name} received again: a checkpoint is being committed; exiting when it is.')
-    elif signum == signal.SIGINT:
-      raise KeyboardInterrupt
-    else:
-      _say(f'{name} received again: stopping after this step.')
-
-  def requested(self, step: int) -> bool:
-    if jax.process_count() > 1:
-      try:
-        from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
-        if multihost_utils.reached_preemption_sync_point(step):
-          self.signal_name = 'preemption notice'
-      except (RuntimeError, AttributeError):
-        pass
-    return self.signal_name is not None
-
-  def __exit__(self, *exc):
-    for sig, handler in self._previous.items():
-      signal.signal(sig, handler)
-
-
-def _say(message: str) -> None:
-  """A line from a signal handler: os.write, since print may be mid-write (a reentrant call)."""
-  if jax.process_index() == 0:
-    try:
-      os.write(sys.stdout.fileno(), (message + '\n').encode())
-    except (AttributeError, ValueError, OSError):  # stdout is not a file (captured)
-      pass
 
 
 def _resumed_data_shards(configured: int | None, data_state: Mapping) -> int | None:

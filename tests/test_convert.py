@@ -17,7 +17,7 @@ import transformers
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from t5x_lite import checkpoints, convert, infer, partitioning, trainer
+from t5x_lite import checkpoints, convert, infer, optimizer, partitioning, trainer
 
 # decoder_start_token_id: Hub T5 configs carry it; transformers 5's T5Config has no default, and
 # without it the model cannot shift `labels` into decoder inputs.
@@ -156,7 +156,7 @@ def test_checkpoint_is_the_train_state_that_train_resumes(converted):
   _, root, _, config, model = converted
   mesh, rules = partitioning.create_mesh({'data': -1}), partitioning.logical_axis_rules()
   setup = trainer.setup_train_state(  # what `python -m t5x_lite.train` restores onto
-      config, trainer.make_optimizer(trainer.learning_rate_schedule()), 0, mesh, rules)
+      config, optimizer.make_optimizer(optimizer.learning_rate_schedule()), 0, mesh, rules)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     ckpt = checkpoints.Checkpointer(str(root / 'ours' / 'checkpoints'))
     step, state, data, _ = ckpt.restore(setup.abstract_state)

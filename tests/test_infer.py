@@ -17,7 +17,8 @@ import tensorflow as tf
 from flax import nnx
 
 from t5x_lite import convert, decoding, infer, vocab
-from t5x_lite.models import T5Config, build_model, eager_rngs, feature_converter
+from t5x_lite.data.pipeline import feature_converter
+from t5x_lite.models import T5Config, build_model, eager_rngs
 
 # Room for the default vocabulary (28,000 pieces + 100 sentinels), so text lines work.
 TINY = T5Config(vocab_size=28160, d_model=32, num_heads=4, d_kv=8, d_ff=48, num_encoder_layers=1,

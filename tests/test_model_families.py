@@ -19,9 +19,9 @@ import seqio
 import tensorflow as tf
 from flax import nnx
 
+from t5x_lite.data.pipeline import feature_converter
 from t5x_lite.models import (DecoderOnly, EncoderDecoder, T5Config, build_model, count_params,
-                             eager_rngs, feature_converter, forward_flops_per_example,
-                             training_flops_per_example)
+                             eager_rngs, forward_flops_per_example, training_flops_per_example)
 from t5x_lite.models import layers
 from references import jaxpr_matmul_flops, random_model
 

@@ -574,7 +574,7 @@ def test_remat_policies_trade_memory_for_flops_in_order(kernels, scan):
 
   XLA:CPU would drop the remat barriers and merge the recomputation back into the forward pass
   (see hardware.CPU_COMPILER_OPTIONS); TPU and GPU keep them, so the test keeps them too."""
-  from t5x_lite import trainer
+  from t5x_lite import optimizer, trainer
   base = T5Config(vocab_size=128, d_model=128, num_heads=4, d_kv=32, d_ff=512,
                   num_encoder_layers=2, num_decoder_layers=2, relative_attention_num_buckets=8,
                   relative_attention_max_distance=16, kernels=kernels, scan_layers=scan)
@@ -585,7 +585,7 @@ def test_remat_policies_trade_memory_for_flops_in_order(kernels, scan):
 
   def compiled(policy):
     cfg = dataclasses.replace(base, remat_policy=policy)
-    tx = trainer.make_optimizer(trainer.learning_rate_schedule())
+    tx = optimizer.make_optimizer(optimizer.learning_rate_schedule())
     setup = trainer.setup_train_state(cfg, tx, 0, mesh, partitioning.TWO_D_RULES)
     with jax.set_mesh(mesh), nnx.logical_axis_rules(partitioning.TWO_D_RULES):
       lowered = jax.jit(trainer.make_train_step(setup.graphdef, setup.tx)).lower(

@@ -9,7 +9,7 @@ import optax
 import pytest
 from flax import nnx
 
-from t5x_lite import convert, decoding, partitioning, trainer
+from t5x_lite import convert, decoding, optimizer, partitioning
 from t5x_lite.models import T5Config, abstract_model, t5
 from references import random_model
 
@@ -131,7 +131,7 @@ def test_optimizer_sees_each_layers_matrix_and_its_state_keeps_the_names():
   seen = []
   probe = optax.GradientTransformation(
       lambda p: seen.extend(x.shape for x in jax.tree.leaves(p)) or (), None)
-  trainer.as_matrices(probe, axes).init({'layers': {'q': {'kernel': np.zeros((3, 64, 4, 8))}}})
+  optimizer.as_matrices(probe, axes).init({'layers': {'q': {'kernel': np.zeros((3, 64, 4, 8))}}})
   assert seen == [(64, 32)] * 3
   names = partitioning.follow_params(axes, shapes)
   path = lambda *p: tuple(jax.tree_util.DictKey(x) for x in p[:-1]) + (
@@ -150,7 +150,7 @@ def test_adafactor_steps_scanned_layers_exactly_as_unrolled_ones():
   def update(m):
     params = nnx.to_pure_dict(nnx.state(m))
     axes = partitioning.param_logical_axes(nnx.state(m))
-    tx = trainer.as_matrices(trainer.make_optimizer(0.01, grad_clip_norm=0.5), axes)
+    tx = optimizer.as_matrices(optimizer.make_optimizer(0.01, grad_clip_norm=0.5), axes)
     grads = nnx.to_pure_dict(loss_and_grads(m, batch)[1])
     return jax.jit(lambda g, p: tx.update(g, tx.init(p), p)[0])(grads, params)
 

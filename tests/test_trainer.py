@@ -9,7 +9,7 @@ import numpy as np
 import optax
 import pytest
 
-from t5x_lite import trainer
+from t5x_lite import losses, optimizer, progress, trainer
 
 
 def _numpy_loss(logits, targets, weights, z_loss, label_smoothing):
@@ -31,7 +31,7 @@ def test_cross_entropy_with_z_loss_matches_numpy(label_smoothing):
   logits = rng.normal(size=(2, 5, 11)).astype(np.float32) * 3
   targets = rng.integers(0, 11, size=(2, 5))
   weights = (rng.random((2, 5)) > 0.3).astype(np.float32)
-  out = trainer.cross_entropy_loss(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights),
+  out = losses.cross_entropy_loss(jnp.asarray(logits), jnp.asarray(targets), jnp.asarray(weights),
                                    z_loss=1e-4, label_smoothing=label_smoothing)
   ce, zl = _numpy_loss(logits, targets, weights, 1e-4, label_smoothing)
   np.testing.assert_allclose(out['cross_ent_sum'], ce, rtol=1e-5)
@@ -42,7 +42,7 @@ def test_cross_entropy_with_z_loss_matches_numpy(label_smoothing):
 
 
 def test_rsqrt_schedule_is_flat_then_decays():
-  s = trainer.learning_rate_schedule(kind='rsqrt', base_learning_rate=1.0, warmup_steps=10_000)
+  s = optimizer.learning_rate_schedule(kind='rsqrt', base_learning_rate=1.0, warmup_steps=10_000)
   assert float(s(0)) == pytest.approx(0.01)
   assert float(s(9_999)) == pytest.approx(0.01)
   assert float(s(40_000)) == pytest.approx(1 / math.sqrt(40_000))
@@ -50,14 +50,14 @@ def test_rsqrt_schedule_is_flat_then_decays():
 
 def test_unknown_optimizer_and_schedule_are_clear_errors():
   with pytest.raises(ValueError, match="choose 'adafactor' or 'adamw'"):
-    trainer.make_optimizer(trainer.learning_rate_schedule(), name='sgd')
+    optimizer.make_optimizer(optimizer.learning_rate_schedule(), name='sgd')
   with pytest.raises(ValueError, match='total_steps must be set'):
-    trainer.learning_rate_schedule(kind='linear_warmup_cosine')
+    optimizer.learning_rate_schedule(kind='linear_warmup_cosine')
 
 
 def test_format_seconds():
-  assert trainer.format_seconds(59) == '0:59'
-  assert trainer.format_seconds(3725) == '1:02:05'
+  assert progress.format_seconds(59) == '0:59'
+  assert progress.format_seconds(3725) == '1:02:05'
 
 
 def test_adafactor_factors_attention_kernels_as_t5x_2d_matrices():
@@ -66,7 +66,7 @@ def test_adafactor_factors_attention_kernels_as_t5x_2d_matrices():
             'o': {'kernel': jnp.asarray(rng.normal(size=(4, 64, 256)), jnp.float32)}}
   grads = jax.tree.map(lambda x: x * 0.1 + 0.01, params)
   axes = {('q', 'kernel'): ('embed', 'heads', 'kv'), ('o', 'kernel'): ('heads', 'kv', 'embed')}
-  tx = trainer.as_matrices(optax.adafactor(0.01), axes)
+  tx = optimizer.as_matrices(optax.adafactor(0.01), axes)
   state = tx.init(params)
   updates, _ = tx.update(grads, state, params)
   # Factored statistics: one row per d_model entry, one column per (head, kv) pair.
@@ -88,7 +88,7 @@ def test_gradient_accumulation_matches_one_big_batch():
   cfg = T5Config(vocab_size=64, d_model=16, num_heads=2, d_kv=8, d_ff=32, num_encoder_layers=1,
                  num_decoder_layers=1)
   mesh = partitioning.create_mesh({'data': -1})
-  tx = trainer.make_optimizer(trainer.learning_rate_schedule(kind='constant', base_learning_rate=0.1),
+  tx = optimizer.make_optimizer(optimizer.learning_rate_schedule(kind='constant', base_learning_rate=0.1),
                               name='adamw')
   setup = trainer.setup_train_state(cfg, tx, 0, mesh, ())
   rng = np.random.default_rng(0)
@@ -114,20 +114,20 @@ def test_metrics_writer_drops_redone_rows_on_resume_only(tmp_path):
   def steps():
     return [json.loads(line)['step'] for line in open(tmp_path / 'metrics.jsonl')]
 
-  writer = trainer.MetricsWriter(str(tmp_path), 5, resume_step=0)
+  writer = progress.MetricsWriter(str(tmp_path), 5, resume_step=0)
   for step in range(1, 6):
     writer.write(step, {'loss': 1.0, 'accuracy': 0.5, 'learning_rate': 1e-3})
   writer.close()
-  evaluator = trainer.MetricsWriter(str(tmp_path), 3)  # t5x_lite.eval on checkpoint 3
+  evaluator = progress.MetricsWriter(str(tmp_path), 3)  # t5x_lite.eval on checkpoint 3
   evaluator.write(3, {'eval/task/loss': 2.0})
   evaluator.close()
   assert steps() == [1, 2, 3, 4, 5, 3]
-  trainer.MetricsWriter(str(tmp_path), 5, resume_step=2).close()
+  progress.MetricsWriter(str(tmp_path), 5, resume_step=2).close()
   assert steps() == [1, 2]
 
 
 def test_rsqrt_without_warmup_starts_at_the_base_rate_not_infinity():
-  s = trainer.learning_rate_schedule(kind='rsqrt', base_learning_rate=1.0, warmup_steps=0)
+  s = optimizer.learning_rate_schedule(kind='rsqrt', base_learning_rate=1.0, warmup_steps=0)
   assert float(s(0)) == 1.0 and float(s(1)) == 1.0 and float(s(4)) == 0.5
 
 
@@ -136,8 +136,8 @@ def _micro_step_and_batch(learning_rate, name='adafactor'):
   from t5x_lite.models import T5Config  # pylint: disable=import-outside-toplevel
   cfg = T5Config(vocab_size=64, d_model=16, num_heads=2, d_kv=8, d_ff=32, num_encoder_layers=1,
                  num_decoder_layers=1)
-  tx = trainer.make_optimizer(
-      trainer.learning_rate_schedule(kind='constant', base_learning_rate=learning_rate), name=name)
+  tx = optimizer.make_optimizer(
+      optimizer.learning_rate_schedule(kind='constant', base_learning_rate=learning_rate), name=name)
   setup = trainer.setup_train_state(cfg, tx, 0, partitioning.create_mesh({'data': -1}), ())
   rng = np.random.default_rng(0)
   tgt = rng.integers(2, 64, (2, 6)).astype(np.int32)

@@ -32,6 +32,18 @@ from t5x_lite import gin_utils
 
 Batch = dict[str, np.ndarray]
 
+# The seqio converter whose output each model family's `logits_for_batch` reads.
+FEATURE_CONVERTERS = {
+    'encoder_decoder': seqio.EncDecFeatureConverter,
+    'decoder_only': seqio.DecoderFeatureConverter,
+    'prefix_lm': seqio.PrefixLMFeatureConverter,
+}
+
+
+def feature_converter(config, pack: bool = True) -> seqio.FeatureConverter:
+  """The converter for `config.architecture` (a `t5x_lite.models.T5Config`)."""
+  return FEATURE_CONVERTERS[config.architecture](pack=pack)
+
 
 def get_dataset(mixture_or_task_name: str,
                 task_feature_lengths: Mapping[str, int],
@@ -59,7 +71,7 @@ def get_dataset(mixture_or_task_name: str,
     pack: pack several examples into one sequence (``*_segment_ids``/``*_positions`` features).
     start_batch: batches to skip, to resume a run at that step.
     num_epochs: None repeats forever (training); 1 for one pass (evaluation).
-    feature_converter: the model's converter (`t5x_lite.models.feature_converter`); by default the
+    feature_converter: the model's converter (`feature_converter(config)`); by default the
       encoder-decoder one with `pack`.
 
   Returns:

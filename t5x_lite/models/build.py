@@ -1,4 +1,5 @@
-"""One entry point per model family: build it, size it, and pick its seqio feature converter.
+"""One entry point per model family: build it and size it (its input format is
+`t5x_lite.data.pipeline.feature_converter`).
 
 `config.architecture` decides everything the trainer needs to know about the family, so callers
 never branch on it themselves.
@@ -7,7 +8,6 @@ never branch on it themselves.
 from __future__ import annotations
 
 import jax
-import seqio
 from flax import nnx
 
 from t5x_lite.models.config import T5Config
@@ -18,12 +18,6 @@ MODEL_CLASSES = {
     'encoder_decoder': EncoderDecoder,
     'decoder_only': DecoderOnly,
     'prefix_lm': DecoderOnly,
-}
-
-FEATURE_CONVERTERS = {
-    'encoder_decoder': seqio.EncDecFeatureConverter,
-    'decoder_only': seqio.DecoderFeatureConverter,
-    'prefix_lm': seqio.PrefixLMFeatureConverter,
 }
 
 
@@ -41,8 +35,3 @@ def count_params(config: T5Config) -> int:
   """Number of parameters of the model, without allocating any; shared ones count once."""
   params = nnx.state(abstract_model(config), nnx.Param)
   return sum(int(x.size) for x in jax.tree.leaves(params))
-
-
-def feature_converter(config: T5Config, pack: bool = True) -> seqio.FeatureConverter:
-  """The seqio converter whose output `model.logits_for_batch` expects."""
-  return FEATURE_CONVERTERS[config.architecture](pack=pack)

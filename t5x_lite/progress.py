@@ -1,0 +1,130 @@
+"""What a run writes for people while it trains: metrics.jsonl, TensorBoard events and the progress
+line (`MetricsWriter`), and the step timer behind its throughput figures."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import time
+from typing import Mapping
+
+from etils import epath
+
+from t5x_lite import storage
+
+
+class MetricsWriter:
+  """Writes each logged step to MODEL_DIR/metrics.jsonl and TensorBoard, and prints a progress line
+  (step, loss, tokens/s, MFU, ETA). Only process 0 writes.
+
+  A training run passes `resume_step` (0 when it starts fresh): rows after it belong to steps it
+  will redo and are dropped. Other writers (standalone eval) leave every row in place.
+  """
+
+  def __init__(self, model_dir: str, total_steps: int, enabled: bool = True,
+               resume_step: int | None = None):
+    self.enabled = enabled
+    self.total_steps = total_steps
+    self._jsonl = None
+    self._tb = None
+    if enabled:
+      epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
+      self._path = os.path.join(model_dir, 'metrics.jsonl')
+      if resume_step is not None:
+        _drop_rows_after(self._path, resume_step)
+      # A bucket has no append: its metrics.jsonl is rewritten whole, and the TensorBoard events
+      # are written locally and copied up, at each logged step.
+      self._rows = (storage.read_text(self._path) or '') if storage.is_url(model_dir) else None
+      if self._rows is None:
+        self._jsonl = open(self._path, 'a')
+      self._events = contextlib.ExitStack()
+      self._tb_dir = self._events.enter_context(
+          storage.staged(os.path.join(model_dir, 'train'), upload=True))
+      import tensorboardX  # pylint: disable=import-outside-toplevel  (it imports torch if present)
+      self._tb = tensorboardX.SummaryWriter(self._tb_dir)
+      self._tb_remote = os.path.join(model_dir, 'train') if self._rows is not None else None
+
+  def write(self, step: int, metrics: Mapping[str, float], eta_s: float | None = None):
+    """One row; training rows (with 'loss') also print the progress line."""
+    if not self.enabled:
+      return
+    record = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
+    if self._jsonl is not None:
+      self._jsonl.write(json.dumps(record) + '\n')
+      self._jsonl.flush()
+    else:
+      self._rows += json.dumps(record) + '\n'
+      storage.write_atomically(self._path, self._rows)
+    for k, v in record.items():
+      if k != 'step':
+        self._tb.add_scalar(k, v, int(step))
+    self._tb.flush()
+    if self._tb_remote:
+      storage.copy_tree(self._tb_dir, self._tb_remote)
+    if 'loss' not in metrics:
+      print(f'step {step:>6d}/{self.total_steps} | '
+            + ' | '.join(f'{k} {v:.4g}' for k, v in metrics.items()), flush=True)
+      return
+    eta = '' if eta_s is None else f' | ETA {format_seconds(eta_s)}'
+    mfu = f" | MFU {metrics['mfu']:.1%}" if 'mfu' in metrics else ''
+    print(f"step {step:>6d}/{self.total_steps} | loss {metrics['loss']:.4f} | "
+          f"acc {metrics['accuracy']:.3f} | lr {metrics['learning_rate']:.2e} | "
+          f"{metrics.get('tokens_per_s', 0.0):,.0f} tokens/s{mfu}{eta}", flush=True)
+
+  def close(self):
+    if self._jsonl:
+      self._jsonl.close()
+    if self._tb:
+      self._tb.close()
+      self._events.close()  # a bucket's events: the last copy up
+
+
+def _drop_rows_after(path: str, step: int) -> None:
+  """Rows a killed run logged after its last checkpoint are logged again on resume: drop them
+  first, so metrics.jsonl has one row per step."""
+  text = storage.read_text(path)
+  if text is None:
+    return
+  lines = text.splitlines(keepends=True)
+  keep = [line for line in lines if line.strip() and _row_step(line) <= step]
+  if len(keep) != len(lines):
+    storage.write_atomically(path, ''.join(keep))
+
+
+def _row_step(line: str) -> float:
+  try:
+    return json.loads(line)['step']
+  except (ValueError, KeyError, TypeError):
+    return float('inf')  # a torn last line from a killed writer
+
+
+def format_seconds(s: float) -> str:
+  s = int(round(s))
+  h, rem = divmod(s, 3600)
+  m, sec = divmod(rem, 60)
+  return f'{h}:{m:02d}:{sec:02d}' if h else f'{m}:{sec:02d}'
+
+
+class StepTimer:
+  """Throughput over the steps since the last report, excluding the first (compile) step."""
+
+  def __init__(self):
+    self._t = None
+    self._steps = 0
+
+  def start(self):
+    self._t = time.perf_counter()
+    self._steps = 0
+
+  def tick(self):
+    self._steps += 1
+
+  def rate(self) -> tuple[float, int]:
+    """(seconds per step, steps) since start; restarts the window."""
+    if self._t is None or self._steps == 0:
+      return float('nan'), 0
+    now = time.perf_counter()
+    out = ((now - self._t) / self._steps, self._steps)
+    self._t, self._steps = now, 0
+    return out
