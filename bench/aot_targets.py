@@ -35,7 +35,6 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 from t5x_lite import hardware, targets  # pylint: disable=wrong-import-position
 MODELS = ('t5_1_1/small', 't5_1_1/base', 't5_1_1/large', 't5_1_1/xl', 't5_1_1/xxl',
           'decoder_only/1.3B', 'decoder_only/6.7B')

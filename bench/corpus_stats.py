@@ -17,7 +17,6 @@ import time
 import zlib
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 from t5x_lite.data import english_corpus  # pylint: disable=wrong-import-position
 
 LICENCES = {'wiki_sample': 'CC BY-SA 3.0', 'wiki_openings': 'CC BY-SA 4.0',

@@ -22,7 +22,6 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 
 TASKS = {'trec_coarse': {'inputs': 64, 'targets': 8},
          'movie_sentiment': {'inputs': 128, 'targets': 8}}
@@ -44,9 +43,8 @@ def majority_baseline(task_name: str) -> tuple[str, dict]:
   # t5x_lite first: quiet start-up.
   import t5x_lite  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   import seqio  # pylint: disable=import-outside-toplevel
-  import tasks  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
   from t5x_lite.data import labelled  # pylint: disable=import-outside-toplevel
-  from tasks import finetuning  # pylint: disable=import-outside-toplevel
+  from t5x_lite.tasks import finetuning  # pylint: disable=import-outside-toplevel
   dataset = finetuning.LABELLED_TASKS[task_name][0]
   rows = list(labelled.SOURCES[dataset]())
   train = collections.Counter(label for i, _, label in rows if labelled.split_of(i) == 'train')

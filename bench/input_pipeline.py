@@ -14,16 +14,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
 import sys
 import time
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import train_step  # noqa: E402  (bench/ is not a package)
+import train_step  # a sibling: bench/ is the script's directory
 from t5x_lite import gin_utils, vocab  # noqa: E402
 from t5x_lite.data import pipeline  # noqa: E402
 
@@ -49,7 +46,7 @@ def main(argv=None) -> int:
                    help='train step seconds to compare with (default: time it here)')
     p.add_argument('--train_steps', type=int, default=2, help='timed train steps (median)')
     args = p.parse_args(rest)
-    import tasks  # pylint: disable=import-outside-toplevel
+    from t5x_lite import tasks  # pylint: disable=import-outside-toplevel
     tasks.register_all(vocab.get_vocabulary())
     config = gin_utils.query_macro('MODEL_CONFIG')
     lengths = {'inputs': args.inputs_length, 'targets': args.targets_length}

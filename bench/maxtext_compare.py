@@ -34,7 +34,6 @@ import sys
 import time
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
 # pylint: disable=wrong-import-position
 from t5x_lite import hardware, models, targets
 from t5x_lite.models import T5Config

@@ -2,7 +2,7 @@
 
   python bench/sharding_equivalence.py [--steps=4] [--out=F.json] [--model_dirs=DIR]
 
-Trains the micro model of tests/micro.py (pretrain_tiny.gin, smaller) for `--steps` steps on one
+Trains the micro model of bench/micro.py (pretrain_tiny.gin, smaller) for `--steps` steps on one
 device, then in this process on 8 simulated CPU devices for every sharding preset (data_parallel,
 fsdp, 2d on a 2×4 and an 8×1 data × model mesh; fsdp_tp on 2×4; hsdp on 2 replicas × 4), each
 through `t5x_lite.train.main` into its own model directory. It prints, per run: wall and compile seconds, the per-step losses, their
@@ -50,8 +50,7 @@ from etils import epath
 from t5x_lite import partitioning, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, 'tests'))
-from micro import MICRO  # noqa: E402  (the tests' micro model: one copy)
+from micro import MICRO  # noqa: E402  (bench/micro.py: the tests train the same model)
 
 PRESETS = ('data_parallel', 'fsdp', '2d')
 MESHES = ({'data': 2, 'model': 4}, {'data': 8, 'model': 1})

@@ -27,12 +27,10 @@ import threading
 import time
 from typing import Sequence
 
+from t5x_lite.launch.common import UsageError, split_argv, usage_error
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DEVICE_COUNT_FLAG = re.compile(r'--xla_force_host_platform_device_count=\d+')
-
-
-class UsageError(ValueError):
-  """Bad launch arguments; main() prints the message on one line and exits 2."""
 
 
 def free_port() -> int:
@@ -159,7 +157,7 @@ def _say(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  ours, rest = (argv[:argv.index('--')], argv[argv.index('--') + 1:]) if '--' in argv else (argv, [])
+  ours, rest = split_argv(argv)
   p = argparse.ArgumentParser(prog='launch/local.py', description=__doc__.split('\n')[0])
   p.add_argument('--num_processes', type=int, required=True)
   p.add_argument('--devices_per_process', type=int, default=1)
@@ -176,8 +174,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(args.num_processes, args.devices_per_process, command, port=args.port,
                platform=args.platform, timeout_s=args.timeout_s)
   except UsageError as e:
-    print(f'launch/local.py: error: {e}', file=sys.stderr)
-    return 2
+    return usage_error('launch/local.py', e)
 
 
 if __name__ == '__main__':

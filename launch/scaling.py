@@ -56,16 +56,16 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if REPO not in sys.path:
-  sys.path.insert(0, REPO)  # `python launch/scaling.py` imports launch.* and t5x_lite
+import t5x_lite  # noqa: F401  (before JAX: quiet start-up, CPU on a host without chips)
+from t5x_lite import curves  # metrics.jsonl rows; no JAX import
+from t5x_lite.launch.common import UsageError, split_argv, usage_error
+from t5x_lite.launch.scaling_fit import (HELDOUT, compute_optimal, fit_isoflop, fit_rows,
+                                         isoflop_columns, predict_compute_optimal_loss)
+from t5x_lite.launch.scaling_report import (isoflop_markdown, plot, plot_isoflop, report_markdown,
+                                            si, unbracketed_minima)
+from t5x_lite.progress import format_seconds
 
-import t5x_lite  # noqa: E402,F401  (before JAX: quiet start-up, CPU on a host without chips)
-from t5x_lite import curves  # noqa: E402  (metrics.jsonl rows; no JAX import)
-from launch.scaling_fit import (HELDOUT, compute_optimal, fit_isoflop, fit_rows,  # noqa: E402
-                                isoflop_columns, predict_compute_optimal_loss)
-from launch.scaling_report import (format_seconds, isoflop_markdown, plot,  # noqa: E402
-                                   plot_isoflop, report_markdown, si, unbracketed_minima)
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 BASE_GIN = 'gin/runs/scaling.gin'
 DEFAULT_SIZES = (8, 16, 24, 32, 48, 64, 96)  # d_model: ~500x in non-embedding params
@@ -85,10 +85,6 @@ HELDOUT_BOOTSTRAP = 100    # refits behind its prediction interval
 SIZE_FIELDS = ('d_model', 'num_heads', 'd_kv', 'd_ff', 'num_encoder_layers', 'num_decoder_layers')
 # Parameters Kaplan et al. leave out of N: token embedding, output layer, position embeddings.
 EMBEDDING_PARAMS = ('token_embedder', 'lm_head', 'relpos_bias')
-
-
-class UsageError(ValueError):
-  """Bad arguments or an inconsistent OUT_DIR; main() prints one line and exits 2."""
 
 
 class SweepError(RuntimeError):
@@ -676,32 +672,29 @@ class Sweep:
 def cluster_jobs(out_dir: str, specs: Sequence[RunSpec], mode: str, train_flags: Sequence[str],
                  args) -> dict[str, str]:
   """{path: text}: one SLURM script or TPU command file per run, and a submit_all.sh."""
-  from launch import slurm, tpu  # pylint: disable=import-outside-toplevel
+  from t5x_lite.launch import slurm, tpu  # pylint: disable=import-outside-toplevel
   files, submit = {}, ['#!/bin/bash', '# Written by launch/scaling.py: start every run of the sweep.',
                        'set -euo pipefail', f'cd {shlex.quote(REPO)}']
   for spec in specs:
     run_dir = run_dir_of(out_dir, spec.name)
     flags = [f'--gin_file={os.path.join(run_dir, "run.gin")}', *train_flags]
     job = re.sub(r'[^A-Za-z0-9._-]', '-', f'{args.job_prefix}-{spec.name}')
-    try:
-      if mode == 'slurm':
-        path = os.path.join(run_dir, 'job.sbatch')
-        files[path] = slurm.sbatch_script(
-            nodes=args.nodes, gpus_per_node=args.gpus_per_node, job_name=job, time=args.time,
-            train_flags=flags, partition=args.partition, account=args.account,
-            log_dir=os.path.join(run_dir, 'slurm_logs'))
-        submit += [f'mkdir -p {shlex.quote(os.path.join(run_dir, "slurm_logs"))}',
-                   f'sbatch {shlex.quote(path)}']
-      else:
-        path = os.path.join(run_dir, 'tpu_commands.sh')
-        commands = tpu.tpu_commands(
-            tpu_name=job.lower().replace('_', '-').replace('.', '-'),
-            accelerator_type=args.accelerator_type, zone=args.zone, project=args.project,
-            train_flags=flags, repo_url=args.repo_url)
-        files[path] = '\n'.join(['#!/bin/bash', 'set -euo pipefail', *commands, ''])
-        submit.append(f'bash {shlex.quote(path)}')
-    except (slurm.UsageError, tpu.UsageError) as e:
-      raise UsageError(str(e)) from e
+    if mode == 'slurm':
+      path = os.path.join(run_dir, 'job.sbatch')
+      files[path] = slurm.sbatch_script(
+          nodes=args.nodes, gpus_per_node=args.gpus_per_node, job_name=job, time=args.time,
+          train_flags=flags, partition=args.partition, account=args.account,
+          log_dir=os.path.join(run_dir, 'slurm_logs'))
+      submit += [f'mkdir -p {shlex.quote(os.path.join(run_dir, "slurm_logs"))}',
+                 f'sbatch {shlex.quote(path)}']
+    else:
+      path = os.path.join(run_dir, 'tpu_commands.sh')
+      commands = tpu.tpu_commands(
+          tpu_name=job.lower().replace('_', '-').replace('.', '-'),
+          accelerator_type=args.accelerator_type, zone=args.zone, project=args.project,
+          train_flags=flags, repo_url=args.repo_url)
+      files[path] = '\n'.join(['#!/bin/bash', 'set -euo pipefail', *commands, ''])
+      submit.append(f'bash {shlex.quote(path)}')
   files[os.path.join(out_dir, 'submit_all.sh')] = '\n'.join(submit + [''])
   return files
 
@@ -727,7 +720,7 @@ def evaluate_run(run_dir: str, max_batches: int = 0) -> dict:
   task = gin_utils.query_macro('MIXTURE_OR_TASK_NAME')
   lengths = dict(gin_utils.query_macro('TASK_FEATURE_LENGTHS'))
   batch_size = int(gin_utils.query_macro('BATCH_SIZE'))
-  import tasks  # registers the tasks with the gin-configured vocabulary
+  from t5x_lite import tasks  # registers the tasks with the gin-configured vocabulary
   tasks.register_all(vocab.get_vocabulary())
   graphdef, abstract, _ = trainer.abstract_params_and_axes(config)
   params, step_dir = checkpoints.load_params(run_dir, abstract)
@@ -1189,7 +1182,7 @@ def _default_pieces() -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
   argv = list(sys.argv[1:] if argv is None else argv)
-  ours, extra = (argv[:argv.index('--')], argv[argv.index('--') + 1:]) if '--' in argv else (argv, [])
+  ours, extra = split_argv(argv)
   if ours and ours[0].startswith('-') and ours[0] not in ('-h', '--help'):
     ours = ['run'] + ours  # `launch/scaling.py --out_dir=D` means `run`
   try:
@@ -1210,9 +1203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
       _evaluate_in_subprocess(out_dir, args.eval_batches)
     write_report(out_dir, args.last_k)
     return 0
-  except UsageError as e:
-    print(f'launch/scaling.py: error: {e}', file=sys.stderr)
-    return 2
+  except UsageError as e:  # bad arguments or an inconsistent OUT_DIR
+    return usage_error('launch/scaling.py', e)
   except SweepError as e:
     print(f'launch/scaling.py: error: {e}', file=sys.stderr)
     return 1

@@ -12,7 +12,8 @@ from typing import Sequence
 
 import numpy as np
 
-from launch.scaling_fit import budget_order, budget_value, isoflop_rows
+from t5x_lite.launch.scaling_fit import budget_order, budget_value, isoflop_rows
+from t5x_lite.progress import format_seconds
 
 FIGSIZE = (8.0, 6.5)  # inches; at DPI, a 960 x 780 pixel PNG
 DPI = 120
@@ -24,14 +25,6 @@ def si(n: float) -> str:
     if abs(n) >= div:
       return f'{n / div:.3g}{unit}'
   return f'{n:.3g}'
-
-
-def format_seconds(s: float) -> str:
-  """h:mm:ss (m:ss under an hour): ETAs, run times and the report's Time section."""
-  s = int(round(max(s, 0)))
-  h, rem = divmod(s, 3600)
-  m, sec = divmod(rem, 60)
-  return f'{h}:{m:02d}:{sec:02d}' if h else f'{m}:{sec:02d}'
 
 
 def _pm(value: float, error: float | None, fmt: str) -> str:

@@ -26,12 +26,10 @@ import subprocess
 import sys
 from typing import Sequence
 
+from t5x_lite.launch.common import UsageError, split_argv, usage_error
+
 COORDINATOR_PORT = 8476  # the port JAX's own docs use for the coordinator service
 _TIME = re.compile(r'^(\d+-)?\d{1,2}:\d{2}:\d{2}$')  # [D-]HH:MM:SS, as sbatch --time accepts
-
-
-class UsageError(ValueError):
-  """Bad launch arguments; main() prints the message on one line and exits 2."""
 
 
 def sbatch_script(*, nodes: int, gpus_per_node: int, job_name: str, time: str,
@@ -113,15 +111,6 @@ def sbatch_script(*, nodes: int, gpus_per_node: int, job_name: str, time: str,
   return '\n'.join(lines)
 
 
-def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-  """Splits at the first `--`: launcher flags before, trainer flags after."""
-  argv = list(argv)
-  if '--' in argv:
-    i = argv.index('--')
-    return argv[:i], argv[i + 1:]
-  return argv, []
-
-
 def _parser() -> argparse.ArgumentParser:
   p = argparse.ArgumentParser(prog='launch/slurm.py', description=__doc__.split('\n')[0])
   p.add_argument('--nodes', type=int, required=True)
@@ -142,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  ours, train_flags = _split_argv(sys.argv[1:] if argv is None else argv)
+  ours, train_flags = split_argv(sys.argv[1:] if argv is None else argv)
   parser = _parser()
   try:
     args = parser.parse_args(ours)
@@ -156,8 +145,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          log_dir=args.log_dir, coordinator_port=args.coordinator_port,
                          python=args.python)
   except UsageError as e:
-    print(f'launch/slurm.py: error: {e}', file=sys.stderr)
-    return 2
+    return usage_error('launch/slurm.py', e)
   if args.dry_run:
     sys.stdout.write(text)
     return 0

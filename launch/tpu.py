@@ -31,9 +31,7 @@ import subprocess
 import sys
 from typing import Sequence
 
-
-class UsageError(ValueError):
-  """Bad launch arguments; main() prints the message on one line and exits 2."""
+from t5x_lite.launch.common import UsageError, split_argv, usage_error
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,17 +122,9 @@ def tpu_commands(*, tpu_name: str, accelerator_type: str, zone: str, project: st
   return commands
 
 
-def _split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
-  argv = list(argv)
-  if '--' in argv:
-    i = argv.index('--')
-    return argv[:i], argv[i + 1:]
-  return argv, []
-
-
 def main(argv: Sequence[str] | None = None) -> int:
   import argparse
-  ours, train_flags = _split_argv(sys.argv[1:] if argv is None else argv)
+  ours, train_flags = split_argv(sys.argv[1:] if argv is None else argv)
   p = argparse.ArgumentParser(prog='launch/tpu.py', description=__doc__.split('\n')[0])
   p.add_argument('--tpu_name', required=True)
   p.add_argument('--accelerator_type', required=True, help='v4-N, v5p-N or v5litepod-N')
@@ -156,8 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                             local_repo=args.local_repo, repo_dir=args.repo_dir)
     slice_ = parse_accelerator_type(args.accelerator_type)
   except UsageError as e:
-    print(f'launch/tpu.py: error: {e}', file=sys.stderr)
-    return 2
+    return usage_error('launch/tpu.py', e)
   print(f'# {args.accelerator_type}: {slice_.chips} chips on {slice_.hosts} host(s)',
         file=sys.stderr)
   if args.dry_run:

@@ -23,7 +23,7 @@ from t5x_lite import gin_utils
 # The module each command runs (its `main(argv)`), and how the command is typed.
 MODULES = {'train': 't5x_lite.train', 'eval': 't5x_lite.eval', 'plan': 't5x_lite.plan',
            'infer': 't5x_lite.infer', 'convert': 't5x_lite.convert', 'vocab': 't5x_lite.vocab',
-           'tasks': 'tasks.show', 'curves': 't5x_lite.curves'}
+           'tasks': 't5x_lite.tasks.show', 'curves': 't5x_lite.curves'}
 PROGS = {'train': 'python -m t5x_lite.train (or t5x-train)',
          'plan': 'python -m t5x_lite.plan (or t5x-plan)', 'vocab': 't5x-vocab'}
 

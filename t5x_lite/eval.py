@@ -106,7 +106,7 @@ def evaluate(*,
              checkpoint_dir: str | None = None) -> dict[str, float]:
   """Evaluates the checkpoint at `checkpoint_dir` (default: MODEL_DIR) and logs the metrics there."""
   vocabulary = vocab.get_vocabulary()
-  import tasks  # pylint: disable=import-outside-toplevel  (registers the tasks)
+  from t5x_lite import tasks  # pylint: disable=import-outside-toplevel  (registers the tasks)
   tasks.register_all(vocabulary)
   if not has_metrics(mixture_or_task_name):
     raise gin_utils.UsageError(f'{mixture_or_task_name!r} has no metric functions to evaluate '

@@ -100,7 +100,8 @@ def _row_step(line: str) -> float:
 
 
 def format_seconds(s: float) -> str:
-  s = int(round(s))
+  """h:mm:ss (m:ss under an hour): ETAs and run times."""
+  s = int(round(max(s, 0)))
   h, rem = divmod(s, 3600)
   m, sec = divmod(rem, 60)
   return f'{h}:{m:02d}:{sec:02d}' if h else f'{m}:{sec:02d}'

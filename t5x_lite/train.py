@@ -163,7 +163,7 @@ def _register_tasks(model_config: T5Config, task_name: str):
     raise gin_utils.UsageError(
         f'the model vocab_size {model_config.vocab_size} is smaller than the vocabulary '
         f'({vocabulary.vocab_size} ids incl. sentinels); raise VOCAB_SIZE to at least that.')
-  import tasks  # registers tasks with the gin-configured vocabulary
+  from t5x_lite import tasks  # registers tasks with the gin-configured vocabulary
   tasks.register_all(vocabulary)
   tasks.pretraining.check_text_task(task_name)
   try:

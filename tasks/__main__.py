@@ -1,7 +1,7 @@
-"""`python -m tasks show TASK_NAME`; see `tasks.show`."""
+"""`python -m t5x_lite.tasks show TASK_NAME [--num=3] [--text=...] [--all]`; see `show`."""
 
 import sys
 
-from tasks import show
+from t5x_lite import cli  # `--help` answers before seqio and TensorFlow load
 
-sys.exit(show.main())
+sys.exit(cli.main('tasks'))

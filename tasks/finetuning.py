@@ -46,7 +46,7 @@ import tensorflow_datasets as tfds
 
 from t5x_lite import metrics, paths, vocab
 from t5x_lite.data import corpus, labelled
-from tasks.pretraining import PreparedTfdsDataSource, WIKI_TFDS_NAME
+from t5x_lite.tasks.pretraining import PreparedTfdsDataSource, WIKI_TFDS_NAME
 
 WIKI_TITLE_TASK = 'wiki_title'
 # Offline labelled tasks: name -> (TFDS dataset, input prefix, label names).

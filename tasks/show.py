@@ -19,7 +19,7 @@ import seqio
 import tensorflow as tf
 
 from t5x_lite import cli, gin_utils
-from tasks import pretraining
+from t5x_lite.tasks import pretraining
 
 DEFAULT_SEQUENCE_LENGTH = {'inputs': 128, 'targets': 128}
 

@@ -22,7 +22,6 @@ from typing import Callable, Mapping
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `micro` when run as a script
 from micro import MICRO, TRAIN_FLAGS  # pylint: disable=wrong-import-position
 
 REPO = Path(__file__).resolve().parent.parent
@@ -475,8 +474,8 @@ def _run_in_process(argv: list[str], module: str = 't5x_lite.train') -> int:
     return importlib.import_module(module).main(argv)
   finally:
     gin.clear_config()
-    if 'tasks' in sys.modules:  # a case may have registered the tasks on its own data dir
-      sys.modules['tasks'].register_all()
+    if 't5x_lite.tasks' in sys.modules:  # a case may have registered the tasks on its own data dir
+      sys.modules['t5x_lite.tasks'].register_all()
 
 
 def _apply_env(env: Mapping[str, str], monkeypatch) -> None:

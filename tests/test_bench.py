@@ -3,15 +3,11 @@ timing assertions: figures come from running them by hand, see README)."""
 
 import json
 import math
-import os
-import sys
 
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), 'bench'))
-
-import input_pipeline  # noqa: E402
-import train_step  # noqa: E402
+import input_pipeline  # bench/, on pytest's pythonpath (setup.cfg)
+import train_step
 
 TINY = [
     '--gin_file=gin/models/t5_1_1/small.gin',

@@ -17,9 +17,8 @@ import pytest
 from t5x_lite import cli, distributed, train
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, REPO)
-from launch import local  # noqa: E402  (launch/ is not an installed package)
-from micro import MICRO  # noqa: E402
+from t5x_lite.launch import local
+from micro import MICRO
 
 
 def _resolve(argv=(), env=None):

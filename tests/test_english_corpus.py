@@ -69,7 +69,7 @@ def test_every_translation_of_a_bible_chapter_is_on_one_side():
 
 
 def test_every_objective_has_an_english_task_and_a_mixture():
-  from tasks import pretraining  # pylint: disable=import-outside-toplevel  (registers them)
+  from t5x_lite.tasks import pretraining  # pylint: disable=import-outside-toplevel  (registers them)
   names = set(seqio.TaskRegistry.names())
   assert {pretraining.task_name('english', o) for o in pretraining.OBJECTIVES} <= names
   assert 'english_span_corruption' in names

@@ -10,10 +10,9 @@ import seqio
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-import tasks  # noqa: F401  (registers the tasks)
 from t5x_lite import gin_utils
 from t5x_lite.data import corpus, labelled
-from tasks import finetuning
+from t5x_lite.tasks import finetuning
 
 LENGTHS = {'inputs': 256, 'targets': 32}
 GLUE_NAMES = ['glue_cola_v2', 'glue_sst2_v2', 'glue_mrpc_v2', 'glue_qqp_v2', 'glue_stsb_v2',

@@ -8,8 +8,7 @@ import tarfile
 
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from launch import slurm, tpu  # noqa: E402  (launch/ is not an installed package)
+from t5x_lite.launch import slurm, tpu
 
 # A flag with spaces, single and double quotes: must reach the trainer as one argv entry.
 TRICKY = """--gin.MODEL_DIR='/ckpt/my run' --gin.NOTE="it's \\"big\\"\""""

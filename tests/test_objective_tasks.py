@@ -13,9 +13,8 @@ import pytest
 import seqio
 import tensorflow as tf
 
-import tasks  # noqa: F401  (registers the tasks)
 from t5x_lite import vocab
-from tasks import pretraining, show
+from t5x_lite.tasks import pretraining, show
 
 LENGTHS = {'inputs': 128, 'targets': 128}
 TABLE_3_SENTENCE = 'Thank you for inviting me to your party last week.'

@@ -14,7 +14,7 @@ import tensorflow_datasets as tfds
 from micro import MICRO, TRAIN_FLAGS
 from t5x_lite import gin_utils, train
 from t5x_lite.data import text_files
-from tasks import pretraining
+from t5x_lite.tasks import pretraining
 
 WORDS = ('the cat sat on a mat while dogs ran past old red barns and quiet birds sang near tall '
          'green trees every morning farmers walked slowly along narrow roads carrying fresh bread '

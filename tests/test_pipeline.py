@@ -6,8 +6,10 @@ Building a seqio pipeline costs seconds of tf.data tracing, so the tests share o
 import numpy as np
 import pytest
 
-import tasks  # noqa: F401  (registers the tasks)
+from t5x_lite import tasks
 from t5x_lite.data import pipeline
+
+tasks.register_all()  # the default vocabulary
 
 TASK = 'wiki_span_corruption'
 LENGTHS = {'inputs': 512, 'targets': 114}

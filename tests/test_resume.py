@@ -22,7 +22,6 @@ import time
 import gin
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from micro import MICRO  # pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

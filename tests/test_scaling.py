@@ -14,8 +14,7 @@ import zlib
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from launch import scaling, scaling_fit, scaling_report  # noqa: E402  (launch/ is not installed)
+from t5x_lite.launch import scaling, scaling_fit, scaling_report
 
 
 @pytest.fixture(scope='module')

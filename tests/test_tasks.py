@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import seqio
 
-import tasks  # noqa: F401  (registers the tasks)
 from t5x_lite import paths
 from t5x_lite.data import objectives
-from tasks import pretraining
+from t5x_lite.tasks import pretraining
 
 LENGTHS = {'inputs': 512, 'targets': 114}
 

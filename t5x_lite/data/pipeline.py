@@ -61,7 +61,7 @@ def get_dataset(mixture_or_task_name: str,
   """Iterates over this host's share of each global batch, as numpy arrays.
 
   Args:
-    mixture_or_task_name: a registered seqio task or mixture (``import tasks`` registers ours).
+    mixture_or_task_name: a registered seqio task or mixture (`t5x_lite.tasks.register_all()` registers ours).
     task_feature_lengths: e.g. ``{'inputs': 512, 'targets': 114}`` (T5's span corruption).
     batch_size: the GLOBAL batch size: `num_data_shards` blocks of batch_size/num_data_shards rows.
     split, shuffle, seed: which data and in which (seeded) order; all hosts pass the same seed.
@@ -161,8 +161,9 @@ def get_task(name: str) -> seqio.Task | seqio.Mixture:
     raise ValueError(
         f'No seqio task or mixture named {name!r}.'
         + (f' Did you mean {close}?' if close else '')
-        + f' Registered: {names or "none"}. Tasks register on import: did you `import tasks` '
-        '(or the module that defines yours, e.g. via --gin.import)?')
+        + f' Registered: {names or "none"}. Ours register with `from t5x_lite import tasks; '
+        'tasks.register_all()`; yours when the module that defines them is imported (e.g. '
+        'via --gin.import).')
   return seqio.get_mixture_or_task(name)
 
 

@@ -1,5 +1,6 @@
-"""The micro model that end-to-end tests and bench/sharding_equivalence.py train: one copy, so the
-equivalence figures and the tests describe the same run."""
+"""The micro model that bench/sharding_equivalence.py and the end-to-end tests train: one copy, so
+the equivalence figures and the tests describe the same run (the tests find it through pytest's
+`pythonpath = bench`, setup.cfg)."""
 
 # pretrain_tiny.gin's path (task, optimizer, trainer, checkpoints) with less compute.
 MICRO = [
