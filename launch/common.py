@@ -8,7 +8,7 @@ from typing import Sequence
 
 from t5x_lite.gin_utils import UsageError  # the one class every entry point reports as usage
 
-__all__ = ['UsageError', 'split_argv', 'usage_error']
+__all__ = ['UsageError', 'check_at_least', 'check_choice', 'split_argv', 'usage_error']
 
 
 def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
@@ -18,6 +18,17 @@ def split_argv(argv: Sequence[str]) -> tuple[list[str], list[str]]:
     i = argv.index('--')
     return argv[:i], argv[i + 1:]
   return argv, []
+
+
+def check_at_least(flag: str, value, minimum: int = 1) -> None:
+  """A count flag the launcher cannot use below `minimum`: UsageError naming it."""
+  if value is not None and value < minimum:
+    raise UsageError(f'{flag} must be at least {minimum}, got {value}.')
+
+
+def check_choice(flag: str, value, choices: Sequence) -> None:
+  if value not in choices:
+    raise UsageError(f"{flag} must be {' or '.join(map(repr, choices))}, got {value!r}.")
 
 
 def usage_error(prog: str, error: Exception) -> int:

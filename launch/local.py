@@ -27,7 +27,8 @@ import threading
 import time
 from typing import Sequence
 
-from t5x_lite.launch.common import UsageError, split_argv, usage_error
+from t5x_lite.launch.common import (UsageError, check_at_least, check_choice, split_argv,
+                                    usage_error)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _DEVICE_COUNT_FLAG = re.compile(r'--xla_force_host_platform_device_count=\d+')
@@ -69,12 +70,9 @@ def run(num_processes: int, devices_per_process: int, command: Sequence[str], *,
         port: int = 0, platform: str = 'cpu', timeout_s: float | None = None,
         grace_s: float = 10.0) -> int:
   """Starts the processes, relays their output, and returns the job's exit status."""
-  if num_processes < 1:
-    raise UsageError(f'--num_processes must be >= 1, got {num_processes}.')
-  if devices_per_process < 1:
-    raise UsageError(f'--devices_per_process must be >= 1, got {devices_per_process}.')
-  if platform not in ('cpu', 'gpu'):
-    raise UsageError(f"--platform must be 'cpu' or 'gpu', got {platform!r}.")
+  check_at_least('--num_processes', num_processes)
+  check_at_least('--devices_per_process', devices_per_process)
+  check_choice('--platform', platform, ('cpu', 'gpu'))
   port = port or free_port()
   procs, tails, pumps = [], [], []
   for i in range(num_processes):

@@ -707,11 +707,8 @@ def evaluate_run(run_dir: str, max_batches: int = 0) -> dict:
   validation split, packed as in training, without z-loss. Logged to RUN_DIR/metrics.jsonl."""
   # pylint: disable=import-outside-toplevel
   import gin
-  import jax
-  import jax.numpy as jnp
-  from flax import nnx
-  from t5x_lite import checkpoints, gin_utils, infer, models, progress, vocab
-  from t5x_lite.data import pipeline
+  from t5x_lite import eval as eval_lib
+  from t5x_lite import gin_utils, loading, progress, vocab
   meta = read_json(os.path.join(run_dir, 'run.json'))
   files, bindings, _ = gin_utils.split_flags(meta['command'][3:])
   gin.clear_config()
@@ -722,28 +719,17 @@ def evaluate_run(run_dir: str, max_batches: int = 0) -> dict:
   batch_size = int(gin_utils.query_macro('BATCH_SIZE'))
   from t5x_lite import tasks  # registers the tasks with the gin-configured vocabulary
   tasks.register_all(vocab.get_vocabulary())
-  graphdef, abstract, _ = trainer.abstract_params_and_axes(config)
-  params, step_dir = checkpoints.load_params(run_dir, abstract)
-  model = nnx.merge(graphdef, jax.tree.map(jnp.asarray, params))
-  batches = pipeline.get_dataset(task, lengths, batch_size, split='validation', shuffle=False,
-                                 num_epochs=1, feature_converter=pipeline.feature_converter(config))
-  nll = tokens = 0.0
-  n = 0
-  for batch in batches:
-    if len(batch['decoder_target_tokens']) < batch_size or (max_batches and n >= max_batches):
-      break  # whole batches only: one compile, and the same examples for every size
-    nll -= float(np.sum(infer.score_batch(model, batch)))
-    tokens += float(np.sum(batch['decoder_loss_weights']))
-    n += 1
-  gin.clear_config()
-  if not tokens:
-    raise UsageError(f'the validation split of {task} gave no whole batch of {batch_size}.')
-  step = int(step_dir.name)
-  result = {f'eval/{task}/loss': nll / tokens, f'eval/{task}/target_tokens': tokens}
+  loaded = loading.load_model(config, run_dir)
+  try:
+    scored = eval_lib.validation_loss(loaded.model, config, task, lengths, batch_size, max_batches)
+  finally:
+    gin.clear_config()
+  step = loaded.step
+  result = {f'eval/{task}/loss': scored['loss'], f'eval/{task}/target_tokens': scored['tokens']}
   writer = progress.MetricsWriter(run_dir, step, resume_step=step)
   writer.write(step, result)
   writer.close()
-  return {'step': step, 'loss': nll / tokens, 'tokens': tokens, 'batches': n}
+  return {'step': step, **scored}
 
 
 def eval_loss(rows: Sequence[dict], step: int) -> float | None:

@@ -26,7 +26,8 @@ import subprocess
 import sys
 from typing import Sequence
 
-from t5x_lite.launch.common import UsageError, split_argv, usage_error
+from t5x_lite.launch.common import (UsageError, check_at_least, check_choice, split_argv,
+                                    usage_error)
 
 COORDINATOR_PORT = 8476  # the port JAX's own docs use for the coordinator service
 _TIME = re.compile(r'^(\d+-)?\d{1,2}:\d{2}:\d{2}$')  # [D-]HH:MM:SS, as sbatch --time accepts
@@ -45,12 +46,9 @@ def sbatch_script(*, nodes: int, gpus_per_node: int, job_name: str, time: str,
 
   cpus_per_task defaults to 8 per GPU the task drives, a common ratio on 8-GPU nodes.
   """
-  if nodes < 1:
-    raise UsageError(f'--nodes must be at least 1, got {nodes}.')
-  if gpus_per_node < 1:
-    raise UsageError(f'--gpus_per_node must be at least 1, got {gpus_per_node}.')
-  if process_per not in ('gpu', 'node'):
-    raise UsageError(f"--process_per must be 'gpu' or 'node', got {process_per!r}.")
+  check_at_least('--nodes', nodes)
+  check_at_least('--gpus_per_node', gpus_per_node)
+  check_choice('--process_per', process_per, ('gpu', 'node'))
   if not job_name or not re.fullmatch(r'[A-Za-z0-9._-]+', job_name):
     raise UsageError(f'--job_name must be letters, digits, ".", "_" or "-", got {job_name!r}.')
   if not _TIME.match(time):
@@ -59,8 +57,7 @@ def sbatch_script(*, nodes: int, gpus_per_node: int, job_name: str, time: str,
   gpus_per_task = gpus_per_node // tasks_per_node
   if cpus_per_task is None:
     cpus_per_task = 8 * gpus_per_task
-  if cpus_per_task < 1:
-    raise UsageError(f'--cpus_per_task must be at least 1, got {cpus_per_task}.')
+  check_at_least('--cpus_per_task', cpus_per_task)
 
   sbatch = [
       f'--job-name={job_name}',

@@ -56,7 +56,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from t5x_lite import checkpoints, cli, gin_utils, models, optimizer, partitioning, trainer
+from t5x_lite import (checkpoints, cli, gin_utils, loading, models, optimizer, partitioning,
+                      trainer)
 from t5x_lite.gin_utils import UsageError
 from t5x_lite.models import T5Config, t5
 
@@ -180,16 +181,6 @@ def model_gin(config: T5Config, comment: str = '') -> str:
   return '\n'.join(lines) + '\n'
 
 
-def config_from_gin(gin_files: Sequence[str], bindings: Sequence[str] = ()) -> T5Config:
-  """The MODEL_CONFIG that `gin_files` (+ overrides) define; replaces the global gin config."""
-  gin.clear_config()
-  gin_utils.parse(list(gin_files), list(bindings))
-  config = gin_utils.query_macro('MODEL_CONFIG')
-  if not isinstance(config, T5Config):
-    raise UsageError(f'MODEL_CONFIG is {config!r}, not a t5x_lite.models.T5Config.')
-  return config
-
-
 # ---------------------------------------------------------------------------------------------
 # Weights: a name table and four reshapes, all pure.
 # ---------------------------------------------------------------------------------------------
@@ -210,28 +201,31 @@ def _mlp(config: T5Config, ours: str, hf: str) -> dict[str, tuple[str, str]]:
   return {f'{ours}/{name}/kernel': (f'{hf}.{name}.weight', 'dense') for name in names + ['wo']}
 
 
+# The sub-layers of each stack's block in HF's order (HF's `layer.{j}`): (our pre-norm, our
+# sub-layer, HF module).
+_BLOCKS = {
+    'encoder': (('pre_attention_layer_norm', 'attention', 'SelfAttention'),
+                ('pre_mlp_layer_norm', 'mlp', 'DenseReluDense')),
+    'decoder': (('pre_self_attention_layer_norm', 'self_attention', 'SelfAttention'),
+                ('pre_cross_attention_layer_norm', 'encoder_decoder_attention', 'EncDecAttention'),
+                ('pre_mlp_layer_norm', 'mlp', 'DenseReluDense')),
+}
+
+
 def param_map(config: T5Config) -> dict[str, tuple[str, str]]:
   """Our param path ('encoder/layers/0/mlp/wo/kernel') -> (HF state-dict name, reshape kind)."""
   m = {'token_embedder/embedding': ('shared.weight', 'copy')}
   relpos = 'block.0.layer.0.SelfAttention.relative_attention_bias.weight'
-  m['encoder/relpos_bias/embedding'] = (f'encoder.{relpos}', 'copy')
-  for i in range(config.num_encoder_layers):
-    ours, hf = f'encoder/layers/{i}', f'encoder.block.{i}'
-    m[f'{ours}/pre_attention_layer_norm/scale'] = (f'{hf}.layer.0.layer_norm.weight', 'copy')
-    m.update(_attention(f'{ours}/attention', f'{hf}.layer.0.SelfAttention'))
-    m[f'{ours}/pre_mlp_layer_norm/scale'] = (f'{hf}.layer.1.layer_norm.weight', 'copy')
-    m.update(_mlp(config, f'{ours}/mlp', f'{hf}.layer.1.DenseReluDense'))
-  m['encoder/encoder_norm/scale'] = ('encoder.final_layer_norm.weight', 'copy')
-  m['decoder/relpos_bias/embedding'] = (f'decoder.{relpos}', 'copy')
-  for i in range(config.num_decoder_layers):
-    ours, hf = f'decoder/layers/{i}', f'decoder.block.{i}'
-    m[f'{ours}/pre_self_attention_layer_norm/scale'] = (f'{hf}.layer.0.layer_norm.weight', 'copy')
-    m.update(_attention(f'{ours}/self_attention', f'{hf}.layer.0.SelfAttention'))
-    m[f'{ours}/pre_cross_attention_layer_norm/scale'] = (f'{hf}.layer.1.layer_norm.weight', 'copy')
-    m.update(_attention(f'{ours}/encoder_decoder_attention', f'{hf}.layer.1.EncDecAttention'))
-    m[f'{ours}/pre_mlp_layer_norm/scale'] = (f'{hf}.layer.2.layer_norm.weight', 'copy')
-    m.update(_mlp(config, f'{ours}/mlp', f'{hf}.layer.2.DenseReluDense'))
-  m['decoder/decoder_norm/scale'] = ('decoder.final_layer_norm.weight', 'copy')
+  for stack, num_layers in (('encoder', config.num_encoder_layers),
+                            ('decoder', config.num_decoder_layers)):
+    m[f'{stack}/relpos_bias/embedding'] = (f'{stack}.{relpos}', 'copy')
+    for i in range(num_layers):
+      ours, hf = f'{stack}/layers/{i}', f'{stack}.block.{i}'
+      for j, (norm, sub, module) in enumerate(_BLOCKS[stack]):
+        m[f'{ours}/{norm}/scale'] = (f'{hf}.layer.{j}.layer_norm.weight', 'copy')
+        m.update(_mlp(config, f'{ours}/{sub}', f'{hf}.layer.{j}.{module}') if sub == 'mlp'
+                 else _attention(f'{ours}/{sub}', f'{hf}.layer.{j}.{module}'))
+    m[f'{stack}/{stack}_norm/scale'] = (f'{stack}.final_layer_norm.weight', 'copy')
   if not config.logits_via_embedding:
     m['lm_head/kernel'] = ('lm_head.weight', 'dense')
   return m
@@ -405,26 +399,6 @@ def save_train_state(model_dir: str, config: T5Config, params: Any, seed: int = 
   return os.path.join(directory, '0')
 
 
-def load_params(checkpoint: str, config: T5Config, on_device: bool = False) -> dict:
-  """Only the params of a train-state checkpoint (a MODEL_DIR, its checkpoints/ or a step dir), as
-  numpy arrays, or on the first device (`on_device`: no host copy); a missing, extra or misshapen
-  param is a UsageError naming it."""
-  _, abstract, _ = trainer.abstract_params_and_axes(config)
-  if on_device:
-    abstract = checkpoints.on_one_device(abstract)
-  try:
-    return checkpoints.load_params(checkpoint, abstract)[0]
-  except (FileNotFoundError, ValueError) as e:
-    raise UsageError(str(e)) from e
-
-
-def model_with_params(config: T5Config, params: Any) -> nnx.Module:
-  """The model of `config` holding `params` (a pure dict as `load_params` returns)."""
-  graphdef, state = nnx.split(models.abstract_model(config))
-  nnx.replace_by_pure_dict(state, jax.tree.map(jnp.asarray, params))
-  return nnx.merge(graphdef, state)
-
-
 # ---------------------------------------------------------------------------------------------
 # The two directions.
 # ---------------------------------------------------------------------------------------------
@@ -454,7 +428,7 @@ def to_hf(checkpoint: str, config: T5Config, out_dir: str) -> str:
   """Our checkpoint (MODEL_DIR, checkpoints/ or a step) -> OUT/config.json, model.safetensors."""
   from safetensors.numpy import save_file  # pylint: disable=import-outside-toplevel
   hf_config = ours_to_hf_config(config)
-  tensors = params_to_hf(load_params(checkpoint, config), config)
+  tensors = params_to_hf(loading.load_model(config, checkpoint, placement='host').params, config)
   os.makedirs(out_dir, exist_ok=True)
   with open(os.path.join(out_dir, 'config.json'), 'w') as f:
     json.dump(hf_config, f, indent=2, sort_keys=True)
@@ -485,7 +459,7 @@ def run(argv: list[str]) -> int:
   if not gin_files:
     raise UsageError('--to_hf needs --gin_file=MODEL.gin (e.g. the model.gin --from_hf wrote) '
                      'to know the model config.')
-  config = config_from_gin(gin_files, bindings)
+  config = loading.config_from_gin(gin_files, bindings)
   out = to_hf(args.to_hf, config, args.out_dir)
   print(f'Wrote {out}/config.json and {out}/model.safetensors.')
   return 0

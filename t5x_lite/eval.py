@@ -21,13 +21,11 @@ import json
 from typing import Mapping
 
 import gin
-import jax
-import jax.numpy as jnp
 import numpy as np
 import seqio
 from flax import nnx
 
-from t5x_lite import checkpoints, cli, decoding, gin_utils, infer, progress, trainer, vocab
+from t5x_lite import cli, decoding, gin_utils, infer, loading, progress, vocab
 from t5x_lite.data import pipeline
 from t5x_lite.models import T5Config
 
@@ -90,6 +88,29 @@ class Evaluator:
     return out
 
 
+def validation_loss(model: nnx.Module, config: T5Config, mixture_or_task_name: str,
+                    task_feature_lengths: Mapping[str, int], batch_size: int,
+                    max_batches: int = 0) -> dict:
+  """Teacher-forced loss over the task's validation split, packed as in training: nats per target
+  token, without z-loss, over whole batches only (one compile, and the same examples for every
+  model of a sweep); `max_batches` > 0 stops early. UsageError when not one whole batch fits."""
+  batches = pipeline.get_dataset(mixture_or_task_name, task_feature_lengths, batch_size,
+                                 split='validation', shuffle=False, num_epochs=1,
+                                 feature_converter=pipeline.feature_converter(config))
+  nll = tokens = 0.0
+  n = 0
+  for batch in batches:
+    if len(batch['decoder_target_tokens']) < batch_size or (max_batches and n >= max_batches):
+      break
+    nll -= float(np.sum(infer.score_batch(model, batch)))
+    tokens += float(np.sum(batch['decoder_loss_weights']))
+    n += 1
+  if not tokens:
+    raise gin_utils.UsageError(f'the validation split of {mixture_or_task_name} gave no whole '
+                               f'batch of {batch_size}.')
+  return {'loss': nll / tokens, 'tokens': tokens, 'batches': n}
+
+
 def has_metrics(mixture_or_task_name: str) -> bool:
   """Whether any task of the task or mixture defines metric functions (pretraining tasks don't)."""
   task = seqio.get_mixture_or_task(mixture_or_task_name)
@@ -111,16 +132,10 @@ def evaluate(*,
   if not has_metrics(mixture_or_task_name):
     raise gin_utils.UsageError(f'{mixture_or_task_name!r} has no metric functions to evaluate '
                                '(pretraining tasks have none); pick a fine-tuning task.')
-  graphdef, abstract, _ = trainer.abstract_params_and_axes(model_config)
-  try:
-    params, source = checkpoints.load_params(checkpoint_dir or model_dir,
-                                             checkpoints.on_one_device(abstract))
-  except (FileNotFoundError, ValueError) as e:
-    raise gin_utils.UsageError(str(e)) from e
-  model = nnx.merge(graphdef, jax.tree.map(jnp.asarray, params))
+  loaded = loading.load_model(model_config, checkpoint_dir or model_dir)
   evaluator = Evaluator(mixture_or_task_name, task_feature_lengths, model_config)
-  metrics = evaluator.evaluate(model)
-  step = int(source.name)
+  metrics = evaluator.evaluate(loaded.model)
+  step = loaded.step
   writer = progress.MetricsWriter(model_dir, step)
   writer.write(step, metrics)
   writer.close()

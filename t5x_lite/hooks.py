@@ -93,9 +93,15 @@ def run(loop: Loop, next_batch: Callable[[], Any], step_fn: Callable, hooks: Seq
   return loop
 
 
-def every(period: int, loop: Loop) -> bool:
-  """Due every `period` steps and at the last one; period 0: never."""
-  return bool(period) and (loop.step % period == 0 or loop.final)
+class Periodic(Hook):
+  """Due every `period` steps and at the last one (period 0: never); reads the step's results."""
+  syncs = True
+
+  def __init__(self, period: int):
+    self.period = period
+
+  def due(self, loop):
+    return bool(self.period) and (loop.step % self.period == 0 or loop.final)
 
 
 class Timing(Hook):
@@ -158,34 +164,22 @@ class NonFinite(Hook):
         "--gin.train.on_nonfinite='skip'; then rerun the same command to resume.")
 
 
-class Metrics(Hook):
-  """Every `period` steps: loss, accuracy, learning rate, throughput, MFU and ETA to the writer."""
-  syncs = True
+class Metrics(Periodic):
+  """Loss, accuracy, learning rate, throughput (`rates(seconds per step)`: steps/s, tokens/s,
+  MFU) and the ETA, to the writer."""
 
-  def __init__(self, writer: progress.MetricsWriter, timer: progress.StepTimer, period: int,
-               schedule: Callable, tokens_per_step: int, flops_per_step: float,
-               peak_flops: float | None, count_skipped: bool):
-    self.writer = writer
-    self._timer = timer
-    self._period = period
-    self._schedule = schedule
-    self._tokens = tokens_per_step
-    self._flops = flops_per_step
-    self._peak = peak_flops
-    self._count_skipped = count_skipped
-
-  def due(self, loop):
-    return every(self._period, loop)
+  def __init__(self, period: int, writer: progress.MetricsWriter, timer: progress.StepTimer,
+               schedule: Callable, rates: Callable[[float], dict], count_skipped: bool):
+    super().__init__(period)
+    self.writer, self._timer, self._schedule = writer, timer, schedule
+    self._rates, self._count_skipped = rates, count_skipped
 
   def __call__(self, loop):
     s_per_step, n = self._timer.rate()
     row = {k: float(v) for k, v in jax.device_get(loop.metrics).items()}
     row['learning_rate'] = float(self._schedule(loop.step - 1))
     if n:
-      row['steps_per_s'] = 1.0 / s_per_step
-      row['tokens_per_s'] = self._tokens / s_per_step
-      if self._peak:
-        row['mfu'] = self._flops / s_per_step / self._peak
+      row.update(self._rates(s_per_step))
     if self._count_skipped:
       row['skipped_steps'] = loop.skipped
     loop.logged = row
@@ -195,42 +189,34 @@ class Metrics(Hook):
     self.writer.close()
 
 
-class Evaluation(Hook):
-  """Every `period` steps: the task's metrics on its validation split (t5x_lite.eval), written
-  beside the training rows. The evaluator is made on first use; `make()` returns a falsy value
-  (having said why) when there is nothing to evaluate."""
-  syncs = True
+class Evaluation(Periodic):
+  """The task's metrics on its validation split (t5x_lite.eval) for `model(loop)`, written beside
+  the training rows. The evaluator is made on first use; `make()` returns a falsy value (having
+  said why) when there is nothing to evaluate."""
 
-  def __init__(self, period: int, make: Callable[[], Any], params: Callable[[Loop], Any],
+  def __init__(self, period: int, make: Callable[[], Any], model: Callable[[Loop], Any],
                writer: progress.MetricsWriter):
-    self._period = period
-    self._make = make
-    self._params = params
-    self._writer = writer
+    super().__init__(period)
+    self._make, self._model, self._writer = make, model, writer
     self._evaluator = None
-
-  def due(self, loop):
-    return every(self._period, loop)
 
   def __call__(self, loop):
     if self._evaluator is None:
       self._evaluator = self._make()
     if self._evaluator:
-      self._writer.write(loop.step, self._evaluator.evaluate(self._params(loop)))
+      self._writer.write(loop.step, self._evaluator.evaluate(self._model(loop)))
 
 
-class Checkpoint(Hook):
-  """Every `period` steps, at the last step and when a signal asks: `save(loop)`; on close, waits
-  for the last save to commit."""
-  syncs = True
+class Checkpoint(Periodic):
+  """`save(loop)`, also when a signal asks; on close, `close()` waits for the last save to
+  commit."""
 
   def __init__(self, period: int, save: Callable[[Loop], None], close: Callable[[], None]):
-    self._period = period
-    self._save = save
-    self._close = close
+    super().__init__(period)
+    self._save, self._close = save, close
 
   def due(self, loop):
-    return every(self._period, loop) or loop.stopping
+    return super().due(loop) or loop.stopping
 
   def __call__(self, loop):
     self._save(loop)

@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from t5x_lite import cli, convert, decoding, gin_utils, vocab
+from t5x_lite import cli, decoding, gin_utils, loading, vocab
 from t5x_lite.gin_utils import UsageError
 
 EOS_ID = decoding.EOS_ID
@@ -288,7 +288,7 @@ def run(argv: list[str]) -> int:
   if not gin_files:
     raise UsageError('--gin_file=MODEL.gin is required (a gin/models/ file or the model.gin '
                      'that python -m t5x_lite.convert writes).')
-  config = convert.config_from_gin(gin_files, bindings)
+  config = loading.config_from_gin(gin_files, bindings)
   decode_options = dict(
       max_decode_length=args.max_decode_length or args.targets_length or 128,
       method=args.method, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
@@ -313,8 +313,7 @@ def run(argv: list[str]) -> int:
   batch_size = min(args.batch_size, len(lines))  # no rows of padding beyond the file's own
   check_fits(config, batch_size, inputs_length,
              targets_length if args.mode == 'score' else decode_options['max_decode_length'])
-  model = convert.model_with_params(
-      config, convert.load_params(args.checkpoint_dir, config, on_device=True))
+  model = loading.load_model(config, args.checkpoint_dir).model
   if args.mode == 'score':
     results = score(model, inputs, targets, inputs_length, targets_length, batch_size)
   else:

@@ -30,7 +30,7 @@ from etils import epath
 from flax import nnx
 
 from t5x_lite import (checkpoints, cli, curves, decoding, distributed, gin_utils, hardware, hooks,
-                      models, optimizer, partitioning, paths, progress, storage, trainer, vocab)
+                      loading, models, optimizer, partitioning, paths, progress, storage, trainer, vocab)
 from t5x_lite import eval as eval_lib
 from t5x_lite.data import pipeline
 from t5x_lite.models import T5Config
@@ -227,12 +227,12 @@ def _start(setup, ckpt: checkpoints.Checkpointer, data: _Input, train_steps: int
   if not initial_checkpoint_path:
     return hooks.Loop(0, setup.init(), train_steps), batches
   try:
-    params, source = checkpoints.load_params(initial_checkpoint_path,
-                                             setup.abstract_state['params'])
-  except (FileNotFoundError, ValueError) as e:
+    loaded = loading.load_model(data.model_config, initial_checkpoint_path,
+                                abstract_params=setup.abstract_state['params'])
+  except gin_utils.UsageError as e:
     raise gin_utils.UsageError(f'INITIAL_CHECKPOINT_PATH: {e}') from e
-  log(f'Initialized params from {source}')
-  return hooks.Loop(0, setup.state_with_params(params, seed), train_steps), batches
+  log(f'Initialized params from {loaded.step_dir}')
+  return hooks.Loop(0, setup.state_with_params(loaded.params, seed), train_steps), batches
 
 
 def _hooks(loop: hooks.Loop, setup, ckpt: checkpoints.Checkpointer, data: _Input,
@@ -248,12 +248,11 @@ def _hooks(loop: hooks.Loop, setup, ckpt: checkpoints.Checkpointer, data: _Input
   writer = progress.MetricsWriter(data.model_dir, loop.train_steps, enabled=is_main(),
                                   resume_step=loop.start_step)
   timing = hooks.Timing(log)
-  metrics = hooks.Metrics(
-      writer, timing.timer, log_period, schedule,
-      tokens_per_step=data.batch_size * sum(data.lengths.values()),
-      flops_per_step=models.training_flops_per_example(data.model_config, data.lengths)
-      * data.batch_size,
-      peak_flops=peak and peak * jax.device_count(), count_skipped=on_nonfinite == 'skip')
+  tokens = data.batch_size * sum(data.lengths.values())
+  flops = models.training_flops_per_example(data.model_config, data.lengths) * data.batch_size
+  peak = peak and peak * jax.device_count()
+  rates = lambda s: {'steps_per_s': 1.0 / s, 'tokens_per_s': tokens / s,
+                     **({'mfu': flops / s / peak} if peak else {})}
 
   def save(loop):
     try:
@@ -276,7 +275,8 @@ def _hooks(loop: hooks.Loop, setup, ckpt: checkpoints.Checkpointer, data: _Input
   return [timing,
           hooks.NonFinite(on_nonfinite, schedule, lambda: ckpt.last_good_step, ckpt.directory,
                           log),
-          metrics,
+          hooks.Metrics(log_period, writer, timing.timer, schedule, rates,
+                        count_skipped=on_nonfinite == 'skip'),
           hooks.Evaluation(eval_period,
                            lambda: _make_evaluator(data.task_name, data.lengths, data.model_config),
                            lambda loop: nnx.merge(setup.graphdef, loop.state['params']), writer),

@@ -17,7 +17,7 @@ import transformers
 from flax import nnx
 from safetensors.numpy import load_file, save_file
 
-from t5x_lite import checkpoints, convert, infer, optimizer, partitioning, trainer
+from t5x_lite import checkpoints, convert, infer, loading, optimizer, partitioning, trainer
 
 # decoder_start_token_id: Hub T5 configs carry it; transformers 5's T5Config has no default, and
 # without it the model cannot shift `labels` into decoder inputs.
@@ -90,10 +90,10 @@ def assert_same_params(a, b):
 def load_converted(out_dir):
   """Our model as a user would load it: config from OUT/model.gin, params from the checkpoint."""
   try:
-    config = convert.config_from_gin([os.path.join(out_dir, 'model.gin')])
+    config = loading.config_from_gin([os.path.join(out_dir, 'model.gin')])
   finally:
     gin.clear_config()
-  return config, convert.model_with_params(config, convert.load_params(out_dir, config))
+  return config, loading.load_model(config, out_dir, placement='host').model
 
 
 @pytest.fixture(scope='module', params=sorted(HF_CONFIGS))
@@ -179,7 +179,7 @@ def test_old_style_config_converts_to_the_same_untied_model(converted, tmp_path)
   hf_config['tie_word_embeddings'] = False
   (old / 'config.json').write_text(json.dumps(hf_config))
   assert convert.from_hf(str(old), str(tmp_path / 'ours')) == config
-  restored = convert.load_params(str(tmp_path / 'ours'), config)
+  restored = loading.load_model(config, str(tmp_path / 'ours'), placement='host').params
   assert_same_params(restored, nnx.to_pure_dict(nnx.state(model)))
 
 

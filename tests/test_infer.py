@@ -16,7 +16,7 @@ import pytest
 import tensorflow as tf
 from flax import nnx
 
-from t5x_lite import convert, decoding, infer, vocab
+from t5x_lite import convert, decoding, infer, loading, vocab
 from t5x_lite.data.pipeline import feature_converter
 from t5x_lite.models import T5Config, build_model, eager_rngs
 
@@ -47,7 +47,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def model(model_dir):
-  return convert.model_with_params(TINY, convert.load_params(str(model_dir), TINY))
+  return loading.load_model(TINY, str(model_dir), placement='host').model
 
 
 def write_jsonl(path, rows):
@@ -126,7 +126,7 @@ def test_prefix_lm_predicts_after_its_prompt_and_scores_its_targets(tmp_path):
   gin.clear_config()
   convert.save_train_state(str(model_dir), config, random_params(config, seed=1))
   (model_dir / 'model.gin').write_text(convert.model_gin(config))
-  model = convert.model_with_params(config, convert.load_params(str(model_dir), config))
+  model = loading.load_model(config, str(model_dir), placement='host').model
   rows = [{'inputs': IDS[0], 'targets': [55, 66, 1]}, {'inputs': IDS[1], 'targets': [77, 1]}]
 
   rc, outfile = run_infer(model_dir, tmp_path, 'predict', rows, '--max_decode_length=5')
