@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 
 from t5x_lite import gin_utils, hardware, partitioning, trainer
-from t5x_lite import optimizer
+from t5x_lite.optimizer import learning_rate_schedule, make_optimizer
 from t5x_lite import models
 
 
@@ -76,8 +76,7 @@ def time_ours(config, batch, optimizer: str, steps: int, warmup: int, profile_di
   """Times our jitted step; also returns the initial params and the first step's cross-entropy."""
   mesh = partitioning.create_mesh({'data': -1})
   rules = partitioning.logical_axis_rules()
-  tx = optimizer.make_optimizer(optimizer.learning_rate_schedule('constant', LEARNING_RATE),
-                              name=optimizer)
+  tx = make_optimizer(learning_rate_schedule('constant', LEARNING_RATE), name=optimizer)
   setup = trainer.setup_train_state(config, tx, 0, mesh, rules)
   with jax.set_mesh(mesh), nnx.logical_axis_rules(rules):
     box = {'state': setup.init()}

@@ -1,5 +1,6 @@
-"""What a scaling sweep shows people: scaling.png (matplotlib) and report.md, from the rows
-launch/scaling.py collects and the fits of launch/scaling_fit.py.
+"""What a scaling sweep shows people: each run's row (`collect`: size, budget, losses), and
+results.csv, scaling.png (matplotlib), report.md and summary.json from the rows and the fits of
+launch/scaling_fit.py.
 
 Apart from the sweep so that drawing stays out of training and fitting: matplotlib is imported
 only when a plot is drawn (`plan` and `run --dry_run` never load it).
@@ -7,12 +8,18 @@ only when a plot is drawn (`plan` and `run --dry_run` never load it).
 
 from __future__ import annotations
 
+import csv
 import math
+import os
 from typing import Sequence
 
 import numpy as np
 
-from t5x_lite.launch.scaling_fit import budget_order, budget_value, isoflop_rows
+from t5x_lite import curves  # metrics.jsonl rows; no JAX import
+from t5x_lite.launch.common import UsageError
+from t5x_lite.launch.scaling_fit import (HELDOUT, budget_order, budget_value, fit_rows,
+                                         isoflop_rows)
+from t5x_lite.launch.scaling_grid import read_json, run_dirs, say, write_json
 from t5x_lite.progress import format_seconds
 
 FIGSIZE = (8.0, 6.5)  # inches; at DPI, a 960 x 780 pixel PNG
@@ -296,3 +303,127 @@ def unbracketed_minima(iso: dict) -> list[str]:
                  f'sizes run ({si(low)} to {si(high)}): add {side} sizes or '
                  f"{'less' if side == 'larger' else 'more'} compute")
   return out
+
+
+LAST_K = 5                 # training-loss fallback: mean over this many last logged steps
+
+
+def eval_loss(rows: Sequence[dict], step: int) -> float | None:
+  """The validation loss logged at `step` (the last one if logged twice), or None."""
+  found = None
+  for r in rows:
+    if int(r.get('step', -1)) == step:
+      for k, v in r.items():
+        if k.startswith('eval/') and k.endswith('/loss'):
+          found = float(v)
+  return found
+
+
+CSV_FIELDS = ('name', 'family', 'budget', 'd_model', 'num_layers', 'num_heads', 'd_ff', 'params',
+              'non_embedding_params', 'steps', 'tokens', 'flops', 'step_reached', 'train_loss',
+              'eval_loss', 'loss', 'loss_source', 'seconds_per_step', 'wall_s', 'complete')
+
+
+def collect(out_dir: str, last_k: int = LAST_K) -> list[dict]:
+  """One row per run directory: its size and budget, and the losses its metrics.jsonl holds."""
+  rows = []
+  for run_dir in run_dirs(out_dir):
+    meta = read_json(os.path.join(run_dir, 'run.json'))
+    metrics = curves.read_metrics(os.path.join(run_dir, 'metrics.jsonl'))
+    train = sorted((r for r in metrics if 'loss' in r), key=lambda r: r['step'])
+    tail = [r.get('cross_ent_loss', r['loss']) for r in train[-last_k:]]
+    reached = int(train[-1]['step']) if train else 0
+    done = read_json(os.path.join(run_dir, 'done.json'), {})
+    complete = reached >= meta['steps']
+    train_loss = float(np.mean(tail)) if tail else float('nan')
+    val = eval_loss(metrics, meta['steps']) if complete else None
+    rows.append({
+        'name': meta['name'], 'family': meta['family'], 'budget': meta['budget'],
+        'd_model': meta['d_model'], 'num_layers': meta['fields']['num_decoder_layers'],
+        'num_heads': meta['fields']['num_heads'], 'd_ff': meta['fields']['d_ff'],
+        'params': meta['params'], 'non_embedding_params': meta['non_embedding_params'],
+        'steps': meta['steps'], 'tokens': meta['tokens'], 'flops': meta['flops'],
+        'step_reached': reached, 'train_loss': train_loss,
+        'eval_loss': float('nan') if val is None else val,
+        'loss': train_loss if val is None else val,
+        'loss_source': 'validation' if val is not None else f'train (last {len(tail)} logged)',
+        'seconds_per_step': done.get('seconds_per_step', float('nan')),
+        'wall_s': done.get('wall_s', float('nan')), 'complete': complete})
+  return rows
+
+
+def write_csv(rows: Sequence[dict], path: str) -> None:
+  with open(path, 'w', newline='') as f:
+    writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    for r in rows:
+      writer.writerow({k: r[k] for k in CSV_FIELDS})
+
+
+def write_report(out_dir: str, last_k: int = LAST_K) -> dict:
+  """Collects OUT_DIR's runs, fits them and writes results.csv, scaling.png, report.md,
+  summary.json and, for an iso-FLOP sweep, isoflop.png."""
+  rows = collect(out_dir, last_k)
+  if not rows:
+    raise UsageError(f'no runs in {out_dir}/runs; start one with `launch/scaling.py run`.')
+  fits = fit_rows(rows)
+  sweep = read_json(os.path.join(out_dir, 'sweep.json'), {})
+  write_csv(rows, os.path.join(out_dir, 'results.csv'))
+  what = ' on '.join(v for v in (sweep.get('family'), sweep.get('task')) if v) or 'scaling sweep'
+  plot(rows, fits, os.path.join(out_dir, 'scaling.png'), f'{what}: loss vs N')
+  iso = fits.get('isoflop')
+  heldout = read_json(os.path.join(out_dir, 'heldout.json'))
+  summary = write_summary(out_dir, rows, fits, sweep, heldout)
+  with open(os.path.join(out_dir, 'report.md'), 'w') as f:
+    f.write('\n'.join([report_markdown(rows, fits, sweep),
+                       *isoflop_markdown(iso, heldout, summary)]))
+  if iso and 'a' in iso:
+    plot_isoflop(rows, iso, heldout, summary['heldout_loss'],
+                 os.path.join(out_dir, 'isoflop.png'), f'{what}: iso-FLOP profiles')
+    say(f"iso-FLOP fit over {len(iso['budgets'])} budgets: N_opt ∝ C^{iso['a']:.3f} "
+        f"(68% {iso['a_interval'][0]:.3f}..{iso['a_interval'][1]:.3f}), D_opt ∝ "
+        f"C^{iso['b']:.3f} (68% {iso['b_interval'][0]:.3f}..{iso['b_interval'][1]:.3f})")
+    for phrase in unbracketed_minima(iso):
+      say(f'warning: {phrase}.')
+  elif iso:
+    say(f"iso-FLOP fit: {iso['error']}")
+  if summary['heldout_loss'] is not None:
+    say(f"Held-out run: predicted {summary['heldout_predicted_loss']:.4f}, measured "
+        f"{summary['heldout_loss']:.4f} ({summary['heldout_rel_error']:+.2%}).")
+  for g, fit in fits['groups'].items():
+    low_high = fit.get('alpha_range')
+    profile = f' (68% range {low_high[0]:.3g}..{low_high[1]:.3g})' if low_high else ''
+    say(f'L(N) fit, {g}: alpha={fit["alpha"]:.4f}{profile} E={fit["E"]:.4f} A={fit["A"]:.4g} '
+        f'R2={fit["r2"]:.4f} ({fit["points"]} runs)')
+  if fits['joint']:
+    j = fits['joint']
+    say(f'L(N,D) fit: alpha={j["alpha"]:.4f} beta={j["beta"]:.4f} E={j["E"]:.4f} '
+        f'R2={j["r2"]:.4f}')
+  say(f"Wrote {out_dir}/results.csv, scaling.png{', isoflop.png' if iso and 'a' in iso else ''}, "
+      'report.md and summary.json.')
+  return fits
+
+
+def write_summary(out_dir: str, rows: Sequence[dict], fits: dict, sweep: dict,
+                  heldout: dict | None) -> dict:
+  """OUT_DIR/summary.json: the figures a sweep is judged by, for scripts (None where not known).
+  `heldout`: what OUT_DIR/heldout.json holds, if anything."""
+  iso = fits.get('isoflop') or {}
+  held = heldout or {}
+  measured = next((r['eval_loss'] for r in rows if r['budget'].startswith(HELDOUT + '=')
+                   and r['complete'] and math.isfinite(r['eval_loss'])), None)
+  predicted = held.get('predicted_loss')
+  summary = {
+      'a': iso.get('a'), 'a_interval': iso.get('a_interval'),
+      'b': iso.get('b'), 'b_interval': iso.get('b_interval'),
+      'isoflop_budgets': iso.get('budgets'),
+      'heldout_budget': held.get('budget'), 'heldout_predicted_loss': predicted,
+      'heldout_interval': held.get('interval'), 'heldout_loss': measured,
+      'heldout_rel_error': ((measured - predicted) / measured
+                            if measured is not None and predicted is not None else None),
+      'wall_s': (sweep.get('timing') or {}).get('total_s'),
+      'corpus_tokens': sweep.get('corpus_tokens'),
+      'runs_complete': sum(bool(r['complete']) for r in rows),
+  }
+  write_json(os.path.join(out_dir, 'summary.json'), summary)
+  return summary

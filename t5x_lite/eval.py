@@ -139,7 +139,7 @@ def evaluate(*,
   writer = progress.MetricsWriter(model_dir, step)
   writer.write(step, metrics)
   writer.close()
-  print(json.dumps({'step': step, 'checkpoint': str(source), **metrics}), flush=True)
+  print(json.dumps({'step': step, 'checkpoint': str(loaded.step_dir), **metrics}), flush=True)
   return metrics
 
 

@@ -14,15 +14,15 @@ import zlib
 import numpy as np
 import pytest
 
-from t5x_lite.launch import scaling, scaling_fit, scaling_report
+from t5x_lite.launch import scaling, scaling_fit, scaling_grid, scaling_report, scaling_runner
 
 
 @pytest.fixture(scope='module')
 def default_grid():
-  family = scaling.FAMILIES['t5_1_1']
-  base = scaling.read_base(scaling.BASE_GIN, family, [], scaling.DEFAULT_VOCAB_SIZE)
-  kind, budgets = scaling.parse_budgets(None, None, None)
-  return base, scaling.build_grid(family, scaling.DEFAULT_SIZES, kind, budgets, base)
+  family = scaling_grid.FAMILIES['t5_1_1']
+  base = scaling_grid.read_base(scaling_grid.BASE_GIN, family, [], scaling_grid.DEFAULT_VOCAB_SIZE)
+  kind, budgets = scaling_grid.parse_budgets(None, None, None)
+  return base, scaling_grid.build_grid(family, scaling_grid.DEFAULT_SIZES, kind, budgets, base)
 
 
 # --- the size grid ----------------------------------------------------------------------------
@@ -66,7 +66,7 @@ def test_run_gin_builds_the_config_the_sweep_counted(default_grid, tmp_path):
   base, specs = default_grid
   spec = specs[1]
   path = tmp_path / 'run.gin'
-  path.write_text(scaling.run_gin(spec, 't5_1_1', str(tmp_path), scaling.BASE_GIN,
+  path.write_text(scaling_grid.run_gin(spec, 't5_1_1', str(tmp_path), scaling_grid.BASE_GIN,
                                   [f'VOCAB_SIZE = {base.config.vocab_size}']))
   gin.clear_config()
   try:
@@ -80,31 +80,31 @@ def test_run_gin_builds_the_config_the_sweep_counted(default_grid, tmp_path):
 
 def test_token_and_iso_flop_budgets_set_steps(default_grid):
   base, specs = default_grid
-  family = scaling.FAMILIES['t5_1_1']
-  by_tokens = scaling.build_grid(family, [32, 64], 'tokens', [128_000, 256_000], base)
+  family = scaling_grid.FAMILIES['t5_1_1']
+  by_tokens = scaling_grid.build_grid(family, [32, 64], 'tokens', [128_000, 256_000], base)
   assert [s.steps for s in by_tokens] == [100, 200, 100, 200]
   budget = 40 * specs[-1].flops_per_step
-  iso = scaling.build_grid(family, [32, specs[-1].d_model], 'flops', [budget], base)
+  iso = scaling_grid.build_grid(family, [32, specs[-1].d_model], 'flops', [budget], base)
   assert [s.steps for s in iso] == [round(budget / s.flops_per_step) for s in iso]
   assert iso[1].steps == 40 and iso[0].steps > iso[1].steps
 
 
 def test_heads_are_about_32_wide_and_one_below():
-  family = scaling.FAMILIES['t5_1_1']
-  shape = lambda d: (lambda f: (f['num_heads'], f['d_kv']))(scaling.model_fields(family, d))
+  family = scaling_grid.FAMILIES['t5_1_1']
+  shape = lambda d: (lambda f: (f['num_heads'], f['d_kv']))(scaling_grid.model_fields(family, d))
   assert [shape(d) for d in (8, 24, 32, 48, 96, 512)] == [
       (1, 8), (1, 24), (1, 32), (2, 24), (3, 32), (16, 32)]
 
 
 def test_iso_flop_windows_slide_up_with_the_budget(default_grid):
   base, _ = default_grid
-  family = scaling.FAMILIES['t5_1_1']
+  family = scaling_grid.FAMILIES['t5_1_1']
   sizes = [8, 16, 24, 32, 48, 64, 96]
-  specs = scaling.build_grid(family, sizes, 'flops', [5e12, 5e11, 1.6e12], base,
+  specs = scaling_grid.build_grid(family, sizes, 'flops', [5e12, 5e11, 1.6e12], base,
                              sizes_per_budget=5)
   used = {b: [s.d_model for s in specs if s.budget == f'flops={b:g}'] for b in (5e11, 1.6e12, 5e12)}
   assert used == {5e11: sizes[0:5], 1.6e12: sizes[1:6], 5e12: sizes[2:7]}
-  every = scaling.build_grid(family, sizes, 'flops', [5e11, 5e12], base)
+  every = scaling_grid.build_grid(family, sizes, 'flops', [5e11, 5e12], base)
   assert len(every) == 14
 
 
@@ -112,19 +112,19 @@ def test_the_default_sweep_is_iso_flop_on_offline_english(tmp_path, capsys):
   assert scaling.main(['plan', f'--out_dir={tmp_path}']) == 0
   printed = capsys.readouterr().out
   assert 'on english_span_corruption' in printed
-  budgets = scaling.DEFAULT_FLOPS
+  budgets = scaling_grid.DEFAULT_FLOPS
   assert len(budgets) >= 3 and max(budgets) / min(budgets) >= 10
   rows = [line.split() for line in printed.splitlines() if line.startswith('d0')]
-  assert len(rows) == len(budgets) * scaling.DEFAULT_WINDOW
+  assert len(rows) == len(budgets) * scaling_grid.DEFAULT_WINDOW
   for b in budgets:
-    assert sum(float(r[-2]) == b for r in rows) == scaling.DEFAULT_WINDOW
+    assert sum(float(r[-2]) == b for r in rows) == scaling_grid.DEFAULT_WINDOW
 
 
 def test_aspect_ratio_scales_depth_with_width():
-  family = scaling.FAMILIES['t5_1_1']
-  assert scaling.model_fields(family, 256, aspect_ratio=64)['num_encoder_layers'] == 4
-  assert scaling.model_fields(family, 32, aspect_ratio=64)['num_decoder_layers'] == 1
-  only = scaling.model_fields(scaling.FAMILIES['decoder_only'], 64, 3)
+  family = scaling_grid.FAMILIES['t5_1_1']
+  assert scaling_grid.model_fields(family, 256, aspect_ratio=64)['num_encoder_layers'] == 4
+  assert scaling_grid.model_fields(family, 32, aspect_ratio=64)['num_decoder_layers'] == 1
+  only = scaling_grid.model_fields(scaling_grid.FAMILIES['decoder_only'], 64, 3)
   assert (only['num_encoder_layers'], only['num_decoder_layers']) == (0, 3)
 
 
@@ -269,7 +269,7 @@ def test_isoflop_fit_refuses_a_budget_without_a_minimum():
 # --- sweep state: run files, collect, resume --------------------------------------------------
 
 def _specs(steps=(20,), sizes=(32, 64, 96, 128)):
-  return [scaling.RunSpec(f'd{d:04d}_l2_s{s:06d}', d, {'d_model': d, 'num_heads': d // 32,
+  return [scaling_grid.RunSpec(f'd{d:04d}_l2_s{s:06d}', d, {'d_model': d, 'num_heads': d // 32,
                                                      'd_kv': 32, 'd_ff': 3 * d,
                                                      'num_encoder_layers': 2,
                                                      'num_decoder_layers': 2},
@@ -286,16 +286,16 @@ def _write_metrics(run_dir, rows):
 def test_collect_reads_losses_from_metrics_jsonl(tmp_path):
   out = str(tmp_path)
   spec_eval, spec_train = _specs(sizes=(32, 64))
-  scaling.write_run_files(out, [spec_eval, spec_train], 't5_1_1', scaling.BASE_GIN, [], [])
+  scaling_runner.write_run_files(out, [spec_eval, spec_train], 't5_1_1', scaling_grid.BASE_GIN, [], [])
   for spec in (spec_eval, spec_train):
-    run_dir = scaling.run_dir_of(out, spec.name)
+    run_dir = scaling_grid.run_dir_of(out, spec.name)
     _write_metrics(run_dir, [{'step': s, 'loss': 9.0 - s / 10, 'cross_ent_loss': 8.0 - s / 10,
                               'steps_per_s': 4.0} for s in range(2, 21, 2)])
-  _write_metrics(scaling.run_dir_of(out, spec_eval.name),
+  _write_metrics(scaling_grid.run_dir_of(out, spec_eval.name),
                  [{'step': 20, 'eval/wiki_span_corruption/loss': 5.25}])
-  with open(os.path.join(scaling.run_dir_of(out, spec_train.name), 'metrics.jsonl'), 'a') as f:
+  with open(os.path.join(scaling_grid.run_dir_of(out, spec_train.name), 'metrics.jsonl'), 'a') as f:
     f.write('{"step": 22, "lo')  # a torn last line from a killed writer
-  rows = {r['name']: r for r in scaling.collect(out, last_k=5)}
+  rows = {r['name']: r for r in scaling_report.collect(out, last_k=5)}
   expected_train = np.mean([8.0 - s / 10 for s in (12, 14, 16, 18, 20)])
   a, b = rows[spec_eval.name], rows[spec_train.name]
   assert a['complete'] and a['step_reached'] == 20
@@ -321,7 +321,7 @@ class FakeTrainer:
       on_line('error: something broke\n')
       return 1
     total = json.load(open(os.path.join(run_dir, 'run.json')))['steps']
-    start = scaling.last_train_step(run_dir)
+    start = scaling_grid.last_train_step(run_dir)
     if start:
       on_line(f'Resumed from step {start} in {run_dir}/checkpoints\n')
     for step in range(start + 1, total + 1):
@@ -338,10 +338,10 @@ class FakeTrainer:
 def test_interrupted_sweep_resumes_where_it_stopped(tmp_path, capsys):
   out = str(tmp_path)
   specs = _specs()
-  scaling.write_run_files(out, specs, 't5_1_1', scaling.BASE_GIN, [], ['--gin.X=1'])
+  scaling_runner.write_run_files(out, specs, 't5_1_1', scaling_grid.BASE_GIN, [], ['--gin.X=1'])
   ref = [None]
   first = FakeTrainer(ref, stop_at=(specs[2].name, 10))
-  ref[0] = scaling.Sweep(out, specs, runner=first)
+  ref[0] = scaling_runner.Sweep(out, specs, runner=first)
   assert ref[0].train_all() is False
   assert [c[0] for c in first.calls] == [s.name for s in specs[:3]]
   assert [bool(ref[0].done(s)) for s in specs] == [True, True, False, False]
@@ -350,22 +350,22 @@ def test_interrupted_sweep_resumes_where_it_stopped(tmp_path, capsys):
   assert 'Rerun the same command' in printed
 
   second = FakeTrainer(ref)
-  ref[0] = scaling.Sweep(out, specs, runner=second)
+  ref[0] = scaling_runner.Sweep(out, specs, runner=second)
   assert ref[0].train_all() is True
   assert [c[0] for c in second.calls] == [s.name for s in specs[2:]]
   assert second.calls[0][1] == first.calls[2][1]  # the same command: the trainer resumes
   assert '2 of 4 runs already complete' in capsys.readouterr().out
   assert all(ref[0].done(s) for s in specs)
-  assert [r['step_reached'] for r in scaling.collect(out)] == [20] * 4
+  assert [r['step_reached'] for r in scaling_report.collect(out)] == [20] * 4
 
 
 def test_a_stop_that_kills_a_run_in_start_up_is_a_stop_not_a_failure(tmp_path, capsys):
   out = str(tmp_path)
   specs = _specs()
-  scaling.write_run_files(out, specs, 't5_1_1', scaling.BASE_GIN, [], [])
+  scaling_runner.write_run_files(out, specs, 't5_1_1', scaling_grid.BASE_GIN, [], [])
   ref = [None]
   trainer = FakeTrainer(ref, stop_at=(specs[1].name, 1))
-  ref[0] = scaling.Sweep(out, specs, runner=trainer)
+  ref[0] = scaling_runner.Sweep(out, specs, runner=trainer)
   assert ref[0].train_all() is False
   assert len(trainer.calls) == 2 and 'Rerun the same command' in capsys.readouterr().out
 
@@ -373,21 +373,21 @@ def test_a_stop_that_kills_a_run_in_start_up_is_a_stop_not_a_failure(tmp_path, c
 def test_a_failed_run_stops_the_sweep_with_its_output(tmp_path):
   out = str(tmp_path)
   specs = _specs()
-  scaling.write_run_files(out, specs, 't5_1_1', scaling.BASE_GIN, [], [])
+  scaling_runner.write_run_files(out, specs, 't5_1_1', scaling_grid.BASE_GIN, [], [])
   ref = [None]
   trainer = FakeTrainer(ref, fail=specs[1].name)
-  ref[0] = scaling.Sweep(out, specs, runner=trainer)
-  with pytest.raises(scaling.SweepError, match='exited with status 1(.|\n)*something broke'):
+  ref[0] = scaling_runner.Sweep(out, specs, runner=trainer)
+  with pytest.raises(scaling_grid.SweepError, match='exited with status 1(.|\n)*something broke'):
     ref[0].train_all()
   assert len(trainer.calls) == 2
 
 
 def test_a_run_dir_written_with_other_settings_is_refused(tmp_path):
   specs = _specs(sizes=(32,))
-  scaling.write_run_files(str(tmp_path), specs, 't5_1_1', scaling.BASE_GIN, [], [])
-  scaling.write_run_files(str(tmp_path), specs, 't5_1_1', scaling.BASE_GIN, [], [])  # same: fine
+  scaling_runner.write_run_files(str(tmp_path), specs, 't5_1_1', scaling_grid.BASE_GIN, [], [])
+  scaling_runner.write_run_files(str(tmp_path), specs, 't5_1_1', scaling_grid.BASE_GIN, [], [])  # same: fine
   with pytest.raises(scaling.UsageError, match='other settings'):
-    scaling.write_run_files(str(tmp_path), specs, 't5_1_1', scaling.BASE_GIN, [],
+    scaling_runner.write_run_files(str(tmp_path), specs, 't5_1_1', scaling_grid.BASE_GIN, [],
                             ['--gin.BATCH_SIZE=32'])
 
 
@@ -402,20 +402,20 @@ def test_a_run_whose_trainer_still_runs_is_not_started_twice(tmp_path):
       if b'sleep' in cmdline.read_bytes():
         break
       time.sleep(0.05)
-    with pytest.raises(scaling.SweepError, match='still running'):
-      scaling.SubprocessRunner()(command, str(tmp_path / 'train.log'), print)
+    with pytest.raises(scaling_grid.SweepError, match='still running'):
+      scaling_runner.SubprocessRunner()(command, str(tmp_path / 'train.log'), print)
       pytest.fail(f'not refused: child {orphan.poll()=} cmdline {cmdline.read_bytes()!r}')
   finally:
     orphan.kill()
     orphan.wait()
   lines = []
-  assert scaling.SubprocessRunner()([sys.executable, '-c', 'print("hi")'],
+  assert scaling_runner.SubprocessRunner()([sys.executable, '-c', 'print("hi")'],
                                     str(tmp_path / 'train.log'), lines.append) == 0
   assert lines == ['hi\n'] and not (tmp_path / 'train.pid').exists()
 
 
 def test_eta_model_learns_step_time_from_finished_runs():
-  times = scaling.TimeModel()
+  times = scaling_runner.TimeModel()
   times.add(1e9, 0.1 + 1e9 / 1e10, 30.0)
   times.add(4e9, 0.1 + 4e9 / 1e10, 50.0)
   assert times.step_seconds(8e9) == pytest.approx(0.1 + 0.8)
@@ -439,16 +439,16 @@ def _png_size(path):
 def test_report_writes_csv_png_and_markdown(tmp_path):
   out = str(tmp_path)
   specs = _specs(sizes=(32, 64, 96, 128, 160))
-  scaling.write_run_files(out, specs, 't5_1_1', scaling.BASE_GIN, [], [])
+  scaling_runner.write_run_files(out, specs, 't5_1_1', scaling_grid.BASE_GIN, [], [])
   for spec in specs:
-    run_dir = scaling.run_dir_of(out, spec.name)
+    run_dir = scaling_grid.run_dir_of(out, spec.name)
     loss = 2.0 + 40 * spec.non_embedding_params ** -0.3
     _write_metrics(run_dir, [{'step': 20, 'loss': loss + 1, 'cross_ent_loss': loss + 1},
                              {'step': 20, 'eval/wiki_span_corruption/loss': loss}])
-  fits = scaling.write_report(out)
+  fits = scaling_report.write_report(out)
   assert fits['groups']['steps=20']['alpha'] == pytest.approx(0.3, rel=1e-3)
   lines = open(os.path.join(out, 'results.csv')).read().splitlines()
-  assert lines[0].split(',') == list(scaling.CSV_FIELDS) and len(lines) == 6
+  assert lines[0].split(',') == list(scaling_report.CSV_FIELDS) and len(lines) == 6
   report = open(os.path.join(out, 'report.md')).read()
   assert 'α = 0.3000' in report and 'R² = 1.0000' in report
   png = os.path.join(out, 'scaling.png')
@@ -463,36 +463,36 @@ def test_heldout_run_is_sized_and_predicted_by_the_fit_then_scored(tmp_path, def
   4x the largest budget is the size nearest the fitted N_opt, its loss is predicted before it
   trains, and the report scores the prediction (summary.json, isoflop.png, report.md)."""
   base, _ = default_grid
-  family = scaling.FAMILIES['t5_1_1']
+  family = scaling_grid.FAMILIES['t5_1_1']
   out = str(tmp_path)
-  specs = scaling.build_grid(family, (32, 64, 96, 128, 160, 192), 'flops', [1e13, 2e13, 4e13],
+  specs = scaling_grid.build_grid(family, (32, 64, 96, 128, 160, 192), 'flops', [1e13, 2e13, 4e13],
                              base)
   surface = lambda spec: scaling_fit.joint_loss(CHINCHILLA, spec.non_embedding_params,
                                                 spec.tokens)
 
   def finish(spec):  # what a trained and evaluated run leaves behind
-    run_dir = scaling.run_dir_of(out, spec.name)
+    run_dir = scaling_grid.run_dir_of(out, spec.name)
     _write_metrics(run_dir, [{'step': spec.steps, 'loss': 99.0, 'cross_ent_loss': 99.0},
                              {'step': spec.steps, 'eval/wiki_span_corruption/loss': surface(spec)}])
 
-  scaling.write_run_files(out, specs, 't5_1_1', scaling.BASE_GIN, [], [])
+  scaling_runner.write_run_files(out, specs, 't5_1_1', scaling_grid.BASE_GIN, [], [])
   for spec in specs:
     finish(spec)
-  held, saved = scaling.heldout_run(out, family, base, bootstrap=4)
+  held, saved = scaling_runner.heldout_run(out, family, base, bootstrap=4)
   assert json.load(open(os.path.join(out, 'heldout.json'))) == saved
   assert held.budget == 'heldout=1.6e+14' and saved['fitted_budgets'] == [1e13, 2e13, 4e13]
   assert held.steps == round(1.6e14 / held.flops_per_step)
   # The size nearest the fitted N_opt: no other size is closer in log N.
-  gap = lambda d: abs(np.log(scaling.size_of(family, d, base)[2] / saved['n_opt']))
+  gap = lambda d: abs(np.log(scaling_grid.size_of(family, d, base)[2] / saved['n_opt']))
   assert all(gap(held.d_model) <= gap(d) for d in range(8, 512, 8) if d % max(1, round(d / 32)) == 0)
   # Exact losses: L(N, D) is recovered, so the prediction is the surface at the run's (N, D).
   assert saved['predicted_loss'] == pytest.approx(surface(held), rel=1e-3)
-  assert scaling.heldout_run(out, family, base, bootstrap=4) == (held, saved)  # read back
+  assert scaling_runner.heldout_run(out, family, base, bootstrap=4) == (held, saved)  # read back
   assert json.load(open(os.path.join(out, 'heldout.json'))) == saved
 
-  scaling.write_run_files(out, [held], 't5_1_1', scaling.BASE_GIN, [], [])
+  scaling_runner.write_run_files(out, [held], 't5_1_1', scaling_grid.BASE_GIN, [], [])
   finish(held)
-  fits = scaling.write_report(out)
+  fits = scaling_report.write_report(out)
   summary = json.load(open(os.path.join(out, 'summary.json')))
   assert summary['isoflop_budgets'] == [1e13, 2e13, 4e13]  # the held-out run is not fitted
   assert summary['a'] == pytest.approx(fits['isoflop']['a'])
@@ -642,9 +642,9 @@ def test_real_two_step_sweep_trains_evaluates_and_reports(tmp_path):
   command = [sys.executable, scaling.__file__, 'run', f'--out_dir={out}', '--sizes=32,64,96',
              '--steps=2', '--eval_batches=2', '--corpus=wiki', '--', '--gin.train.log_period=1',
              '--gin.learning_rate_schedule.warmup_steps=1']
-  done = subprocess.run(command, capture_output=True, text=True, cwd=scaling.REPO)
+  done = subprocess.run(command, capture_output=True, text=True, cwd=scaling_runner.REPO)
   assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-  rows = scaling.collect(str(out))
+  rows = scaling_report.collect(str(out))
   assert [r['loss_source'] for r in rows] == ['validation'] * 3
   assert (out / 'scaling.png').exists() and (out / 'report.md').exists()
   # Its own 4000-piece vocabulary splits the bundled corpus's training text into this many
@@ -655,5 +655,5 @@ def test_real_two_step_sweep_trains_evaluates_and_reports(tmp_path):
   text = corpus.prepare_corpus(name='wiki_sample').as_dataset(split='train')  # what runs read
   expected = sum(len(processor.encode(x['text'].numpy().decode())) for x in text)
   assert json.load(open(out / 'summary.json'))['corpus_tokens'] == expected
-  again = subprocess.run(command, capture_output=True, text=True, cwd=scaling.REPO)
+  again = subprocess.run(command, capture_output=True, text=True, cwd=scaling_runner.REPO)
   assert '3 of 3 runs already complete' in again.stdout
