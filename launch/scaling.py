@@ -33,8 +33,11 @@ Outputs in OUT_DIR: results.csv, scaling.png (points, fit, residuals), report.md
 With 2+ `--flops` budgets: iso-FLOP profiles (each budget's minimum over N, N_opt ∝ C^a and
 D_opt ∝ C^b with bootstrap intervals, isoflop.png), and a held-out run at `--heldout` (4) × the
 largest budget, sized by the fitted N_opt and its loss predicted from L(N, D) into heldout.json
-before it trains (local mode; on a cluster, rerun `run` locally once the grid is done). The fits
-are in launch/scaling_fit.py, the plots and report.md in launch/scaling_report.py.
+before it trains (local mode; on a cluster, rerun `run` locally once the grid is done).
+
+This file is the command line; the grid is launch/scaling_grid.py, running it
+launch/scaling_runner.py, the fits launch/scaling_fit.py, the rows, plots and report files
+launch/scaling_report.py.
 """
 
 from __future__ import annotations
@@ -46,16 +49,16 @@ import os
 import shlex
 import sys
 import time
-from typing import Sequence
+from typing import NamedTuple, Sequence
 
 import t5x_lite  # noqa: F401  (before JAX: quiet start-up, CPU on a host without chips)
 from t5x_lite.launch.common import UsageError, split_argv, usage_error
 from t5x_lite.launch.scaling_grid import (BASE_GIN, CORPORA, DEFAULT_FLOPS, DEFAULT_SIZES,
-                                          DEFAULT_VOCAB_SIZE, DEFAULT_WINDOW, FAMILIES, RunSpec,
-                                          SIZE_STEP, SweepError, _default_pieces, build_grid,
-                                          check_extra_flags, parse_budgets, prepare_vocabulary,
-                                          read_base, read_json, run_dir_of, run_gin, say,
-                                          write_json)
+                                          DEFAULT_VOCAB_SIZE, DEFAULT_WINDOW, FAMILIES, SIZE_STEP,
+                                          Base, build_grid, check_extra_flags, Family,
+                                          gin_default_pieces, parse_budgets, prepare_vocabulary,
+                                          read_base, read_json, run_dir_of, run_gin, RunSpec, say,
+                                          SweepError, write_json)
 from t5x_lite.launch.scaling_report import LAST_K, si, write_report
 from t5x_lite.launch.scaling_runner import (HELDOUT_FACTOR, SubprocessRunner, Sweep, TimeModel,
                                             cluster_jobs, evaluate_pending, heldout_run,
@@ -153,8 +156,18 @@ def _evaluate_in_subprocess(out_dir: str, eval_batches: int) -> None:
     raise SweepError(f'validation exited with status {status}; see {log}.')
 
 
-def run(args, extra: Sequence[str]) -> int:
-  t_start = time.monotonic()
+class _Grid(NamedTuple):
+  family: Family
+  base: Base
+  budget_kind: str
+  budgets: list
+  specs: list
+  own_vocab: bool           # the runs get their own vocabulary (not the gin's default one)
+  data_bindings: list       # gin bindings that point the runs at --corpus
+
+
+def _grid(args, extra: Sequence[str]) -> _Grid:
+  """The runs the arguments ask for (nothing is written)."""
   family = FAMILIES[args.family]
   check_extra_flags(extra)
   budget_kind, budgets = parse_budgets(args.steps, args.tokens, args.flops)
@@ -162,10 +175,8 @@ def run(args, extra: Sequence[str]) -> int:
     sizes = [int(s) for s in args.sizes.split(',') if s.strip()]
   except ValueError as e:
     raise UsageError(f'--sizes={args.sizes}: expected comma-separated ints.') from e
-  out_dir = os.path.abspath(args.out_dir)
-  corpus_name = CORPORA[args.corpus]
   # The gin's default vocabulary is the bundled corpus's; another corpus gets its own.
-  own_vocab = bool(args.vocab_size) and (args.vocab_size != _default_pieces()
+  own_vocab = bool(args.vocab_size) and (args.vocab_size != gin_default_pieces()
                                          or args.corpus != 'wiki')
   base = read_base(args.base_gin, family, extra, args.vocab_size if own_vocab else None)
   data_bindings = []
@@ -181,62 +192,97 @@ def run(args, extra: Sequence[str]) -> int:
                                 and len(set(sizes)) > DEFAULT_WINDOW) else 0
   specs = build_grid(family, sizes, budget_kind, budgets, base, args.num_layers, args.aspect_ratio,
                      window or None)
-  say(f'Sweep: {args.family} ({family.description}) on {base.task}, batch {base.batch_size}, '
-      f'lengths {base.task_feature_lengths}, vocabulary {base.config.vocab_size} rows.')
-  sweep = Sweep(out_dir, specs)
-  say(plan_table(specs, sweep.times))
-  if args.command == 'plan':
-    return 0
-  vocab_bindings = list(data_bindings)
-  if own_vocab:
-    if not args.dry_run:
-      say(f'Vocabulary: {args.vocab_size} SentencePiece pieces on {corpus_name} '
-          '(trained once per machine, then cached).')
-    spm = prepare_vocabulary(out_dir, args.vocab_size, dry_run=args.dry_run,
-                             corpus_name=corpus_name)
-    vocab_bindings += [f'VOCAB_SIZE = {base.config.vocab_size}',
-                       f'get_vocabulary.spm_path = {spm!r}']
-  corpus_tokens = None
-  if own_vocab and not args.dry_run:
-    from t5x_lite import vocab  # pylint: disable=import-outside-toplevel
-    corpus_tokens = vocab.corpus_tokens(spm, corpus_name)
-    say(f'Corpus: {corpus_name}, {corpus_tokens:,} training tokens; the longest run reads '
-        f'{max(s.tokens for s in specs) / corpus_tokens:.2f} epochs of them (inputs + targets).')
-  train_flags = list(extra)
+  return _Grid(family, base, budget_kind, budgets, specs, own_vocab, data_bindings)
+
+
+def _vocabulary(args, out_dir: str, grid: _Grid) -> tuple[list, int | None]:
+  """The runs' data and vocabulary bindings, and the corpus's training tokens (when counted)."""
+  corpus_name = CORPORA[args.corpus]
+  bindings = list(grid.data_bindings)
+  if not grid.own_vocab:
+    return bindings, None
+  if not args.dry_run:
+    say(f'Vocabulary: {args.vocab_size} SentencePiece pieces on {corpus_name} '
+        '(trained once per machine, then cached).')
+  spm = prepare_vocabulary(out_dir, args.vocab_size, dry_run=args.dry_run, corpus_name=corpus_name)
+  bindings += [f'VOCAB_SIZE = {grid.base.config.vocab_size}', f'get_vocabulary.spm_path = {spm!r}']
   if args.dry_run:
+    return bindings, None
+  from t5x_lite import vocab  # pylint: disable=import-outside-toplevel
+  tokens = vocab.corpus_tokens(spm, corpus_name)
+  say(f'Corpus: {corpus_name}, {tokens:,} training tokens; the longest run reads '
+      f'{max(s.tokens for s in grid.specs) / tokens:.2f} epochs of them (inputs + targets).')
+  return bindings, tokens
+
+
+def _dry_run(args, out_dir: str, specs, bindings, train_flags) -> None:
+  """Prints what `run` would write and start."""
+  for s in specs:
+    run_dir = run_dir_of(out_dir, s.name)
+    say(f'--- {run_dir}/run.gin\n' + run_gin(s, args.family, run_dir, args.base_gin, bindings,
+                                              train_flags))
+  if args.mode != 'local':
+    for path, text in cluster_jobs(out_dir, specs, args.mode, train_flags, args).items():
+      say(f'--- {path}\n{text}')
+  else:
     for s in specs:
-      run_dir = run_dir_of(out_dir, s.name)
-      say(f'--- {run_dir}/run.gin\n' + run_gin(s, args.family, run_dir, args.base_gin,
-                                                  vocab_bindings, train_flags))
-    if args.mode != 'local':
-      for path, text in cluster_jobs(out_dir, specs, args.mode, train_flags, args).items():
-        say(f'--- {path}\n{text}')
-    else:
-      for s in specs:
-        say(shlex.join(train_command(run_dir_of(out_dir, s.name), train_flags)))
-    return 0
+      say(shlex.join(train_command(run_dir_of(out_dir, s.name), train_flags)))
+
+
+def _write_cluster_jobs(args, out_dir: str, specs, train_flags) -> None:
+  files = cluster_jobs(out_dir, specs, args.mode, train_flags, args)
+  for path, text in files.items():
+    with open(path, 'w') as f:
+      f.write(text)
+    os.chmod(path, 0o755)
+  say(f'Wrote {len(files) - 1} {args.mode} job files; start them all with '
+      f'`bash {os.path.join(out_dir, "submit_all.sh")}`, then '
+      f'`launch/scaling.py report --out_dir={out_dir}`.')
+
+
+def _sweep_state(args, out_dir: str, grid: _Grid, corpus_tokens: int | None) -> dict:
+  """OUT_DIR/sweep.json, written anew (one family per OUT_DIR; an earlier timing is kept)."""
   os.makedirs(out_dir, exist_ok=True)
-  state_path = os.path.join(out_dir, 'sweep.json')
-  old = read_json(state_path, {})
+  old = read_json(os.path.join(out_dir, 'sweep.json'), {})
   if old.get('family') not in (None, args.family):
     raise UsageError(f"{out_dir} holds a {old['family']} sweep; use a new --out_dir for "
                      f'{args.family} (one family per fit).')
-  state = {'family': args.family, 'task': base.task, 'mode': args.mode,
+  state = {'family': args.family, 'task': grid.base.task, 'mode': args.mode,
            'command': shlex.join(['launch/scaling.py', *args.argv]), 'timing': old.get('timing'),
            'corpus_tokens': corpus_tokens or old.get('corpus_tokens')}
-  write_json(state_path, state)
-  write_run_files(out_dir, specs, args.family, args.base_gin, vocab_bindings, train_flags)
-  if args.mode != 'local':
-    files = cluster_jobs(out_dir, specs, args.mode, train_flags, args)
-    for path, text in files.items():
-      with open(path, 'w') as f:
-        f.write(text)
-      os.chmod(path, 0o755)
-    say(f'Wrote {len(files) - 1} {args.mode} job files; start them all with '
-        f'`bash {os.path.join(out_dir, "submit_all.sh")}`, then '
-        f'`launch/scaling.py report --out_dir={out_dir}`.')
+  write_json(os.path.join(out_dir, 'sweep.json'), state)
+  return state
+
+
+def run(args, extra: Sequence[str]) -> int:
+  t_start = time.monotonic()
+  out_dir = os.path.abspath(args.out_dir)
+  grid = _grid(args, extra)
+  say(f'Sweep: {args.family} ({grid.family.description}) on {grid.base.task}, batch '
+      f'{grid.base.batch_size}, lengths {grid.base.task_feature_lengths}, vocabulary '
+      f'{grid.base.config.vocab_size} rows.')
+  sweep = Sweep(out_dir, grid.specs)
+  say(plan_table(grid.specs, sweep.times))
+  if args.command == 'plan':
     return 0
-  sweep.extra_seconds = EVAL_SECONDS[0] + EVAL_SECONDS[1] * len(specs)
+  bindings, corpus_tokens = _vocabulary(args, out_dir, grid)
+  train_flags = list(extra)
+  if args.dry_run:
+    _dry_run(args, out_dir, grid.specs, bindings, train_flags)
+    return 0
+  state = _sweep_state(args, out_dir, grid, corpus_tokens)
+  write_run_files(out_dir, grid.specs, args.family, args.base_gin, bindings, train_flags)
+  if args.mode != 'local':
+    _write_cluster_jobs(args, out_dir, grid.specs, train_flags)
+    return 0
+  return _train_locally(args, out_dir, grid, sweep, state, bindings, train_flags, t_start)
+
+
+def _train_locally(args, out_dir: str, grid: _Grid, sweep: Sweep, state: dict, bindings,
+                   train_flags, t_start: float) -> int:
+  """Trains and validates every run here, then the held-out run (iso-FLOP sweeps), then writes
+  the report; 130 when Ctrl-C stopped it (rerun to resume)."""
+  sweep.extra_seconds = EVAL_SECONDS[0] + EVAL_SECONDS[1] * len(grid.specs)
   t_train = time.monotonic()
   if not sweep.train_all():
     return 130
@@ -244,14 +290,14 @@ def run(args, extra: Sequence[str]) -> int:
   t_eval = time.monotonic()
   _evaluate_in_subprocess(out_dir, args.eval_batches)
   eval_s = time.monotonic() - t_eval
-  if budget_kind == 'flops' and args.heldout > 0 and len(budgets) >= 2:
-    spec, held = heldout_run(out_dir, family, base, args.num_layers, args.aspect_ratio,
+  if grid.budget_kind == 'flops' and args.heldout > 0 and len(grid.budgets) >= 2:
+    spec, held = heldout_run(out_dir, grid.family, grid.base, args.num_layers, args.aspect_ratio,
                              args.heldout)
     low_high = held['interval'] or [math.nan, math.nan]
     say(f"Held-out run {spec.name}: N={si(spec.non_embedding_params)} (fitted N_opt "
         f"{si(held['n_opt'])}), {spec.steps} steps; predicted loss {held['predicted_loss']:.4f} "
         f"(68% {low_high[0]:.4f}..{low_high[1]:.4f}).")
-    write_run_files(out_dir, [spec], args.family, args.base_gin, vocab_bindings, train_flags)
+    write_run_files(out_dir, [spec], args.family, args.base_gin, bindings, train_flags)
     t_held = time.monotonic()
     heldout = Sweep(out_dir, [spec])
     if not heldout.train_all():
@@ -264,7 +310,7 @@ def run(args, extra: Sequence[str]) -> int:
   if sweep.trained:  # a rerun that only re-fits keeps the timing of the sweep that trained
     state['timing'] = {'train_s': train_s, 'eval_s': eval_s,
                        'total_s': time.monotonic() - t_start}
-    write_json(state_path, state)
+    write_json(os.path.join(out_dir, 'sweep.json'), state)
   write_report(out_dir, args.last_k)
   say(f'Sweep finished in {format_seconds(time.monotonic() - t_start)}.')
   return 0

@@ -378,6 +378,7 @@ def run_dirs(out_dir: str) -> list[str]:
           if os.path.isfile(os.path.join(root, n, 'run.json'))]
 
 
-def _default_pieces() -> int:
+def gin_default_pieces() -> int:
+  """The pieces of the vocabulary the gin files use by default (the bundled corpus's)."""
   from t5x_lite import vocab  # pylint: disable=import-outside-toplevel
   return vocab.DEFAULT_VOCAB_SIZE

@@ -101,6 +101,33 @@ def report_markdown(rows: Sequence[dict], fits: dict, sweep: dict) -> str:
   return '\n'.join(lines)
 
 
+def _fitted_curves(done: Sequence[dict], groups: Sequence[str], fits: dict, xlim) -> tuple:
+  """({group: (N, fitted loss)} to draw, {run name: residual}): each group's own fit, and for a
+  group without one the joint L(N, D) along its runs' (N, D) path."""
+  curves = {}
+  for g, fit in fits['groups'].items():
+    n = np.logspace(*xlim, 200)
+    curves[g] = (n, fit['E'] + fit['A'] * n ** -fit['alpha'])
+  joint = fits.get('joint')
+  residual_of = {}
+  for fit in fits['groups'].values():
+    residual_of.update(zip(fit['names'], fit['residuals']))
+  if not joint:
+    return curves, residual_of
+  for name, res in zip(joint['names'], joint['residuals']):
+    residual_of.setdefault(name, res)
+  for g in groups:
+    members = sorted((r for r in done if r['budget'] == g), key=lambda r: r['non_embedding_params'])
+    if g not in curves and len(members) >= 2:
+      ln = np.log10([r['non_embedding_params'] for r in members])
+      ld = np.log10([r['tokens'] for r in members])
+      grid = np.linspace(ln[0], ln[-1], 100)
+      n, d = 10 ** grid, 10 ** np.interp(grid, ln, ld)
+      curves[g] = (n, joint['E'] + joint['A'] * n ** -joint['alpha']
+                   + joint['B'] * d ** -joint['beta'])
+  return curves, residual_of
+
+
 def figure(rows: Sequence[dict], fits: dict, title: str):
   """The plot as a matplotlib Figure, or None without a complete run: loss vs N (log x) with
   each budget group's points and fitted curve in its own colour, and the residuals (loss - fit)
@@ -116,27 +143,8 @@ def figure(rows: Sequence[dict], fits: dict, title: str):
   n_all = np.array([r['non_embedding_params'] for r in done], float)
   xlim = (math.log10(n_all.min()) - 0.15, math.log10(n_all.max()) + 0.15)
   losses = np.array([r['loss'] for r in done])
-  curves = {}
-  for g, fit in fits['groups'].items():
-    n = np.logspace(*xlim, 200)
-    curves[g] = (n, fit['E'] + fit['A'] * n ** -fit['alpha'])
+  curves, residual_of = _fitted_curves(done, groups, fits, xlim)
   joint = fits.get('joint')
-  residual_of = {}
-  for fit in fits['groups'].values():
-    residual_of.update(zip(fit['names'], fit['residuals']))
-  if joint:
-    for name, res in zip(joint['names'], joint['residuals']):
-      residual_of.setdefault(name, res)
-    for g in groups:  # groups without their own fit: the joint model along their (N, D) path
-      members = sorted((r for r in done if r['budget'] == g),
-                       key=lambda r: r['non_embedding_params'])
-      if g not in curves and len(members) >= 2:
-        ln = np.log10([r['non_embedding_params'] for r in members])
-        ld = np.log10([r['tokens'] for r in members])
-        grid = np.linspace(ln[0], ln[-1], 100)
-        n, d = 10 ** grid, 10 ** np.interp(grid, ln, ld)
-        curves[g] = (n, joint['E'] + joint['A'] * n ** -joint['alpha']
-                     + joint['B'] * d ** -joint['beta'])
   # The loss axis follows the points; a curve that dives far below them is cut off.
   visible = np.concatenate([losses] + [c[1] for c in curves.values()])
   pad = 0.08 * (np.ptp(losses) or 1.0)

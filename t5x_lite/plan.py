@@ -27,7 +27,7 @@ import ast
 import functools
 import json
 import math
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import gin
 import jax
@@ -285,27 +285,15 @@ def roofline(cfg: T5Config, lengths: Mapping[str, int], batch: int, rules,
                + _collective_s('all_reduce', shard, data, mesh_shape, bandwidth))
   hbm_bytes = (gathered_total * (gathers + 1) * num_microbatches
                + 3 * shard_total + 2 * opt_bytes)
-  # Tensor-parallel activation all-reduces.
-  micro = batch // num_microbatches
-  c = cfg.compute_dtype.itemsize
-  act = lambda length: layout.per_device(ACT, (micro, length, cfg.d_model), c)
-  tp = lambda names: tuple(a for a in layout.axes(names) if a not in batch_axes)
-  ar = lambda nbytes, axes: _collective_s('all_reduce', nbytes, axes, mesh_shape, bandwidth)
-  heads, mlp, vocab = tp(HEADS), tp(HIDDEN), tp(('batch', 'length', 'vocab'))
-  forwards = 2 if policy == 'full' else 1
-  tp_s = 0.0
-  for num_layers, length, cross in _stacks(cfg, lengths):
-    per_layer = (forwards + 1) * (ar(act(length), heads) + ar(act(length), mlp))
-    if cross:
-      per_layer += (forwards + 1) * ar(act(length), heads) + ar(act(cross), heads)
-    tp_s += num_layers * per_layer + ar(act(length), vocab)  # the embedding lookup
-  tp_s += ar(act(_stacks(cfg, lengths)[-1][1]), vocab)  # the logits' input gradient
-  tp_s *= num_microbatches
+  tp_s = num_microbatches * _tensor_parallel_s(
+      cfg, lengths, layout, batch_axes, batch // num_microbatches, policy,
+      lambda nbytes, axes: _collective_s('all_reduce', nbytes, axes, mesh_shape, bandwidth))
   # Compute.
   model_flops = models.training_flops_per_example(cfg, lengths) * batch
   recompute = {'none': 0.0, 'minimal': _attention_einsum_flops(cfg, lengths) * batch,
                'full': models.forward_flops_per_example(cfg, lengths) * batch}[policy]
-  work_axes = set(batch_axes) | set(heads) | set(mlp)
+  work_axes = (set(batch_axes) | set(_tp_axes(layout, HEADS, batch_axes))
+               | set(_tp_axes(layout, HIDDEN, batch_axes)))
   compute_s = (model_flops + recompute) / (layout.size(tuple(work_axes)) * chip.peak_flops)
   hbm_s = hbm_bytes / chip.hbm_bandwidth
   overlapped = gather_s + grad_s
@@ -320,6 +308,30 @@ def roofline(cfg: T5Config, lengths: Mapping[str, int], batch: int, rules,
       'step_s': step_s,
       'mfu': model_flops / (step_s * num_devices * chip.peak_flops),
   }
+
+
+def _tp_axes(layout: '_Layout', names, batch_axes) -> tuple:
+  """The mesh axes that shard `names` other than the batch's: tensor parallelism."""
+  return tuple(a for a in layout.axes(names) if a not in batch_axes)
+
+
+def _tensor_parallel_s(cfg: T5Config, lengths: Mapping[str, int], layout: '_Layout', batch_axes,
+                       micro: int, policy: str, all_reduce_s: Callable[[float, tuple], float]):
+  """Seconds of 2-D tensor-parallel all-reduces of activations [micro, length, d_model] in one
+  microbatch: one per sublayer forward (twice under 'full' remat) and backward, another for
+  cross-attention keys/values in the backward, the embedding lookups and the logits."""
+  act = lambda length: layout.per_device(ACT, (micro, length, cfg.d_model),
+                                         cfg.compute_dtype.itemsize)
+  heads, mlp = _tp_axes(layout, HEADS, batch_axes), _tp_axes(layout, HIDDEN, batch_axes)
+  vocab = _tp_axes(layout, ('batch', 'length', 'vocab'), batch_axes)
+  passes = (2 if policy == 'full' else 1) + 1
+  total = 0.0
+  for num_layers, length, cross in _stacks(cfg, lengths):
+    per_layer = passes * (all_reduce_s(act(length), heads) + all_reduce_s(act(length), mlp))
+    if cross:
+      per_layer += passes * all_reduce_s(act(length), heads) + all_reduce_s(act(cross), heads)
+    total += num_layers * per_layer + all_reduce_s(act(length), vocab)  # the embedding lookup
+  return total + all_reduce_s(act(_stacks(cfg, lengths)[-1][1]), vocab)  # the logits' gradient
 
 
 # ----------------------------------------------------------------------------- the plan
