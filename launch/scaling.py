@@ -1,6 +1,6 @@
 """Scaling-law sweeps: train one model family at several sizes and fit L(N) = E + A·N^(-α).
 
-    python launch/scaling.py run --out_dir=DIR [--family=t5_1_1] [--sizes=32,64,96,128,192] \
+    python launch/scaling.py run --out_dir=DIR [--family=decoder_only|t5_1_1|t5_1_0] [--sizes=...] \
         [--steps=600 | --tokens=2e5,4e5 | --flops=2e13,4e13] [--num_layers=2 | --aspect_ratio=64] \
         [--vocab_size=1024] [--corpus=wiki|english] [--heldout=4] [--mode=local|slurm|tpu] \
         [--dry_run] [-- extra train flags]
@@ -53,12 +53,12 @@ from typing import NamedTuple, Sequence
 
 import t5x_lite  # noqa: F401  (before JAX: quiet start-up, CPU on a host without chips)
 from t5x_lite.launch.common import UsageError, split_argv, usage_error
-from t5x_lite.launch.scaling_grid import (BASE_GIN, CORPORA, DEFAULT_FLOPS, DEFAULT_SIZES,
-                                          DEFAULT_VOCAB_SIZE, DEFAULT_WINDOW, FAMILIES, SIZE_STEP,
-                                          Base, build_grid, check_extra_flags, Family,
-                                          gin_default_pieces, parse_budgets, prepare_vocabulary,
-                                          read_base, read_json, run_dir_of, run_gin, RunSpec, say,
-                                          SweepError, write_json)
+from t5x_lite.launch.scaling_grid import (BASE_GIN, CORPORA, DEFAULT_FAMILY, DEFAULT_FLOPS,
+                                          DEFAULT_SIZES, DEFAULT_VOCAB_SIZE, DEFAULT_WINDOW,
+                                          FAMILIES, SIZE_STEP, Base, build_grid, check_extra_flags,
+                                          Family, gin_default_pieces, parse_budgets,
+                                          prepare_vocabulary, read_base, read_json, run_dir_of,
+                                          run_gin, RunSpec, say, SweepError, write_json)
 from t5x_lite.launch.scaling_report import LAST_K, si, write_report
 from t5x_lite.launch.scaling_runner import (HELDOUT_FACTOR, SubprocessRunner, Sweep, TimeModel,
                                             cluster_jobs, evaluate_pending, heldout_run,
@@ -89,7 +89,8 @@ def _parser() -> argparse.ArgumentParser:
   for name in ('run', 'plan'):
     s = sub.add_parser(name)
     s.add_argument('--out_dir', required=name == 'run', default='/tmp/t5x_lite/scaling')
-    s.add_argument('--family', default='t5_1_1', choices=sorted(FAMILIES))
+    s.add_argument('--family', default=DEFAULT_FAMILY, choices=sorted(FAMILIES),
+                   help=f'model family (default {DEFAULT_FAMILY}: smooth iso-FLOP profiles here)')
     s.add_argument('--sizes', default=','.join(map(str, DEFAULT_SIZES)),
                    help=f'd_model values, comma-separated (multiples of {SIZE_STEP}; heads of '
                    'about 32)')

@@ -111,7 +111,7 @@ def test_iso_flop_windows_slide_up_with_the_budget(default_grid):
 def test_the_default_sweep_is_iso_flop_on_offline_english(tmp_path, capsys):
   assert scaling.main(['plan', f'--out_dir={tmp_path}']) == 0
   printed = capsys.readouterr().out
-  assert 'on english_span_corruption' in printed
+  assert 'Sweep: decoder_only' in printed and 'on english_full_lm' in printed
   budgets = scaling_grid.DEFAULT_FLOPS
   assert len(budgets) >= 3 and max(budgets) / min(budgets) >= 10
   rows = [line.split() for line in printed.splitlines() if line.startswith('d0')]
@@ -568,7 +568,7 @@ def test_plot_without_a_complete_run_writes_nothing(tmp_path):
 def test_slurm_mode_writes_one_script_per_run(tmp_path, capsys):
   out = tmp_path / 'sweep'
   rc = scaling.main(['run', f'--out_dir={out}', '--sizes=32,64,96', '--steps=30,60',
-                     '--mode=slurm', '--vocab_size=0', '--partition=gpu', '--', '--gin.seed=1'])
+                     '--mode=slurm', '--vocab_size=0', '--family=t5_1_1', '--partition=gpu', '--', '--gin.seed=1'])
   assert rc == 0
   scripts = sorted(out.glob('runs/*/job.sbatch'))
   assert len(scripts) == 6
@@ -585,6 +585,7 @@ def test_slurm_mode_writes_one_script_per_run(tmp_path, capsys):
 def test_tpu_mode_writes_one_command_file_per_run(tmp_path):
   out = tmp_path / 'sweep'
   rc = scaling.main(['run', f'--out_dir={out}', '--sizes=32,64,96', '--steps=30', '--mode=tpu',
+                     '--family=t5_1_1',
                      '--vocab_size=0', '--zone=us-east5-a', '--project=p',
                      '--accelerator_type=v5litepod-4'])
   assert rc == 0
@@ -598,7 +599,8 @@ def test_tpu_mode_writes_one_command_file_per_run(tmp_path):
 
 def test_dry_run_prints_and_writes_nothing(tmp_path, capsys):
   out = tmp_path / 'sweep'
-  rc = scaling.main(['run', f'--out_dir={out}', '--sizes=32,64,96', '--steps=30', '--dry_run'])
+  rc = scaling.main(['run', f'--out_dir={out}', '--sizes=32,64,96', '--steps=30', '--dry_run',
+                     '--family=t5_1_1'])
   assert rc == 0 and not out.exists()
   printed = capsys.readouterr().out
   assert printed.count('--- ') == 3 and 'get_vocabulary.spm_path' in printed
@@ -610,7 +612,7 @@ def test_dry_run_prints_and_writes_nothing(tmp_path, capsys):
 def test_the_english_corpus_sweep_trains_and_tokenizes_on_it(tmp_path, capsys):
   out = tmp_path / 'sweep'
   rc = scaling.main(['run', f'--out_dir={out}', '--sizes=32,64,96', '--steps=30', '--dry_run',
-                     '--corpus=english'])
+                     '--corpus=english', '--family=t5_1_1'])
   assert rc == 0 and not out.exists()
   printed = capsys.readouterr().out
   assert printed.count("MIXTURE_OR_TASK_NAME = 'english_span_corruption'") == 3
