@@ -19,7 +19,7 @@ from t5x_lite.models import T5Config
 @dataclasses.dataclass(frozen=True)
 class LoadedModel:
   config: T5Config
-  graphdef: Any
+  graphdef: Any           # None when the caller gave `abstract_params` (it has its own graph)
   params: Any             # a pure dict: numpy arrays ('host') or arrays placed on their shardings
   step_dir: epath.Path    # the checkpoint step the params came from
 
@@ -39,18 +39,20 @@ def load_model(config_or_gin: T5Config | str | Sequence[str], path: str, *,
   damaged newest step falls back to the one before, as a resume does).
 
   `placement`: 'device' puts the params whole on the first device, read straight into device
-  memory; 'host' keeps numpy arrays. `abstract_params` with shardings (a training layout) overrides
-  it. A missing checkpoint or a missing, extra or misshapen param is a UsageError naming it.
+  memory; 'host' keeps numpy arrays. `abstract_params` with shardings (a training layout, e.g.
+  `StateSetup.abstract_state['params']`) overrides it and may be passed under `jax.set_mesh`; the
+  model graph is then the caller's. A missing checkpoint or a missing, extra or misshapen param is
+  a UsageError naming it.
   """
   config = (config_or_gin if isinstance(config_or_gin, T5Config)
             else config_from_gin([config_or_gin] if isinstance(config_or_gin, str) else config_or_gin))
-  graphdef, abstract, _ = trainer.abstract_params_and_axes(config)
-  if abstract_params is not None:
-    abstract = abstract_params
-  elif placement == 'device':
-    abstract = checkpoints.on_one_device(abstract)
-  elif placement != 'host':
+  if placement not in ('device', 'host'):
     raise ValueError(f"placement must be 'device' or 'host', got {placement!r}")
+  graphdef, abstract = None, abstract_params
+  if abstract_params is None:  # not under a mesh: there nnx.eval_shape reads names as mesh axes
+    graphdef, abstract, _ = trainer.abstract_params_and_axes(config)
+    if placement == 'device':
+      abstract = checkpoints.on_one_device(abstract)
   try:
     params, step_dir = checkpoints.load_params(path, abstract)
   except (FileNotFoundError, ValueError) as e:
