@@ -94,8 +94,9 @@ def _add_verbose(parser: argparse.ArgumentParser) -> None:
                       help='on bad input, show the traceback instead of one error line')
 
 
-def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
-  """Multi-process flags (t5x_lite.distributed); without them JAX's cluster detection decides."""
+def add_distributed_flags(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+  """Adds the multi-process flags (t5x_lite.distributed) to `parser` and returns it; without them
+  JAX's cluster detection decides."""
   group = parser.add_argument_group('multi-process (all three together, or none)')
   group.add_argument('--coordinator_address', help='HOST:PORT of process 0')
   group.add_argument('--num_processes', type=int)
@@ -104,6 +105,7 @@ def add_distributed_flags(parser: argparse.ArgumentParser) -> None:
                      help="'auto': let JAX detect the cluster (Cloud TPU VM, SLURM, Open MPI)")
   group.add_argument('--distributed_timeout_s', type=int, default=300,
                      help='how long to wait for all processes to join (seconds)')
+  return parser
 
 
 def _formatted(prog: str, description: str, epilog: str = '') -> Parser:
@@ -120,13 +122,11 @@ def _gin_command(prog: str, description: str, example: str) -> Parser:
 
 
 def _train() -> Parser:
-  p = _gin_command(PROGS['train'], 'Train a model gin describes: joins a multi-process job if '
-                   'there is one, resumes from the newest checkpoint in MODEL_DIR, checkpoints '
-                   'every CHECKPOINT_PERIOD steps and at the end, and decodes a validation sample.',
-                   'python -m t5x_lite.train --gin_file=gin/runs/pretrain_tiny.gin '
-                   '--gin.TRAIN_STEPS=100')
-  add_distributed_flags(p)
-  return p
+  return add_distributed_flags(_gin_command(
+      PROGS['train'], 'Train a model gin describes: joins a multi-process job if there is one, '
+      'resumes from the newest checkpoint in MODEL_DIR, checkpoints every CHECKPOINT_PERIOD steps '
+      'and at the end, and decodes a validation sample.',
+      'python -m t5x_lite.train --gin_file=gin/runs/pretrain_tiny.gin --gin.TRAIN_STEPS=100'))
 
 
 def _eval() -> Parser:

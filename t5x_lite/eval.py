@@ -121,10 +121,10 @@ def has_metrics(mixture_or_task_name: str) -> bool:
 @gin.configurable
 def evaluate(*,
              model_config: T5Config = gin.REQUIRED,
-             mixture_or_task_name: str = gin.REQUIRED,
-             task_feature_lengths: Mapping[str, int] = gin.REQUIRED,
              model_dir: str = gin.REQUIRED,
-             checkpoint_dir: str | None = None) -> dict[str, float]:
+             checkpoint_dir: str | None = None,
+             mixture_or_task_name: str = gin.REQUIRED,
+             task_feature_lengths: Mapping[str, int] = gin.REQUIRED) -> dict[str, float]:
   """Evaluates the checkpoint at `checkpoint_dir` (default: MODEL_DIR) and logs the metrics there."""
   vocabulary = vocab.get_vocabulary()
   from t5x_lite import tasks  # pylint: disable=import-outside-toplevel  (registers the tasks)
