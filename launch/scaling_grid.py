@@ -17,41 +17,24 @@ from t5x_lite import curves  # metrics.jsonl rows; no JAX import
 from t5x_lite.launch.common import UsageError
 
 BASE_GIN = 'gin/runs/scaling.gin'
-
-
 # The causal LM, not T5.1.1 span corruption: on offline_english the span-corruption runs each drop
 # 0.2-0.25 nats at a size- and schedule-dependent step, so their iso-FLOP profiles zigzag
 # (bench/results/scaling_default_v11/); the causal LM's curves are smooth, all three minima fall
-# inside their windows and the held-out run lands within 1.04% (bench/results/scaling_default_decoder/).
+# inside their windows and the held-out run lands within 1.04%
+# (bench/results/scaling_default_decoder/).
 DEFAULT_FAMILY = 'decoder_only'
 DEFAULT_SIZES = (8, 16, 24, 32, 48, 64, 96)  # d_model: ~500x in non-embedding params
-
-
 DEFAULT_FLOPS = (5e11, 1.6e12, 5e12)         # iso-FLOP budgets of the default sweep: 10x
-
-
 DEFAULT_WINDOW = 5                           # sizes per iso-FLOP budget (--sizes_per_budget)
-
-
 # Pieces; the model's embedding rows add T5's 100 sentinels, padded. 1,024 rather than 4,000:
 # the output layer is then a smaller share of a tiny model's FLOPs, and the 2026-12-06 sweeps placed
 # 2 of 3 iso-FLOP minima inside their windows (4,000: 1 of 3).
 DEFAULT_VOCAB_SIZE = 1024
-
-
 SIZE_STEP = 8              # d_model values are multiples of this
-
-
 MIN_STEPS = 20             # an iso-FLOP budget that buys fewer steps than this skips the size
-
-
 CORPORA = {'wiki': 'wiki_sample', 'english': 'offline_english'}  # --corpus -> offline corpus
-
-
 # Size fields the sweep sets; binding them after `--` would silently change every run.
 SIZE_FIELDS = ('d_model', 'num_heads', 'd_kv', 'd_ff', 'num_encoder_layers', 'num_decoder_layers')
-
-
 # Parameters Kaplan et al. leave out of N: token embedding, output layer, position embeddings.
 EMBEDDING_PARAMS = ('token_embedder', 'lm_head', 'relpos_bias')
 

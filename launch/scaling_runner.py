@@ -27,11 +27,7 @@ from t5x_lite.launch.scaling_report import collect, eval_loss, si
 from t5x_lite.progress import format_seconds
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
 HELDOUT_FACTOR = 4.0       # the held-out run's budget, over the largest fitted one
-
-
 HELDOUT_BOOTSTRAP = 100    # refits behind its prediction interval
 
 
@@ -169,8 +165,6 @@ def _refuse_if_running(pid_path: str, command: Sequence[str]) -> None:
 
 
 _STEP_LINE = re.compile(r'^step\s+(\d+)/(\d+)\s*\|\s*loss\s+([-\d.naif]+)')
-
-
 _RESUMED = re.compile(r'^Resumed from step (\d+)')
 
 

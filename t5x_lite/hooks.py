@@ -68,7 +68,8 @@ class Hook:
     return False
 
 
-def run(loop: Loop, next_batch: Callable[[], Any], step_fn: Callable, hooks: Sequence[Hook]) -> Loop:
+def run(loop: Loop, next_batch: Callable[[], Any], step_fn: Callable,
+        hooks: Sequence[Hook]) -> Loop:
   """Steps until TRAIN_STEPS or a stop request, calling the due hooks after each step."""
   with contextlib.ExitStack() as stack:
     for hook in hooks:
@@ -128,6 +129,8 @@ class NonFinite(Hook):
 
   def __init__(self, policy: str, schedule: Callable, last_good_step: Callable[[], int | None],
                checkpoint_dir: str, log: Callable[[str], None]):
+    """`last_good_step()` is asked only when the run stops: it must first let a save still in
+    flight commit, so that the error line names the newest step a rerun resumes from."""
     self.policy = policy
     self._schedule = schedule
     self._last_good_step = last_good_step

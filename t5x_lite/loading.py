@@ -44,8 +44,10 @@ def load_model(config_or_gin: T5Config | str | Sequence[str], path: str, *,
   model graph is then the caller's. A missing checkpoint or a missing, extra or misshapen param is
   a UsageError naming it.
   """
+  if isinstance(config_or_gin, str):
+    config_or_gin = [config_or_gin]
   config = (config_or_gin if isinstance(config_or_gin, T5Config)
-            else config_from_gin([config_or_gin] if isinstance(config_or_gin, str) else config_or_gin))
+            else config_from_gin(config_or_gin))
   if placement not in ('device', 'host'):
     raise ValueError(f"placement must be 'device' or 'host', got {placement!r}")
   graphdef, abstract = None, abstract_params

@@ -30,7 +30,8 @@ from etils import epath
 from flax import nnx
 
 from t5x_lite import (checkpoints, cli, curves, decoding, distributed, gin_utils, hardware, hooks,
-                      loading, models, optimizer, partitioning, paths, progress, storage, trainer, vocab)
+                      loading, models, optimizer, partitioning, paths, progress, storage, trainer,
+                      vocab)
 from t5x_lite import eval as eval_lib
 from t5x_lite.data import pipeline
 from t5x_lite.models import T5Config
@@ -272,9 +273,15 @@ def _hooks(loop: hooks.Loop, setup, ckpt: checkpoints.Checkpointer, data: _Input
     except OSError as e:
       raise _save_failed(ckpt, e) from e
 
+  def committed_step():
+    try:
+      ckpt.wait()  # a save in flight when a step goes non-finite counts once committed
+    except OSError as e:
+      raise _save_failed(ckpt, e) from e
+    return ckpt.last_good_step
+
   return [timing,
-          hooks.NonFinite(on_nonfinite, schedule, lambda: ckpt.last_good_step, ckpt.directory,
-                          log),
+          hooks.NonFinite(on_nonfinite, schedule, committed_step, ckpt.directory, log),
           hooks.Metrics(log_period, writer, timing.timer, schedule, rates,
                         count_skipped=on_nonfinite == 'skip'),
           hooks.Evaluation(eval_period,
