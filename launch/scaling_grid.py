@@ -23,8 +23,8 @@ BASE_GIN = 'gin/runs/scaling.gin'
 # inside their windows and the held-out run lands within 1.04%
 # (bench/results/scaling_default_decoder/).
 DEFAULT_FAMILY = 'decoder_only'
-DEFAULT_SIZES = (8, 16, 24, 32, 48, 64, 96)  # d_model: ~500x in non-embedding params
-DEFAULT_FLOPS = (5e11, 1.6e12, 5e12)         # iso-FLOP budgets of the default sweep: 10x
+DEFAULT_SIZES = (8, 16, 24, 32, 48, 64, 96, 128)  # d_model: ~250x in non-embedding params
+DEFAULT_FLOPS = (1.6e11, 5e11, 1.6e12, 5e12)     # iso-FLOP budgets of the default sweep: 31x
 DEFAULT_WINDOW = 5                           # sizes per iso-FLOP budget (--sizes_per_budget)
 # Pieces; the model's embedding rows add T5's 100 sentinels, padded. 1,024 rather than 4,000:
 # the output layer is then a smaller share of a tiny model's FLOPs, and the 2026-12-06 sweeps placed
