@@ -225,10 +225,27 @@ def _isoflop_exponents(groups) -> dict | None:
           'minima': minima}
 
 
+def _parabola_residuals(groups) -> tuple[list, np.ndarray]:
+  """Each budget's parabola in log N evaluated at its sizes, and all budgets' residuals pooled,
+  scaled by sqrt(points / degrees of freedom) so that their spread estimates the noise's."""
+  fitted = [np.polyval(np.polyfit(np.log(n), loss, 2), np.log(n)) for _, n, _, loss in groups]
+  residuals = np.concatenate([g[3] - f for g, f in zip(groups, fitted)])
+  dof = len(residuals) - 3 * len(groups)
+  return fitted, residuals * math.sqrt(len(residuals) / dof) if dof > 0 else residuals * 0
+
+
 def fit_isoflop(c, n, d, loss, bootstrap: int = 1000, seed: int = 0) -> dict:
   """N_opt(C) = k_a·C^a and D_opt(C) = k_b·C^b from each budget's minimum, with 68% bootstrap
-  intervals (runs resampled with replacement within each budget, every fit redone; a draw whose
-  parabola opens downward is dropped and counted)."""
+  intervals.
+
+  The bootstrap resamples residuals, not runs: the sizes are the sweep's design, chosen rather
+  than sampled, and what varies from sweep to sweep is the loss each run reaches. Each draw keeps
+  every run's N and D, adds residuals drawn from all budgets' parabola fits to those fits, and
+  redoes every fit (a draw whose parabola opens downward is dropped and counted). Resampling
+  runs instead repeats some of a budget's 5 sizes and loses others: on the 2026-12 default sweep
+  a third of such draws had no minimum, and the rest gave an interval 1.6x as wide at the same
+  coverage of a known exponent (bench/scaling_interval_coverage.py).
+  """
   c, n, d, loss = (np.asarray(v, float) for v in (c, n, d, loss))
   budgets = sorted(set(c.tolist()))
   if len(budgets) < 2 or any(len(np.unique(n[c == b])) < 3 for b in budgets):
@@ -240,11 +257,12 @@ def fit_isoflop(c, n, d, loss, bootstrap: int = 1000, seed: int = 0) -> dict:
   if point is None:
     raise ValueError('a budget\'s losses do not bend upward around a minimum over N: add sizes '
                      'on both sides of its best run.')
+  fitted, residuals = _parabola_residuals(groups)
   rng = np.random.default_rng(seed)
   draws, dropped = [], 0
   for _ in range(bootstrap):
-    picks = [rng.integers(0, len(g[1]), len(g[1])) for g in groups]
-    fit = _isoflop_exponents([(b, gn[i], gd[i], gl[i]) for (b, gn, gd, gl), i in zip(groups, picks)])
+    fit = _isoflop_exponents([(b, gn, gd, f + rng.choice(residuals, len(gn)))
+                              for (b, gn, gd, _), f in zip(groups, fitted)])
     if fit is None:
       dropped += 1
     else:
@@ -252,7 +270,8 @@ def fit_isoflop(c, n, d, loss, bootstrap: int = 1000, seed: int = 0) -> dict:
   interval = lambda k: ([float(v) for v in np.percentile([x[k] for x in draws], [16, 84])]
                         if draws else None)
   return {**point, 'budgets': budgets, 'a_interval': interval(0), 'b_interval': interval(1),
-          'bootstrap': len(draws), 'bootstrap_dropped': dropped}
+          'bootstrap': len(draws), 'bootstrap_dropped': dropped,
+          'noise': float(np.sqrt(np.mean(residuals ** 2)))}
 
 
 def compute_optimal(fit: dict, budget: float) -> tuple[float, float]:

@@ -234,6 +234,23 @@ def test_isoflop_fit_recovers_the_exponents_of_a_known_surface(noise, tolerance)
   assert low < fit['a'] < high and high - low < 0.05 and fit['bootstrap'] > 250
 
 
+def test_isoflop_interval_holds_the_true_exponent_about_68_percent_of_the_time():
+  """The residual bootstrap's 68% interval over 80 simulated sweeps (5 sizes per budget, noise a
+  tenth of the profiles' depth): its coverage of the surface's true a is near its nominal 68%."""
+  beta_share = CHINCHILLA['beta'] / (CHINCHILLA['alpha'] + CHINCHILLA['beta'])
+  c, n, d, clean = _isoflop_sweep([1e18, 3e18, 1e19], sizes=5)
+  rng = np.random.default_rng(7)
+  hits, widths = [], []
+  for trial in range(80):
+    fit = scaling_fit.fit_isoflop(c, n, d, clean + 0.01 * rng.standard_normal(len(clean)),
+                                  bootstrap=200, seed=trial)
+    low, high = fit['a_interval']
+    hits.append(low <= beta_share <= high)
+    widths.append(high - low)
+  assert 0.5 <= np.mean(hits) <= 0.85, np.mean(hits)
+  assert 0.01 < np.median(widths) < 0.2  # an interval, neither a point nor everything
+
+
 def test_isoflop_prediction_4x_past_the_fitted_budgets_matches_the_surface():
   c, n, d, loss = _isoflop_sweep([1e18, 3e18, 1e19], noise=0.002)
   got = scaling_fit.predict_compute_optimal_loss(c, n, d, loss, 4e19, bootstrap=4)
