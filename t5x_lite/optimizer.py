@@ -1,11 +1,15 @@
 """The optimizer and its learning-rate schedule, as T5/T5X configure them (gin: `make_optimizer.*`,
-`learning_rate_schedule.*`), and the 2-D matrix view Adafactor factors each parameter by."""
+`learning_rate_schedule.*`), the 2-D matrix view Adafactor factors each parameter by, and the
+logical axes of the optimizer's state, which it declares as T5X's Adafactor does."""
 
 from __future__ import annotations
+
+import math
 
 import gin
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from t5x_lite import gin_utils, partitioning
@@ -64,10 +68,36 @@ def make_optimizer(schedule: optax.Schedule, name: str = 'adafactor',
   return tx
 
 
+def matrix_view(names: tuple, shape: tuple) -> tuple[tuple, tuple]:
+  """(names, shape) of the 2-D matrix T5X stores a parameter as: 'embed' dims as rows, the rest
+  merged as columns (attention kernels [embed, heads, kv] become [embed, heads·kv]). A merged
+  dimension takes its major dimension's name, which splits it into the same blocks."""
+  if len(shape) < 3 or 'embed' not in names:
+    return tuple(names), tuple(shape)
+  i = names.index('embed')
+  if i == 0:
+    return (names[0], names[1]), (shape[0], math.prod(shape[1:]))
+  if i == len(shape) - 1:
+    return (names[0], names[-1]), (math.prod(shape[:-1]), shape[-1])
+  return tuple(names), tuple(shape)
+
+
+def _param_of(param_axes: dict, keys: tuple) -> tuple[int, tuple, bool] | None:
+  """(where it starts in `keys`, its path, whether `keys` is one layer of it) of the parameter an
+  optimizer-state path ends in (as_matrices hands a scanned parameter over layer by layer: its
+  path plus the layer's index), or None."""
+  for start in range(len(keys)):
+    if keys[start:] in param_axes:
+      return start, keys[start:], False
+    stacked = keys[start:-1]
+    if keys[-1].isdigit() and (param_axes.get(stacked) or ())[:1] == ('layers',):
+      return start, stacked, True
+  return None
+
+
 def as_matrices(tx: optax.GradientTransformation,
                 param_axes: dict[tuple[str, ...], tuple | None]) -> optax.GradientTransformation:
-  """Runs `tx` on each parameter viewed as the 2-D matrix T5X stores: 'embed' dims as rows, the
-  rest merged as columns (attention kernels [embed, heads, kv] become [embed, heads·kv]).
+  """Runs `tx` on each parameter viewed as `matrix_view` says.
 
   Adafactor factors a matrix's second moment into row and column statistics; on the 3-D view it
   would factor the wrong pair (and skip d_kv=64 < 128 entirely), so T5's optimizer needs this view.
@@ -77,11 +107,7 @@ def as_matrices(tx: optax.GradientTransformation,
   """
 
   def matrix(names, x):
-    if x.ndim < 3 or 'embed' not in names:
-      return x
-    i = names.index('embed')
-    return (x.reshape(x.shape[0], -1) if i == 0 else
-            x.reshape(-1, x.shape[-1]) if i == x.ndim - 1 else x)
+    return x.reshape(matrix_view(names, x.shape)[1]) if names else x
 
   def view(path, x):
     names = param_axes.get(partitioning.path_key(path)) or ()
@@ -103,3 +129,45 @@ def as_matrices(tx: optax.GradientTransformation,
     return jax.tree.map(back, updates, new), state
 
   return optax.GradientTransformation(init, update)
+
+
+def state_axes(param_axes: dict[tuple[str, ...], tuple | None],
+               param_shapes: dict[tuple[str, ...], tuple[int, ...]]):
+  """`names(path, leaf)`: the logical axes of a leaf of `as_matrices(make_optimizer(...))`'s state.
+
+  A leaf belongs to the parameter whose path ends its own; the field that holds it says which of
+  that parameter's view dimensions it keeps. Moments (AdamW's mu and nu, Adafactor's unfactored
+  v) keep all. Adafactor's factored second moment (optax's scale_by_factored_rms) keeps v_row =
+  the view less its largest dimension and v_col = less its second largest, in np.argsort's order
+  (so a square matrix's row statistics take the row's name, its column statistics the column's,
+  which matching by shape cannot tell apart); both are (1,) placeholders when the parameter is
+  not factored. Counters and placeholders are replicated. A leaf its field does not explain is an
+  error, not a guess: an optax upgrade that changes the state fails here, not in the layout.
+  """
+
+  def names(path, leaf):
+    keys = partitioning.path_key(path)
+    found = _param_of(param_axes, keys)
+    if found is None or not param_axes[found[1]]:
+      return None  # the step count, a schedule's state; or a parameter without logical names
+    start, param, layer = found
+    skip = 1 if layer else 0  # one layer of a scanned parameter: its names less 'layers'
+    view_names, view_shape = matrix_view(param_axes[param][skip:], param_shapes[param][skip:])
+    field = keys[start - 1] if start else ''
+    leaf_shape = tuple(leaf.shape)
+    if field in ('v_row', 'v_col') and len(view_shape) >= 2 and leaf_shape != (1,):
+      order = np.argsort(view_shape)
+      drop = int(order[-1] if field == 'v_row' else order[-2])
+      keep = view_shape[:drop] + view_shape[drop + 1:]
+      if leaf_shape != keep:
+        raise ValueError(f'optimizer state {"/".join(keys)}: shape {leaf_shape}, expected {keep} '
+                         f'({field} of a {view_shape} matrix)')
+      return view_names[:drop] + view_names[drop + 1:]
+    if leaf_shape == view_shape:
+      return view_names
+    if leaf_shape in ((), (1,)):
+      return None
+    raise ValueError(f'optimizer state {"/".join(keys)}: shape {leaf_shape} matches neither its '
+                     f'parameter\'s view {view_shape} nor a factored row or column of it')
+
+  return names

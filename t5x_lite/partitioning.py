@@ -207,54 +207,6 @@ def param_logical_axes(state: nnx.State) -> dict[tuple[str, ...], tuple | None]:
   return out
 
 
-def follow_params(param_axes: dict[tuple[str, ...], tuple | None],
-                  param_shapes: dict[tuple[str, ...], tuple[int, ...]]):
-  """Names for optimizer-state leaves, taken from the param each leaf belongs to (longest path
-  suffix match). A leaf may be shaped like its param, like a 2-D view of it (`optimizer.as_matrices`:
-  [embed, heads, kv] seen as [embed, heads·kv]; a merged dimension takes its major dimension's
-  name, which splits it into the same blocks), or like either less one dimension (a factored
-  Adafactor row or column); it takes the names that remain. A leaf of one layer of a scanned
-  param (path ending in the layer's index, as `optimizer.as_matrices` hands them over) takes the
-  param's names without 'layers'. Anything else (counters,
-  placeholders) is replicated."""
-
-  def candidates(names, shape):
-    yield names, shape
-    for k in range(1, len(shape)):
-      if len(shape) > 2:
-        yield (names[0], names[k]), (math.prod(shape[:k]), math.prod(shape[k:]))
-
-  def lookup(keys):
-    for start in range(len(keys)):
-      suffix = keys[start:]
-      if suffix in param_axes:
-        return param_axes[suffix], tuple(param_shapes[suffix])
-    return None
-
-  def names_fn(path, leaf):
-    keys = path_key(path)
-    found = lookup(keys)
-    if found is None and keys and keys[-1].isdigit():  # one layer of a scanned param
-      stacked = lookup(keys[:-1])
-      if stacked and (stacked[0] or ())[:1] == ('layers',):
-        found = stacked[0][1:], stacked[1][1:]
-    if found is None or found[0] is None:
-      return None
-    names, shape = found
-    leaf_shape = tuple(leaf.shape)
-    for view_names, view_shape in candidates(tuple(names), shape):
-      if leaf_shape == view_shape:
-        return view_names
-    for view_names, view_shape in candidates(tuple(names), shape):
-      if len(leaf_shape) == len(view_shape) - 1:
-        for drop in range(len(view_shape) - 1, -1, -1):
-          if view_shape[:drop] + view_shape[drop + 1:] == leaf_shape:
-            return view_names[:drop] + view_names[drop + 1:]
-    return None
-
-  return names_fn
-
-
 def shardings_for(abstract_tree: Any, names_fn, mesh: Mesh, rules: LogicalRules) -> Any:
   """NamedShardings for every leaf of `abstract_tree`; `names_fn(path, leaf)` gives logical names.
 

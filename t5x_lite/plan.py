@@ -361,7 +361,7 @@ def plan(model_config: T5Config, mesh_shape: Mapping[str, int], num_devices: int
 
   params_bytes = per_device_bytes(
       abstract_params, lambda path, _: param_axes[partitioning.path_key(path)])
-  opt_bytes = per_device_bytes(abstract_opt, partitioning.follow_params(param_axes, param_shapes))
+  opt_bytes = per_device_bytes(abstract_opt, optimizer.state_axes(param_axes, param_shapes))
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
 
   batch_shards = layout.size(_batch_axes(layout))

@@ -18,7 +18,7 @@ from flax import nnx
 
 from t5x_lite import checkpoints, hardware, models, partitioning
 from t5x_lite.losses import cross_entropy_loss
-from t5x_lite.optimizer import as_matrices
+from t5x_lite.optimizer import as_matrices, state_axes
 
 TrainState = dict  # {'step': int32[], 'params': pytree, 'opt_state': pytree, 'rng': key data}
 
@@ -59,7 +59,7 @@ def setup_train_state(config: models.T5Config, tx: optax.GradientTransformation,
       'opt_state': abstract_opt,
       'rng': jax.ShapeDtypeStruct(key.shape, key.dtype),
   }
-  follow = partitioning.follow_params(param_axes, param_shapes)
+  follow = state_axes(param_axes, param_shapes)
   shardings = {
       'step': partitioning.shardings_for(abstract['step'], lambda *_: None, mesh, rules),
       'params': partitioning.shardings_for(

@@ -1,11 +1,13 @@
 """Logical→mesh rules, mesh shapes and per-device shapes."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from t5x_lite import partitioning
+from t5x_lite import optimizer, partitioning
 
 
 def test_mesh_shape_fills_the_rest():
@@ -68,32 +70,57 @@ def test_shard_shape_divides_sharded_dims():
   assert partitioning.shard_shape((10, 7), P(None, 'model'), {'model': 4}) == (10, 2)
 
 
-def test_optimizer_state_follows_its_param():
-  axes = {('enc', 'wi', 'kernel'): ('embed', 'mlp'), ('scale',): ('embed',)}
-  shapes = {('enc', 'wi', 'kernel'): (8, 16), ('scale',): (8,)}
-  names = partitioning.follow_params(axes, shapes)
-  k = jax.tree_util.DictKey
-  path = (jax.tree_util.SequenceKey(0), jax.tree_util.GetAttrKey('v_row'), k('enc'), k('wi'),
-          k('kernel'))
-  leaf = lambda *s: np.zeros(s)
-  assert names(path, leaf(8, 16)) == ('embed', 'mlp')
-  assert names(path, leaf(8)) == ('embed',)     # factored row: last dim dropped
-  assert names(path, leaf(16)) == ('mlp',)      # factored column
-  assert names(path, leaf(1)) is None           # placeholder
-  assert names((k('count'),), leaf()) is None   # not a param
+def _state_names(name, axes, shapes):
+  """{state path: logical names} of the real optimizer's state over params of `shapes`."""
+  tx = optimizer.as_matrices(optimizer.make_optimizer(optax.constant_schedule(0.01), name=name),
+                             axes)
+  params = {k[0]: {k[1]: jax.ShapeDtypeStruct(v, jnp.float32)} for k, v in shapes.items()}
+  names = optimizer.state_axes(axes, shapes)
+  return {'/'.join(partitioning.path_key(p)): names(p, leaf)
+          for p, leaf in jax.tree_util.tree_flatten_with_path(jax.eval_shape(tx.init, params))[0]}
 
 
-def test_optimizer_state_of_a_2d_view_is_sharded_like_its_param():
-  """as_matrices hands the optimizer [embed, heads·kv] views of attention kernels: their moments
-  must be split like the kernel (the merged dimension by its major axis), not replicated."""
+def test_adafactor_declares_its_factored_rows_and_columns_names():
+  """T5's Adafactor on [embed, heads·kv] views: each moment is split like its param. The out
+  projection's view is square (heads·kv = embed = 128), where shapes cannot tell the row
+  statistics from the column's: the optimizer's own rule (v_row drops the largest dimension,
+  v_col the second; np.argsort order) names them."""
+  axes = {('q', 'kernel'): ('embed', 'heads', 'kv'), ('o', 'kernel'): ('heads', 'kv', 'embed'),
+          ('ln', 'scale'): ('embed',), ('bias', 'rel'): None}
+  shapes = {('q', 'kernel'): (128, 4, 64), ('o', 'kernel'): (4, 32, 128), ('ln', 'scale'): (128,),
+            ('bias', 'rel'): (32, 4)}
+  got = {k.split('/', 1)[1]: v for k, v in _state_names('adafactor', axes, shapes).items()
+         if k.split('/')[1] in ('v_row', 'v_col', 'v')}
+  assert got == {
+      'v_row/q/kernel': ('embed',), 'v_col/q/kernel': ('heads',), 'v/q/kernel': None,  # (1,)
+      'v_row/o/kernel': ('heads',), 'v_col/o/kernel': ('embed',), 'v/o/kernel': None,
+      'v_row/ln/scale': None, 'v_col/ln/scale': None, 'v/ln/scale': ('embed',),  # unfactored
+      'v_row/bias/rel': None, 'v_col/bias/rel': None, 'v/bias/rel': None}  # no names: replicated
+
+
+def test_adamw_moments_take_their_params_view_names():
   axes = {('q', 'kernel'): ('embed', 'heads', 'kv'), ('o', 'kernel'): ('heads', 'kv', 'embed')}
   shapes = {('q', 'kernel'): (64, 4, 16), ('o', 'kernel'): (4, 16, 32)}
-  names = partitioning.follow_params(axes, shapes)
-  k = jax.tree_util.DictKey
-  leaf = lambda *s: np.zeros(s)
-  assert names((k('mu'), k('q'), k('kernel')), leaf(64, 64)) == ('embed', 'heads')
-  assert names((k('mu'), k('o'), k('kernel')), leaf(64, 32)) == ('heads', 'embed')
-  assert names((k('v_col'), k('o'), k('kernel')), leaf(32)) == ('embed',)
+  got = _state_names('adamw', axes, shapes)
+  assert {k: v for k, v in got.items() if v} == {
+      '0/mu/q/kernel': ('embed', 'heads'), '0/mu/o/kernel': ('heads', 'embed'),
+      '0/nu/q/kernel': ('embed', 'heads'), '0/nu/o/kernel': ('heads', 'embed')}
+  assert got['0/count'] is None
+
+
+def test_an_optimizer_state_its_rule_does_not_explain_is_an_error():
+  names = optimizer.state_axes({('w', 'kernel'): ('embed', 'mlp')}, {('w', 'kernel'): (256, 512)})
+  path = tuple(jax.tree_util.DictKey(k) for k in ('v_col', 'w', 'kernel'))
+  assert names(path, np.zeros(512)) == ('mlp',) and names(path, np.zeros(1)) is None
+  with pytest.raises(ValueError, match=r'expected \(512,\)'):
+    names(path, np.zeros(256))  # v_col keeps the largest dimension, 512
+  with pytest.raises(ValueError, match='matches neither'):
+    names(tuple(jax.tree_util.DictKey(k) for k in ('mu', 'w', 'kernel')), np.zeros((3, 7)))
+
+
+def test_a_2d_view_is_split_like_its_param():
+  """as_matrices hands the optimizer [embed, heads·kv] views of attention kernels: the merged
+  dimension takes its major axis's split."""
   mesh = {'data': 2, 'model': 4}
   spec = partitioning.logical_to_mesh_spec(('embed', 'heads'), partitioning.TWO_D_RULES)
   assert partitioning.shard_shape((64, 64), spec, mesh) == (64, 16)  # heads·kv split 4 ways

@@ -133,12 +133,13 @@ def test_optimizer_sees_each_layers_matrix_and_its_state_keeps_the_names():
       lambda p: seen.extend(x.shape for x in jax.tree.leaves(p)) or (), None)
   optimizer.as_matrices(probe, axes).init({'layers': {'q': {'kernel': np.zeros((3, 64, 4, 8))}}})
   assert seen == [(64, 32)] * 3
-  names = partitioning.follow_params(axes, shapes)
+  names = optimizer.state_axes(axes, shapes)
   path = lambda *p: tuple(jax.tree_util.DictKey(x) for x in p[:-1]) + (
       jax.tree_util.SequenceKey(p[-1]),)
   assert names(path('mu', 'layers', 'q', 'kernel', 2), np.zeros((64, 32))) == ('embed', 'heads')
-  assert names(path('v_row', 'layers', 'q', 'kernel', 0), np.zeros((64,))) == ('embed',)
-  assert names(path('v_col', 'layers', 'q', 'kernel', 1), np.zeros((32,))) == ('heads',)
+  # Adafactor's rows drop the largest dimension (embed, 64), its columns the second (heads·kv).
+  assert names(path('v_row', 'layers', 'q', 'kernel', 0), np.zeros((32,))) == ('heads',)
+  assert names(path('v_col', 'layers', 'q', 'kernel', 1), np.zeros((64,))) == ('embed',)
 
 
 def test_adafactor_steps_scanned_layers_exactly_as_unrolled_ones():
