@@ -14,9 +14,50 @@ from etils import epath
 from t5x_lite import storage
 
 
+class _LocalFiles:
+  """metrics.jsonl appended to, and TensorBoard events written in place, in a local MODEL_DIR."""
+
+  def __init__(self, model_dir: str):
+    epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
+    self._jsonl = open(os.path.join(model_dir, 'metrics.jsonl'), 'a')
+    self.events_dir = os.path.join(model_dir, 'train')
+
+  def add(self, line: str) -> None:
+    self._jsonl.write(line)
+    self._jsonl.flush()
+
+  def events_written(self) -> None:
+    pass
+
+  def close(self) -> None:
+    self._jsonl.close()
+
+
+class _BucketFiles:
+  """The same in a bucket, which has no append: metrics.jsonl is rewritten whole, and the
+  TensorBoard events are written to a local copy that is copied up, at each logged step."""
+
+  def __init__(self, model_dir: str):
+    self._path = os.path.join(model_dir, 'metrics.jsonl')
+    self._rows = storage.read_text(self._path) or ''
+    self._remote = os.path.join(model_dir, 'train')
+    self._staged = contextlib.ExitStack()
+    self.events_dir = self._staged.enter_context(storage.staged(self._remote, upload=True))
+
+  def add(self, line: str) -> None:
+    self._rows += line
+    storage.write_atomically(self._path, self._rows)
+
+  def events_written(self) -> None:
+    storage.copy_tree(self.events_dir, self._remote)
+
+  def close(self) -> None:
+    self._staged.close()  # the last copy up
+
+
 class MetricsWriter:
-  """Writes each logged step to MODEL_DIR/metrics.jsonl and TensorBoard, and prints a progress line
-  (step, loss, tokens/s, MFU, ETA). Only process 0 writes.
+  """Writes each logged step to MODEL_DIR/metrics.jsonl and TensorBoard (locally or in a bucket),
+  and prints a progress line (step, loss, tokens/s, MFU, ETA). Only process 0 writes.
 
   A training run passes `resume_step` (0 when it starts fresh): rows after it belong to steps it
   will redo and are dropped. Other writers (standalone eval) leave every row in place.
@@ -26,42 +67,24 @@ class MetricsWriter:
                resume_step: int | None = None):
     self.enabled = enabled
     self.total_steps = total_steps
-    self._jsonl = None
-    self._tb = None
-    if enabled:
-      epath.Path(model_dir).mkdir(parents=True, exist_ok=True)
-      self._path = os.path.join(model_dir, 'metrics.jsonl')
-      if resume_step is not None:
-        _drop_rows_after(self._path, resume_step)
-      # A bucket has no append: its metrics.jsonl is rewritten whole, and the TensorBoard events
-      # are written locally and copied up, at each logged step.
-      self._rows = (storage.read_text(self._path) or '') if storage.is_url(model_dir) else None
-      if self._rows is None:
-        self._jsonl = open(self._path, 'a')
-      self._events = contextlib.ExitStack()
-      self._tb_dir = self._events.enter_context(
-          storage.staged(os.path.join(model_dir, 'train'), upload=True))
-      import tensorboardX  # pylint: disable=import-outside-toplevel  (it imports torch if present)
-      self._tb = tensorboardX.SummaryWriter(self._tb_dir)
-      self._tb_remote = os.path.join(model_dir, 'train') if self._rows is not None else None
+    if not enabled:
+      return
+    if resume_step is not None:
+      _drop_rows_after(os.path.join(model_dir, 'metrics.jsonl'), resume_step)
+    self._files = (_BucketFiles if storage.is_url(model_dir) else _LocalFiles)(model_dir)
+    import tensorboardX  # pylint: disable=import-outside-toplevel  (it imports torch if present)
+    self._tb = tensorboardX.SummaryWriter(self._files.events_dir)
 
   def write(self, step: int, metrics: Mapping[str, float], eta_s: float | None = None):
     """One row; training rows (with 'loss') also print the progress line."""
     if not self.enabled:
       return
     record = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
-    if self._jsonl is not None:
-      self._jsonl.write(json.dumps(record) + '\n')
-      self._jsonl.flush()
-    else:
-      self._rows += json.dumps(record) + '\n'
-      storage.write_atomically(self._path, self._rows)
-    for k, v in record.items():
-      if k != 'step':
-        self._tb.add_scalar(k, v, int(step))
+    self._files.add(json.dumps(record) + '\n')
+    for k, v in metrics.items():
+      self._tb.add_scalar(k, float(v), int(step))
     self._tb.flush()
-    if self._tb_remote:
-      storage.copy_tree(self._tb_dir, self._tb_remote)
+    self._files.events_written()
     if 'loss' not in metrics:
       print(f'step {step:>6d}/{self.total_steps} | '
             + ' | '.join(f'{k} {v:.4g}' for k, v in metrics.items()), flush=True)
@@ -73,11 +96,9 @@ class MetricsWriter:
           f"{metrics.get('tokens_per_s', 0.0):,.0f} tokens/s{mfu}{eta}", flush=True)
 
   def close(self):
-    if self._jsonl:
-      self._jsonl.close()
-    if self._tb:
+    if self.enabled:
       self._tb.close()
-      self._events.close()  # a bucket's events: the last copy up
+      self._files.close()
 
 
 def _drop_rows_after(path: str, step: int) -> None:
