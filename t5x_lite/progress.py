@@ -6,12 +6,42 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import socket
 import time
 from typing import Mapping
 
 from etils import epath
 
 from t5x_lite import storage
+
+
+class _Events:
+  """TensorBoard scalars in an event file as TensorBoard's own writers lay it out (TFRecords of
+  Event protos, the first naming the format), through TensorFlow, which the input pipeline has
+  loaded already. tensorboardX, used before, imports torch wherever torch is installed (the test
+  set-up's HF interop): 2 s of every run's start-up here."""
+
+  def __init__(self, directory: str):
+    import tensorflow as tf  # pylint: disable=import-outside-toplevel
+    from tensorflow.core.util import event_pb2  # pylint: disable=import-outside-toplevel
+    from tensorflow.core.framework import summary_pb2  # pylint: disable=import-outside-toplevel
+    self._event, self._summary = event_pb2.Event, summary_pb2.Summary
+    os.makedirs(directory, exist_ok=True)
+    name = f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}'
+    self._file = tf.io.TFRecordWriter(os.path.join(directory, name))
+    self._add(self._event(wall_time=time.time(), file_version='brain.Event:2'))
+
+  def _add(self, event) -> None:
+    self._file.write(event.SerializeToString())
+    self._file.flush()
+
+  def scalars(self, step: int, values: Mapping[str, float]) -> None:
+    summary = self._summary(value=[self._summary.Value(tag=k, simple_value=float(v))
+                                   for k, v in values.items()])
+    self._add(self._event(wall_time=time.time(), step=int(step), summary=summary))
+
+  def close(self) -> None:
+    self._file.close()
 
 
 class _LocalFiles:
@@ -72,8 +102,7 @@ class MetricsWriter:
     if resume_step is not None:
       _drop_rows_after(os.path.join(model_dir, 'metrics.jsonl'), resume_step)
     self._files = (_BucketFiles if storage.is_url(model_dir) else _LocalFiles)(model_dir)
-    import tensorboardX  # pylint: disable=import-outside-toplevel  (it imports torch if present)
-    self._tb = tensorboardX.SummaryWriter(self._files.events_dir)
+    self._tb = _Events(self._files.events_dir)
 
   def write(self, step: int, metrics: Mapping[str, float], eta_s: float | None = None):
     """One row; training rows (with 'loss') also print the progress line."""
@@ -81,9 +110,7 @@ class MetricsWriter:
       return
     record = {'step': int(step), **{k: float(v) for k, v in metrics.items()}}
     self._files.add(json.dumps(record) + '\n')
-    for k, v in metrics.items():
-      self._tb.add_scalar(k, float(v), int(step))
-    self._tb.flush()
+    self._tb.scalars(step, metrics)
     self._files.events_written()
     if 'loss' not in metrics:
       print(f'step {step:>6d}/{self.total_steps} | '

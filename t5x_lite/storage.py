@@ -4,8 +4,8 @@ Everything goes through `etils.epath`, as Orbax does, so one code path serves bo
 stores lack is done another way here: no append (a file is rewritten whole), no atomic rename of a
 directory (its files are copied, then the source removed), no rename-over for atomic replacement
 (an object write is already all-or-nothing). Libraries that only write local files (TensorFlow's
-iterator checkpoints against a bucket emulator, tensorboardX) write to a local staging directory
-that is then copied up.
+iterator checkpoints against a bucket emulator, TensorBoard's event files) write to a local staging
+directory that is then copied up.
 """
 
 from __future__ import annotations
