@@ -200,7 +200,7 @@ def main(argv=None) -> int:
                             args.targets_length, config.vocab_size, decoder_only)
     tokens = args.batch_size * sum(lengths.values())
     model_flops = models.training_flops_per_example(config, lengths) * args.batch_size
-    peak = hardware.peak_flops_per_device()
+    peak = hardware.peak_flops_per_device(remeasure=True)
     if peak is None:
       raise gin_utils.UsageError(hardware.unknown_peak_message())
     peak *= jax.device_count()

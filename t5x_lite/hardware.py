@@ -7,12 +7,17 @@ anything for XLA, so its peak is measured once with a large jitted matmul.
 from __future__ import annotations
 
 import functools
+import json
+import os
+import platform
 import time
 from typing import NamedTuple
 
 import gin
 import jax
 import jax.numpy as jnp
+
+from t5x_lite import paths, storage
 
 
 # XLA options for compiling the train step on CPU (figures: T5.1.1-small, batch 8, 512/114, two
@@ -126,12 +131,35 @@ def measured_memory_bandwidth(mib: int = 256, repeats: int = 5) -> float:
   return 2 * x.nbytes / _best_seconds(lambda v: v * 1.5 + 1.0, x, repeats)
 
 
+def cpu_matmul_flops(remeasure: bool = False) -> float:
+  """measured_matmul_flops on this CPU, measured once per machine, device count and jax version
+  and kept in the cache dir (cpu_peak_flops.json): measuring takes 1-2 s, which every run's
+  start-up paid for its MFU line. `remeasure`: measure now (benchmarks) and keep that."""
+  path = paths.cache_dir() / 'cpu_peak_flops.json'
+  key = '|'.join([jax.__version__, platform.processor() or platform.machine(),
+                  str(os.cpu_count()), str(jax.local_device_count()),
+                  os.environ.get('XLA_FLAGS', '')])
+  try:
+    known = json.loads(path.read_text())
+  except (OSError, ValueError):
+    known = {}
+  if remeasure or not isinstance(known.get(key), float):
+    known[key] = measured_matmul_flops()
+    try:
+      path.parent.mkdir(parents=True, exist_ok=True)
+      storage.write_atomically(path, json.dumps(known, indent=1))
+    except OSError:
+      pass  # a read-only cache dir: measure again next time
+  return known[key]
+
+
 @gin.configurable
 def peak_flops_per_device(device: jax.Device | None = None,
-                          peak_flops: float | None = None) -> float | None:
+                          peak_flops: float | None = None, remeasure: bool = False) -> float | None:
   """The peak MFU divides by: `peak_flops` when set (gin), the published dense bf16 peak of a
-  chip in CHIPS, a measured matmul on CPU; None for an accelerator missing from CHIPS, whose MFU
-  is unknown rather than guessed (a measured f32 matmul there was up to 8x off)."""
+  chip in CHIPS, a measured matmul on CPU (cpu_matmul_flops; `remeasure` skips its cache); None
+  for an accelerator missing from CHIPS, whose MFU is unknown rather than guessed (a measured f32
+  matmul there was up to 8x off)."""
   if peak_flops:
     return float(peak_flops)
   device = device or jax.devices()[0]
@@ -139,7 +167,7 @@ def peak_flops_per_device(device: jax.Device | None = None,
   if chip is not None:
     return CHIPS[chip].peak_flops
   if device.platform == 'cpu':
-    return measured_matmul_flops() / max(1, jax.local_device_count())
+    return cpu_matmul_flops(remeasure) / max(1, jax.local_device_count())
   return None
 
 

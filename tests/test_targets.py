@@ -3,6 +3,7 @@
 The expected layouts are Cloud TPU's published slice shapes (as MaxText's accelerator table lists
 them), an independent record of what each accelerator type is."""
 
+import json
 import types
 
 import numpy as np
@@ -116,3 +117,16 @@ def test_a_multislice_mesh_puts_the_slices_on_the_replica_axis():
   assert [{d.slice_index for d in row} for row in mesh.devices] == [{0}, {0}, {1}, {1}]
   with pytest.raises(gin_utils.UsageError, match="span 2 slices"):
     partitioning.create_mesh({'data': 1, 'model': 16}, devices)
+
+
+def test_the_cpu_peak_is_measured_once_per_machine_then_read_back(tmp_path, monkeypatch):
+  """Every run's MFU line divides by a measured CPU matmul: measured on first use, then read
+  from the cache dir (measuring again is the benchmarks' choice)."""
+  monkeypatch.setenv('T5X_LITE_DATA_DIR', str(tmp_path))
+  calls = []
+  monkeypatch.setattr(hardware, 'measured_matmul_flops', lambda: calls.append(1) or 4e10 + len(calls))
+  assert hardware.cpu_matmul_flops() == 4e10 + 1
+  assert hardware.cpu_matmul_flops() == 4e10 + 1 and len(calls) == 1
+  assert list(json.loads((tmp_path / 'cpu_peak_flops.json').read_text()).values()) == [4e10 + 1]
+  assert hardware.cpu_matmul_flops(remeasure=True) == 4e10 + 2  # a benchmark measures afresh
+  assert hardware.cpu_matmul_flops() == 4e10 + 2 and len(calls) == 2
