@@ -45,6 +45,10 @@ def compilation_cache(directory: str | None = 'auto') -> None:
   if directory and not jax.config.jax_compilation_cache_dir:
     path = paths.cache_dir() / 'jax_cache' if directory == 'auto' else Path(directory)
     jax.config.update('jax_compilation_cache_dir', str(path.expanduser()))
+    if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in os.environ:
+      # Every program, not only those over JAX's default 1 s: a run's start also compiles
+      # dozens of small ones (init, a checksum program per array shape, evaluation).
+      jax.config.update('jax_persistent_cache_min_compile_time_secs', 0)
 
 
 @gin.configurable
