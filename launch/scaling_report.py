@@ -271,10 +271,11 @@ def isoflop_markdown(iso: dict | None, heldout: dict | None, summary: dict) -> l
   lines = ['## Iso-FLOP profiles (Hoffmann et al. 2022, approach 2)', '',
            'Each budget\'s loss minimum over N is the vertex of a parabola in log N through its '
            'runs; N_opt(C) ∝ C^a and D_opt(C) ∝ C^b are least-squares lines in log-log over the '
-           f"budgets; 68% intervals from {iso['bootstrap']} bootstrap draws that add the "
-           "parabolas' pooled residuals (noise "
-           f"{iso.get('noise', math.nan):.4f} nats per run) back to the fits at the same sizes "
-           f"({iso['bootstrap_dropped']} draws without a minimum dropped).", '',
+           f"budgets; 68% intervals from {iso['bootstrap']} bootstrap resamples of the runs "
+           f"within each budget ({iso['bootstrap_dropped']} draws without a minimum dropped). "
+           f"The parabolas leave {iso.get('noise', math.nan):.4f} nats of noise per run; the "
+           "intervals do not hold how far a parabola's vertex may sit from a profile's true "
+           'minimum (bench/scaling_interval_coverage.md).', '',
            '| C (FLOPs) | N_opt | D_opt | loss at the minimum | minimum inside the sizes run |',
            '|---|---|---|---|---|']
   for budget, m in zip(iso['budgets'], iso['minima']):
