@@ -32,11 +32,11 @@ pretrain: $(STAMP)
 
 # The whole suite (slow tests included), as CI runs it.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 -m "slow or not slow" --durations=25 $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder -m "slow or not slow" --durations=25 $(ARGS)
 
 # Fast tests only.
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -n 2 -m "not slow" $(ARGS)
+	$(PY) -m pytest -q -n 2 --dist loadscope --no-loadscope-reorder -m "not slow" $(ARGS)
 
 # MaxText 0.2.5, our closest JAX peer, for bench/maxtext_compare.py only (not CI): it needs
 # Python >= 3.12 and jax 0.11.1, so it lives in its own venv; uv's lowest resolution is the set

@@ -27,7 +27,8 @@ class _Events:
     from tensorflow.core.framework import summary_pb2  # pylint: disable=import-outside-toplevel
     self._event, self._summary = event_pb2.Event, summary_pb2.Summary
     os.makedirs(directory, exist_ok=True)
-    name = f'events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}'
+    # Microseconds and the pid: a second writer in the same second must not truncate the first's.
+    name = f'events.out.tfevents.{time.time():.6f}.{socket.gethostname()}.{os.getpid()}'
     self._file = tf.io.TFRecordWriter(os.path.join(directory, name))
     self._add(self._event(wall_time=time.time(), file_version='brain.Event:2'))
 
