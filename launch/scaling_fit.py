@@ -225,11 +225,11 @@ def _isoflop_exponents(groups) -> dict | None:
           'minima': minima}
 
 
-def _parabola_noise(groups) -> float:
-  """The run-to-run noise the budgets' parabolas leave: RMS residual over all budgets, per
-  degree of freedom."""
-  residuals = np.concatenate([loss - np.polyval(np.polyfit(np.log(n), loss, 2), np.log(n))
-                              for _, n, _, loss in groups])
+def _parabola_noise(groups, minima) -> float:
+  """The run-to-run noise the budgets' parabolas (isoflop_minimum's) leave: RMS residual over all
+  budgets, per degree of freedom."""
+  residuals = np.concatenate([loss - np.polyval(m['parabola'], np.log(n))
+                              for (_, n, _, loss), m in zip(groups, minima)])
   dof = len(residuals) - 3 * len(groups)
   return float(np.sqrt(np.sum(residuals ** 2) / dof)) if dof > 0 else math.nan
 
@@ -269,7 +269,7 @@ def fit_isoflop(c, n, d, loss, bootstrap: int = 1000, seed: int = 0) -> dict:
   interval = lambda k: ([float(v) for v in np.percentile([x[k] for x in draws], [16, 84])]
                         if draws else None)
   return {**point, 'budgets': budgets, 'a_interval': interval(0), 'b_interval': interval(1),
-          'bootstrap': len(draws), 'bootstrap_dropped': dropped, 'noise': _parabola_noise(groups)}
+          'bootstrap': len(draws), 'bootstrap_dropped': dropped, 'noise': _parabola_noise(groups, point['minima'])}
 
 
 def compute_optimal(fit: dict, budget: float) -> tuple[float, float]:

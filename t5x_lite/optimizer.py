@@ -131,9 +131,9 @@ def as_matrices(tx: optax.GradientTransformation,
   return optax.GradientTransformation(init, update)
 
 
-def state_axes(param_axes: dict[tuple[str, ...], tuple | None],
-               param_shapes: dict[tuple[str, ...], tuple[int, ...]]):
-  """`names(path, leaf)`: the logical axes of a leaf of `as_matrices(make_optimizer(...))`'s state.
+def state_axes(param_axes: dict[tuple[str, ...], tuple | None], params):
+  """`names(path, leaf)`: the logical axes of a leaf of `as_matrices(make_optimizer(...))`'s state
+  over `params` (arrays or their abstract shapes).
 
   A leaf belongs to the parameter whose path ends its own; the field that holds it says which of
   that parameter's view dimensions it keeps. Moments (AdamW's mu and nu, Adafactor's unfactored
@@ -144,6 +144,9 @@ def state_axes(param_axes: dict[tuple[str, ...], tuple | None],
   not factored. Counters and placeholders are replicated. A leaf its field does not explain is an
   error, not a guess: an optax upgrade that changes the state fails here, not in the layout.
   """
+
+  param_shapes = {partitioning.path_key(p): tuple(x.shape)
+                  for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
 
   def names(path, leaf):
     keys = partitioning.path_key(path)

@@ -352,8 +352,6 @@ def plan(model_config: T5Config, mesh_shape: Mapping[str, int], num_devices: int
   tx = optimizer.make_optimizer(optimizer.learning_rate_schedule())
   _, abstract_params, param_axes = _abstract_params_and_axes(model_config)
   abstract_opt = jax.eval_shape(optimizer.as_matrices(tx, param_axes).init, abstract_params)
-  param_shapes = {partitioning.path_key(p): x.shape
-                  for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
 
   def per_device_bytes(tree, names_fn):
     return sum(layout.per_device(names_fn(path, leaf), leaf.shape, leaf.dtype.itemsize)
@@ -361,7 +359,7 @@ def plan(model_config: T5Config, mesh_shape: Mapping[str, int], num_devices: int
 
   params_bytes = per_device_bytes(
       abstract_params, lambda path, _: param_axes[partitioning.path_key(path)])
-  opt_bytes = per_device_bytes(abstract_opt, optimizer.state_axes(param_axes, param_shapes))
+  opt_bytes = per_device_bytes(abstract_opt, optimizer.state_axes(param_axes, abstract_params))
   n_params = sum(math.prod(x.shape) for x in jax.tree.leaves(abstract_params))
 
   batch_shards = layout.size(_batch_axes(layout))

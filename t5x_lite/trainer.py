@@ -50,8 +50,6 @@ def setup_train_state(config: models.T5Config, tx: optax.GradientTransformation,
   graphdef, abstract_params, param_axes = abstract_params_and_axes(config)
   tx = as_matrices(tx, param_axes)
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
-  param_shapes = {partitioning.path_key(p): x.shape
-                  for p, x in jax.tree_util.tree_flatten_with_path(abstract_params)[0]}
   key = jax.random.key_data(jax.random.key(seed))
   abstract = {
       'step': jax.ShapeDtypeStruct((), jnp.int32),
@@ -59,7 +57,7 @@ def setup_train_state(config: models.T5Config, tx: optax.GradientTransformation,
       'opt_state': abstract_opt,
       'rng': jax.ShapeDtypeStruct(key.shape, key.dtype),
   }
-  follow = state_axes(param_axes, param_shapes)
+  follow = state_axes(param_axes, abstract_params)
   shardings = {
       'step': partitioning.shardings_for(abstract['step'], lambda *_: None, mesh, rules),
       'params': partitioning.shardings_for(

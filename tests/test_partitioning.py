@@ -75,7 +75,7 @@ def _state_names(name, axes, shapes):
   tx = optimizer.as_matrices(optimizer.make_optimizer(optax.constant_schedule(0.01), name=name),
                              axes)
   params = {k[0]: {k[1]: jax.ShapeDtypeStruct(v, jnp.float32)} for k, v in shapes.items()}
-  names = optimizer.state_axes(axes, shapes)
+  names = optimizer.state_axes(axes, params)
   return {'/'.join(partitioning.path_key(p)): names(p, leaf)
           for p, leaf in jax.tree_util.tree_flatten_with_path(jax.eval_shape(tx.init, params))[0]}
 
@@ -109,7 +109,8 @@ def test_adamw_moments_take_their_params_view_names():
 
 
 def test_an_optimizer_state_its_rule_does_not_explain_is_an_error():
-  names = optimizer.state_axes({('w', 'kernel'): ('embed', 'mlp')}, {('w', 'kernel'): (256, 512)})
+  names = optimizer.state_axes({('w', 'kernel'): ('embed', 'mlp')},
+                               {'w': {'kernel': jax.ShapeDtypeStruct((256, 512), jnp.float32)}})
   path = tuple(jax.tree_util.DictKey(k) for k in ('v_col', 'w', 'kernel'))
   assert names(path, np.zeros(512)) == ('mlp',) and names(path, np.zeros(1)) is None
   with pytest.raises(ValueError, match=r'expected \(512,\)'):

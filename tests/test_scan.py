@@ -127,13 +127,13 @@ def test_optimizer_sees_each_layers_matrix_and_its_state_keeps_the_names():
   each layer's state (moments, Adafactor's factored rows and columns) takes the param's names
   without 'layers', so FSDP shards it as it shards the weight."""
   axes = {('layers', 'q', 'kernel'): ('layers', 'embed', 'heads', 'kv')}
-  shapes = {('layers', 'q', 'kernel'): (3, 64, 4, 8)}
+  params = {'layers': {'q': {'kernel': np.zeros((3, 64, 4, 8))}}}
   seen = []
   probe = optax.GradientTransformation(
       lambda p: seen.extend(x.shape for x in jax.tree.leaves(p)) or (), None)
-  optimizer.as_matrices(probe, axes).init({'layers': {'q': {'kernel': np.zeros((3, 64, 4, 8))}}})
+  optimizer.as_matrices(probe, axes).init(params)
   assert seen == [(64, 32)] * 3
-  names = optimizer.state_axes(axes, shapes)
+  names = optimizer.state_axes(axes, params)
   path = lambda *p: tuple(jax.tree_util.DictKey(x) for x in p[:-1]) + (
       jax.tree_util.SequenceKey(p[-1]),)
   assert names(path('mu', 'layers', 'q', 'kernel', 2), np.zeros((64, 32))) == ('embed', 'heads')
